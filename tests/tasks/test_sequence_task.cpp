@@ -77,7 +77,7 @@ std::vector<nlohmann::json> records(const std::string& run_dir, const std::strin
   std::vector<nlohmann::json> out;
   for (auto r : T::read_metrics((fs::path(run_dir) / "metrics.jsonl").string())) {
     if (r.value("split", "") != split) continue;
-    r.erase("tokens_per_s");  // the only field that depends on the clock
+    r.erase("tok_per_s");  // the only field that depends on the clock
     out.push_back(r);
   }
   return out;

@@ -26,6 +26,7 @@
 
 #include "kvq/data/synthetic_tasks.h"
 #include "kvq/models/sequence_tagger.h"
+#include "kvq/tasks/common_config.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/config.h"
 #include "kvq/train/run_dir.h"
@@ -33,35 +34,24 @@
 namespace kvq {
 namespace tasks {
 
-// The config of one synthetic-task run. Defaults are the paper's (preset "paper" equals them).
-struct SequenceTaskConfig {
-  std::string task = "sort";           // reverse | sort | copy | sub | swap
+// The config of one synthetic-task run (CommonTaskConfig: seed, mechanism, shape, optimiser,
+// schedule, ...). Defaults are the paper's (preset "paper" equals them).
+struct SequenceTaskConfig : CommonTaskConfig {
+  SequenceTaskConfig() {
+    task = "sort";
+    batch_size = 128;
+    schedule = "cosine-product";
+    warmup_steps = 5;
+    grad_clip = 5.0;
+    eval_batch_size = 1000;
+  }
   int64_t length = 64;                 // sequence length L
   int64_t vocab_size = 10;             // tokens V, uniform in [0, V)
   int64_t num_train = 50000;           // fixed training samples
   int64_t num_val = 1000;              // validation samples
   int64_t num_test = 10000;            // test samples
-  int64_t seed = 0;                    // model init, dropout, batch order (and data, see data_seed)
   int64_t data_seed = -1;              // seed of the data sets; -1 = seed
-  std::string mechanism = "softmax";   // a name in kvq::mechanism_names()
-  std::string projection = "";         // qkv | kv | kv-pos; "" = the mechanism's own
-  int64_t d_model = 64;                // model width d
-  int64_t num_heads = 2;               // attention heads
-  int64_t num_layers = 2;              // encoder blocks
-  int64_t ffn_dim = 0;                 // feed-forward width; 0 = 2 d
-  double dropout = 0.1;                // dropout in blocks and head
-  double alpha_init = 1.0;             // initial ridge alpha (intention mechanisms)
-  int64_t batch_size = 128;            // training mini-batch
   int64_t epochs = 2;                  // passes over the training set
-  double lr = 1e-3;                    // Adam peak learning rate
-  std::string schedule = "cosine-product";  // constant | cosine | cosine-product
-  int64_t warmup_steps = 5;            // warm-up updates of the schedule
-  double min_lr = 0.0;                 // floor of the cosine schedules
-  double grad_clip = 5.0;              // max global gradient norm; 0 = off
-  int64_t eval_every = 0;              // validate every N updates (and each epoch end); 0 = epochs only
-  int64_t checkpoint_every = 0;        // checkpoint every N updates (and each epoch end); 0 = epochs only
-  int64_t log_every = 20;              // train metrics record every N updates
-  int64_t eval_batch_size = 1000;      // batch of validation and test
 };
 
 // The schema: every field above, presets "paper" (tasks.md: L 64, d 64, depth 2, heads 2,

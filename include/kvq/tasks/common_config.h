@@ -1,0 +1,161 @@
+#pragma once
+// The fields every task config shares: the registry contract (task, seed, mechanism), the
+// attention and Transformer shape, the optimiser, the learning-rate schedule and the bookkeeping
+// frequencies. A task config derives from CommonTaskConfig, sets its own defaults for these in
+// its constructor (the paper's values), adds its task-specific fields, and declares the shared
+// fields in its schema with add_common_fields (one definition of their keys, help and checks).
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvq/registry.h"
+#include "kvq/train/config.h"
+#include "kvq/train/schedules.h"
+
+namespace kvq {
+namespace tasks {
+
+struct CommonTaskConfig {
+  std::string task;                    // the registry name (set by --task)
+  int64_t seed = 0;                    // model init, dropout, batch order (and data unless a
+                                       // task has a data_seed)
+  std::string mechanism = "softmax";   // a name in kvq::mechanism_names()
+  std::string projection = "";         // qkv | kv | kv-pos; "" = the mechanism's own
+  double alpha_init = 1.0;             // initial ridge alpha (intention mechanisms)
+  int64_t d_model = 64;                // model width d
+  int64_t num_heads = 2;               // attention heads
+  int64_t num_layers = 2;              // blocks
+  int64_t ffn_dim = 0;                 // feed-forward width; 0 = the model's default
+  double dropout = 0.1;                // dropout in blocks and head
+  int64_t batch_size = 64;             // training mini-batch
+  std::string optimizer = "adam";      // adam | adamw
+  double lr = 1e-3;                    // peak learning rate (noam: its factor multiplies)
+  double weight_decay = 0.0;           // adamw: decoupled decay; adam: L2 penalty
+  double beta1 = 0.9;                  // Adam beta1
+  double beta2 = 0.999;                // Adam beta2
+  double adam_eps = 1e-8;              // Adam epsilon
+  std::string schedule = "constant";   // constant | cosine | cosine-product | noam
+  int64_t warmup_steps = 0;            // warm-up updates of the schedule
+  double min_lr = 0.0;                 // floor of the cosine schedules
+  double grad_clip = 0.0;              // max global gradient norm; 0 = off
+  int64_t eval_every = 0;              // validate every N updates (and each epoch end); 0 = epochs
+  int64_t checkpoint_every = 0;        // checkpoint every N updates (and each epoch end)
+  int64_t log_every = 20;              // train metrics record every N updates
+  int64_t eval_batch_size = 500;       // batch of validation and test
+};
+
+namespace detail {
+template <class Config, class M>
+M Config::*member(M CommonTaskConfig::*m) {
+  return static_cast<M Config::*>(m);
+}
+std::string join_names(const std::vector<std::string>& names);
+bool contains_name(const std::vector<std::string>& names, const std::string& name);
+}  // namespace detail
+
+// Declares every CommonTaskConfig field in `schema` with its help text, and the checks: known
+// mechanism, projection, optimiser and schedule names; positive sizes; d_model a multiple of
+// num_heads; dropout in [0, 1); lr > 0; min_lr in [0, lr]; ...
+template <class Config>
+train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& schema) {
+  using C = CommonTaskConfig;
+  using detail::member;
+  const auto mechanisms = mechanism_names();
+  const auto schedules = train::lr_schedule_kinds();
+  const std::vector<std::string> optimizers = {"adam", "adamw"};
+  schema.field("task", member<Config>(&C::task), "the task (set by --task)")
+      .field("seed", member<Config>(&C::seed), "model init, dropout, batch order (and data)")
+      .field("mechanism", member<Config>(&C::mechanism),
+             "attention: " + detail::join_names(mechanisms))
+      .field("projection", member<Config>(&C::projection),
+             "qkv | kv | kv-pos; \"\" = the mechanism's own")
+      .field("alpha_init", member<Config>(&C::alpha_init),
+             "initial ridge alpha (intention mechanisms)")
+      .field("d_model", member<Config>(&C::d_model), "model width d")
+      .field("num_heads", member<Config>(&C::num_heads), "attention heads")
+      .field("num_layers", member<Config>(&C::num_layers), "Transformer blocks")
+      .field("ffn_dim", member<Config>(&C::ffn_dim), "feed-forward width; 0 = the model's default")
+      .field("dropout", member<Config>(&C::dropout), "dropout in blocks and head")
+      .field("batch_size", member<Config>(&C::batch_size), "training mini-batch")
+      .field("optimizer", member<Config>(&C::optimizer), "adam | adamw")
+      .field("lr", member<Config>(&C::lr), "peak learning rate (noam: factor of the formula)")
+      .field("weight_decay", member<Config>(&C::weight_decay),
+             "adamw: decoupled weight decay; adam: L2 penalty")
+      .field("beta1", member<Config>(&C::beta1), "Adam beta1")
+      .field("beta2", member<Config>(&C::beta2), "Adam beta2")
+      .field("adam_eps", member<Config>(&C::adam_eps), "Adam epsilon")
+      .field("schedule", member<Config>(&C::schedule), detail::join_names(schedules))
+      .field("warmup_steps", member<Config>(&C::warmup_steps), "warm-up updates of the schedule")
+      .field("min_lr", member<Config>(&C::min_lr), "floor of the cosine schedules")
+      .field("grad_clip", member<Config>(&C::grad_clip), "max global gradient norm; 0 = off")
+      .field("eval_every", member<Config>(&C::eval_every),
+             "validate every N updates (and each epoch end); 0 = epoch ends only")
+      .field("checkpoint_every", member<Config>(&C::checkpoint_every),
+             "checkpoint every N updates (and each epoch end); 0 = epoch ends only")
+      .field("log_every", member<Config>(&C::log_every), "train metrics record every N updates")
+      .field("eval_batch_size", member<Config>(&C::eval_batch_size),
+             "batch of validation and test")
+      .check("mechanism must be one of: " + detail::join_names(mechanisms),
+             [mechanisms](const Config& c) { return detail::contains_name(mechanisms, c.mechanism); })
+      .check("projection must be \"\", qkv, kv or kv-pos",
+             [](const Config& c) {
+               return detail::contains_name({"", "qkv", "kv", "kv-pos"}, c.projection);
+             })
+      .check("seed must be >= 0", [](const Config& c) { return c.seed >= 0; })
+      .check("alpha_init must be > 0", [](const Config& c) { return c.alpha_init > 0; })
+      .check("d_model must be a positive multiple of num_heads",
+             [](const Config& c) {
+               return c.d_model > 0 && c.num_heads > 0 && c.d_model % c.num_heads == 0;
+             })
+      .check("num_layers must be >= 1", [](const Config& c) { return c.num_layers >= 1; })
+      .check("ffn_dim must be >= 0", [](const Config& c) { return c.ffn_dim >= 0; })
+      .check("dropout must be in [0, 1)",
+             [](const Config& c) { return c.dropout >= 0 && c.dropout < 1; })
+      .check("batch_size must be >= 1", [](const Config& c) { return c.batch_size >= 1; })
+      .check("optimizer must be adam or adamw",
+             [optimizers](const Config& c) { return detail::contains_name(optimizers, c.optimizer); })
+      .check("lr must be > 0", [](const Config& c) { return c.lr > 0; })
+      .check("weight_decay must be >= 0", [](const Config& c) { return c.weight_decay >= 0; })
+      .check("beta1 and beta2 must be in [0, 1)",
+             [](const Config& c) {
+               return c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1;
+             })
+      .check("adam_eps must be > 0", [](const Config& c) { return c.adam_eps > 0; })
+      .check("schedule must be one of: " + detail::join_names(schedules),
+             [schedules](const Config& c) { return detail::contains_name(schedules, c.schedule); })
+      .check("warmup_steps must be >= 0", [](const Config& c) { return c.warmup_steps >= 0; })
+      .check("min_lr must be in [0, lr]",
+             [](const Config& c) { return c.min_lr >= 0 && c.min_lr <= c.lr; })
+      .check("grad_clip must be >= 0", [](const Config& c) { return c.grad_clip >= 0; })
+      .check("eval_every and checkpoint_every must be >= 0",
+             [](const Config& c) { return c.eval_every >= 0 && c.checkpoint_every >= 0; })
+      .check("log_every must be >= 1", [](const Config& c) { return c.log_every >= 1; })
+      .check("eval_batch_size must be >= 1",
+             [](const Config& c) { return c.eval_batch_size >= 1; });
+  return schema;
+}
+
+// The projection a run uses: config.projection, or the mechanism's own when that is "".
+std::string resolved_projection(const CommonTaskConfig& config);
+
+// Adam or AdamW over `parameters` with lr, (beta1, beta2), adam_eps and weight_decay.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::vector<torch::Tensor>& parameters, const CommonTaskConfig& config);
+
+// The config's schedule over `total_steps` updates (noam: d_model and lr as the factor); an
+// invalid combination (warm-up longer than the run, ...) fails naming `schema_name`.
+train::LrSchedule make_schedule(const CommonTaskConfig& config, int64_t total_steps,
+                                const std::string& schema_name);
+
+// A well-mixed 64-bit seed from two (splitmix64 finaliser of a * golden ratio + b): the seed of
+// the episodes of update `b` of a run with seed `a`, and the like.
+uint64_t mix_seeds(uint64_t a, uint64_t b);
+
+// Total elements of the module's parameters.
+int64_t parameter_count(const torch::nn::Module& model);
+
+}  // namespace tasks
+}  // namespace kvq

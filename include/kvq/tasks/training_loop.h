@@ -1,0 +1,91 @@
+#pragma once
+// The training loop every registered task runs: learning rate from the schedule before each
+// update, zero_grad / loss / backward / clip / step, running train records, validation and the
+// best checkpoint, periodic atomic checkpoints, resume, the progress bar, the final test and
+// results.json. A task supplies its model, optimiser, data order and two callbacks: the loss of
+// one training batch and the metrics of a split.
+//
+// Files in the run directory (kvq::train::RunDir):
+//   metrics.jsonl  {"step","split":"train","epoch","loss",<accuracy_key>,"lr",<unit>_per_s}
+//                  every log_every updates and at the end; {"step","split":"val"|"test",<metrics>}
+//   checkpoint.pt  every checkpoint_every updates, at every epoch end and at the end (atomic)
+//   best.pt        the checkpoint of the best validation score so far
+//   results.json   the summary (TrainSummary) of a finished run
+// A run resumed from checkpoint.pt ends with parameters, metrics records (time fields aside) and
+// results bit-identical to the uninterrupted run's, at the same thread count, provided the
+// callbacks draw randomness only from torch's default generator and the sampler.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kvq/tasks/task_registry.h"
+#include "kvq/train/run_dir.h"
+#include "kvq/train/sampler.h"
+#include "kvq/train/schedules.h"
+
+namespace kvq {
+namespace tasks {
+
+// What the loss callback returns for one training batch.
+struct BatchLoss {
+  torch::Tensor loss;     // scalar, differentiable: what backward() runs on
+  int64_t items = 0;      // tokens / samples / targets in the batch (throughput, accuracy)
+  int64_t correct = -1;   // right predictions among `items`; -1 = no train accuracy
+};
+
+struct TrainingLoop {
+  torch::nn::Module* model = nullptr;
+  torch::optim::Optimizer* optimizer = nullptr;
+  train::LrSchedule schedule;
+  // Batch order; its state goes into every checkpoint. Null = the loss callback needs none (it
+  // then receives an undefined index tensor, and draws batches from the step number alone).
+  train::BatchSampler* sampler = nullptr;
+  int64_t total_steps = 0;
+  // Updates per epoch: validation and a checkpoint at every epoch end; 0 = no epochs.
+  int64_t steps_per_epoch = 0;
+  int64_t log_every = 20;
+  int64_t eval_every = 0;        // 0 = epoch ends and the end only
+  int64_t checkpoint_every = 0;  // 0 = epoch ends and the end only
+  double grad_clip = 0.0;        // 0 = off
+  // The loss of the batch `index` (from the sampler) at update `step` (0-based), model in train
+  // mode, gradients enabled.
+  std::function<BatchLoss(const torch::Tensor& index, int64_t step)> loss;
+  // Metrics of the model on "val" or "test": must hold "loss" and `best_metric`; numbers only
+  // (they become metrics records). Called in train mode; it switches modes itself.
+  std::function<nlohmann::json(const std::string& split)> evaluate;
+  // The validation metric that picks best.pt, and whether larger is better.
+  std::string best_metric = "loss";
+  bool maximize = false;
+  // Name of the train accuracy in the train records ("token_acc", "acc"); used when the loss
+  // callback reports `correct`.
+  std::string accuracy_key = "acc";
+  // Progress bar label and unit ("tok", "img", ...); throughput in the records is
+  // <unit>_per_s, counted from BatchLoss::items.
+  std::string label;
+  std::string unit = "items";
+};
+
+// Runs (or, with context.resume and a checkpoint in `run`, continues) `loop`, then evaluates the
+// test split and writes results.json: `summary` (task-specific fields: task, mechanism, seed,
+// params, ...) plus "steps", "train_seconds", "threads", "test" (the test metrics) and
+// "best_val" {best_metric: value, "step"}. A resumed run whose results.json exists returns it.
+// With context.stop_after_step the loop stops there and returns {"stopped_at": step} merged into
+// `summary` (no test, no results.json).
+TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& run,
+                               const TrainContext& context, nlohmann::json summary);
+
+// The checkpoint file `kvq eval` reads: best.pt for options.checkpoint == "best" (falling back to
+// checkpoint.pt when the run has none), checkpoint.pt for "last". Checks options.checkpoint
+// (best | last) and options.split (test | val) and that the file exists; errors name them.
+std::string checkpoint_to_evaluate(const train::RunDir& run, const EvalOptions& options);
+
+// "split loss 0.1234 acc 0.9876 ...": the numbers of `metrics` in key order, for notes and logs.
+std::string describe_metrics(const std::string& split, const nlohmann::json& metrics);
+
+}  // namespace tasks
+}  // namespace kvq

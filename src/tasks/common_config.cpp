@@ -1,0 +1,78 @@
+#include "kvq/tasks/common_config.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+namespace kvq {
+namespace tasks {
+
+namespace detail {
+
+std::string join_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+bool contains_name(const std::vector<std::string>& names, const std::string& name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+}  // namespace detail
+
+std::string resolved_projection(const CommonTaskConfig& c) {
+  if (!c.projection.empty()) return c.projection;
+  return projection_name(find_mechanism(c.mechanism).projection);
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::vector<torch::Tensor>& parameters, const CommonTaskConfig& c) {
+  if (c.optimizer == "adamw") {
+    return std::make_unique<torch::optim::AdamW>(parameters, torch::optim::AdamWOptions(c.lr)
+                                                                 .betas({c.beta1, c.beta2})
+                                                                 .eps(c.adam_eps)
+                                                                 .weight_decay(c.weight_decay));
+  }
+  TORCH_CHECK(c.optimizer == "adam", "config: optimizer must be adam or adamw, got '",
+              c.optimizer, "'");
+  return std::make_unique<torch::optim::Adam>(parameters, torch::optim::AdamOptions(c.lr)
+                                                              .betas({c.beta1, c.beta2})
+                                                              .eps(c.adam_eps)
+                                                              .weight_decay(c.weight_decay));
+}
+
+train::LrSchedule make_schedule(const CommonTaskConfig& c, int64_t total_steps,
+                                const std::string& schema_name) {
+  train::LrSchedule s;
+  s.kind = c.schedule;
+  s.base_lr = c.lr;
+  s.min_lr = c.min_lr;
+  s.warmup_steps = c.warmup_steps;
+  s.total_steps = total_steps;
+  s.d_model = c.d_model;
+  s.factor = c.lr;
+  try {
+    train::validate(s);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config ", schema_name, ": schedule '", c.schedule, "' with warmup_steps = ",
+                c.warmup_steps, " over ", total_steps, " updates: ", e.what_without_backtrace());
+  }
+  return s;
+}
+
+uint64_t mix_seeds(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9E3779B97F4A7C15ULL + b + 0x632BE59BD9B4E019ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+int64_t parameter_count(const torch::nn::Module& model) {
+  int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace tasks
+}  // namespace kvq

@@ -1,0 +1,254 @@
+#include "kvq/tasks/training_loop.h"
+
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "kvq/train/atomic_file.h"
+#include "kvq/train/checkpoint.h"
+#include "kvq/train/metrics_log.h"
+#include "kvq/train/progress.h"
+
+namespace kvq {
+namespace tasks {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kBestFile = "best.pt";
+constexpr const char* kResultsFile = "results.json";
+
+// Running sums of the train records between two log lines; kept in the checkpoint so that a
+// resumed run writes the same records as an uninterrupted one.
+struct Window {
+  double loss_sum = 0;
+  int64_t correct = 0, items = 0, steps = 0;
+  nlohmann::json to_json() const {
+    return {{"loss_sum", loss_sum}, {"correct", correct}, {"items", items}, {"steps", steps}};
+  }
+  static Window from_json(const nlohmann::json& j) {
+    Window w;
+    w.loss_sum = j.at("loss_sum").get<double>();
+    w.correct = j.at("correct").get<int64_t>();
+    w.items = j.at("items").get<int64_t>();
+    w.steps = j.at("steps").get<int64_t>();
+    return w;
+  }
+};
+
+bool has_test_record(const std::string& metrics_path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(metrics_path, ec)) return false;
+  for (const auto& r : train::read_metrics(metrics_path)) {
+    if (r.value("split", "") == "test") return true;
+  }
+  return false;
+}
+
+nlohmann::json record(int64_t step, const std::string& split, const nlohmann::json& metrics) {
+  nlohmann::json r = {{"step", step}, {"split", split}};
+  for (const auto& [key, value] : metrics.items()) {
+    if (value.is_number()) r[key] = value;
+  }
+  return r;
+}
+
+void check_loop(const TrainingLoop& loop) {
+  TORCH_CHECK(loop.model != nullptr && loop.optimizer != nullptr,
+              "run_training_loop: model and optimizer must be set");
+  TORCH_CHECK(loop.loss && loop.evaluate,
+              "run_training_loop: the loss and evaluate callbacks must be set");
+  TORCH_CHECK(loop.total_steps >= 1, "run_training_loop: total_steps must be >= 1, got ",
+              loop.total_steps);
+  TORCH_CHECK(loop.steps_per_epoch >= 0 && loop.log_every >= 1 && loop.eval_every >= 0 &&
+                  loop.checkpoint_every >= 0,
+              "run_training_loop: steps_per_epoch, eval_every and checkpoint_every must be >= 0 "
+              "and log_every >= 1");
+}
+
+}  // namespace
+
+std::string describe_metrics(const std::string& split, const nlohmann::json& metrics) {
+  std::ostringstream out;
+  out << split;
+  for (const auto& [key, value] : metrics.items()) {
+    if (key == "samples" || !value.is_number()) continue;
+    out << " " << key << " ";
+    if (value.is_number_integer()) {
+      out << value.get<int64_t>();
+    } else {
+      out << std::fixed << std::setprecision(4) << value.get<double>();
+    }
+  }
+  return out.str();
+}
+
+TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& run,
+                               const TrainContext& context, nlohmann::json summary) {
+  check_loop(loop);
+  const std::string results_path = run.file(kResultsFile).string();
+  const std::string metrics_path = run.metrics_path().string();
+  const std::string checkpoint_path = run.checkpoint_path().string();
+  const std::string best_path = run.file(kBestFile).string();
+  torch::nn::Module& model = *loop.model;
+  torch::optim::Optimizer& optimizer = *loop.optimizer;
+  const int64_t total = loop.total_steps;
+
+  train::TrainingState state;
+  state.schedule = train::to_json(loop.schedule);
+  state.extra = {{"window", Window{}.to_json()},
+                 {"best_val", nullptr},
+                 {"best_step", -1},
+                 {"train_seconds", 0.0}};
+  if (context.resume && run.has_checkpoint()) {
+    state = train::load_checkpoint(checkpoint_path, model, optimizer);
+    TORCH_CHECK(state.schedule == train::to_json(loop.schedule), "resume: ", checkpoint_path,
+                " was written with schedule ", state.schedule.dump(), ", the config gives ",
+                train::to_json(loop.schedule).dump());
+    if (loop.sampler != nullptr) loop.sampler->load_state(state.data);
+    std::error_code ec;
+    if (state.step >= total && std::filesystem::exists(results_path, ec)) {
+      return nlohmann::json::parse(train::read_file(results_path, "resume"));
+    }
+  }
+  // Records past the checkpoint belong to the interrupted continuation (none for a new run).
+  train::truncate_metrics(metrics_path, state.step);
+  const int64_t start_step = state.step;
+
+  Window window = Window::from_json(state.extra.at("window"));
+  nlohmann::json best = state.extra.at("best_val");
+  int64_t best_step = state.extra.at("best_step").get<int64_t>();
+  double train_seconds = state.extra.at("train_seconds").get<double>();
+  const auto sync_state = [&] {
+    state.data = loop.sampler != nullptr ? loop.sampler->state() : nlohmann::json();
+    state.extra = {{"window", window.to_json()},
+                   {"best_val", best},
+                   {"best_step", best_step},
+                   {"train_seconds", train_seconds}};
+  };
+
+  std::unique_ptr<train::ProgressBar> bar;
+  if (!context.quiet && start_step < total) {
+    bar = std::make_unique<train::ProgressBar>(
+        total,
+        train::ProgressOptions()
+            .label(context.label.empty() ? loop.label : context.label)
+            .unit(loop.unit),
+        start_step);
+  }
+  train::MetricsWriter metrics(metrics_path);
+  model.train();
+  auto segment_start = Clock::now();
+  auto window_start = segment_start;
+  const auto elapsed = [](Clock::time_point since) {
+    return std::chrono::duration<double>(Clock::now() - since).count();
+  };
+
+  while (state.step < total) {
+    if (context.stop_after_step >= 0 && state.step >= context.stop_after_step) break;
+    const double lr = train::learning_rate(loop.schedule, state.step);
+    train::set_learning_rate(optimizer, lr);
+    const torch::Tensor index = loop.sampler != nullptr ? loop.sampler->next() : torch::Tensor();
+    optimizer.zero_grad();
+    const BatchLoss batch = loop.loss(index, state.step);
+    batch.loss.backward();
+    if (loop.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), loop.grad_clip);
+    optimizer.step();
+    ++state.step;
+    if (loop.sampler != nullptr) state.epoch = loop.sampler->epoch();
+
+    const double loss_value = batch.loss.item<double>();
+    window.loss_sum += loss_value;
+    window.correct += std::max<int64_t>(batch.correct, 0);
+    window.items += batch.items;
+    window.steps += 1;
+    if (bar) bar->update(state.step, loss_value, batch.items);
+
+    const bool last = state.step == total;
+    const bool epoch_end = loop.steps_per_epoch > 0 && state.step % loop.steps_per_epoch == 0;
+    if (state.step % loop.log_every == 0 || last) {
+      const double seconds = elapsed(window_start);
+      nlohmann::json r = {{"step", state.step}, {"split", "train"}};
+      if (loop.steps_per_epoch > 0) {
+        r["epoch"] = static_cast<double>(state.step) / static_cast<double>(loop.steps_per_epoch);
+      }
+      r["loss"] = window.loss_sum / static_cast<double>(window.steps);
+      if (batch.correct >= 0 && window.items > 0) {
+        r[loop.accuracy_key] =
+            static_cast<double>(window.correct) / static_cast<double>(window.items);
+      }
+      r["lr"] = lr;
+      r[loop.unit + "_per_s"] = seconds > 0 ? static_cast<double>(window.items) / seconds : 0.0;
+      metrics.write(r);
+      window = Window{};
+      window_start = Clock::now();
+    }
+    if (last || epoch_end || (loop.eval_every > 0 && state.step % loop.eval_every == 0)) {
+      const auto val = loop.evaluate("val");
+      model.train();
+      metrics.write(record(state.step, "val", val));
+      if (bar) {
+        bar->note("step " + std::to_string(state.step) + "/" + std::to_string(total) + " " +
+                  describe_metrics("val", val));
+      }
+      TORCH_CHECK(val.contains(loop.best_metric), "run_training_loop: the validation metrics ",
+                  val.dump(), " have no '", loop.best_metric, "'");
+      const double score = val.at(loop.best_metric).get<double>();
+      if (best.is_null() || (loop.maximize ? score > best.get<double>()
+                                           : score < best.get<double>())) {
+        best = score;
+        best_step = state.step;
+        sync_state();
+        train::save_checkpoint(best_path, model, optimizer, state);
+      }
+    }
+    if (last || epoch_end ||
+        (loop.checkpoint_every > 0 && state.step % loop.checkpoint_every == 0)) {
+      train_seconds += elapsed(segment_start);
+      segment_start = Clock::now();
+      sync_state();
+      train::save_checkpoint(checkpoint_path, model, optimizer, state);
+    }
+  }
+  if (bar) bar->finish();
+  if (state.step < total) {
+    summary["stopped_at"] = state.step;
+    return summary;
+  }
+
+  const auto test = loop.evaluate("test");
+  if (!has_test_record(metrics_path)) metrics.write(record(state.step, "test", test));
+  if (!context.quiet) std::cerr << describe_metrics("test", test) << "\n";
+
+  summary["steps"] = state.step;
+  summary["train_seconds"] = train_seconds;
+  summary["threads"] = at::get_num_threads();
+  summary["test"] = test;
+  summary["best_val"] = {{loop.best_metric, best}, {"step", best_step}};
+  train::write_file_atomic(results_path, summary.dump(2) + "\n", "results");
+  return summary;
+}
+
+std::string checkpoint_to_evaluate(const train::RunDir& run, const EvalOptions& options) {
+  TORCH_CHECK(options.checkpoint == "best" || options.checkpoint == "last",
+              "eval: --checkpoint must be best or last, got '", options.checkpoint, "'");
+  TORCH_CHECK(options.split == "test" || options.split == "val",
+              "eval: --split must be test or val, got '", options.split, "'");
+  std::string path = run.checkpoint_path().string();
+  std::error_code ec;
+  if (options.checkpoint == "best" && std::filesystem::exists(run.file(kBestFile), ec)) {
+    path = run.file(kBestFile).string();
+  }
+  TORCH_CHECK(std::filesystem::exists(path, ec), "eval: ", path,
+              ": no such checkpoint (the run has not saved one yet)");
+  return path;
+}
+
+}  // namespace tasks
+}  // namespace kvq
