@@ -1,0 +1,203 @@
+#include "kvq/models/in_context_regressor.h"
+
+#include <cmath>
+
+#include "kvq/models/layers.h"
+
+namespace kvq {
+namespace models {
+namespace {
+
+void check_options(const InContextRegressorOptions& o) {
+  const char* owner = "InContextRegressor";
+  TORCH_CHECK(o.x_dim() >= 1, owner, ": x_dim must be >= 1, got ", o.x_dim());
+  TORCH_CHECK(o.y_dim() >= 1, owner, ": y_dim must be >= 1, got ", o.y_dim());
+  TORCH_CHECK(o.num_layers() >= 1, owner, ": num_layers must be >= 1, got ", o.num_layers());
+  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0, owner,
+              ": d_model must be a positive multiple of num_heads, got d_model = ", o.d_model(),
+              ", num_heads = ", o.num_heads());
+  TORCH_CHECK(o.ffn_dim() >= 0, owner, ": ffn_dim must be >= 0 (0 = 4 * d_model), got ",
+              o.ffn_dim());
+  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu", owner,
+              ": activation must be 'relu' or 'gelu', got '", o.activation(), "'");
+  TORCH_CHECK(o.layer_norm_eps() > 0.0, owner, ": layer_norm_eps must be > 0, got ",
+              o.layer_norm_eps());
+  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, owner, ": dropout must be in [0, 1), got ",
+              o.dropout());
+}
+
+// Inverse of softplus as torch computes it (beta 1, threshold 20: softplus(t) = t for t > 20), so
+// that softplus(raw) reproduces `excess` to rounding.
+double inverse_softplus(double excess) {
+  return excess > 20.0 ? excess : excess + std::log(-std::expm1(-excess));
+}
+
+}  // namespace
+
+// ---- InContextRegressorLayer ----
+
+InContextRegressorLayerImpl::InContextRegressorLayerImpl(const InContextRegressorOptions& options_,
+                                                         std::string mechanism_)
+    : options(options_), mechanism(std::move(mechanism_)) {
+  reset();
+}
+
+void InContextRegressorLayerImpl::reset() {
+  check_options(options);
+  const int64_t d = options.d_model();
+  attn = register_module(
+      "attn", kvq::nn::MultiHeadKVQ(kvq::nn::MultiHeadKVQOptions(d, options.num_heads())
+                                        .mechanism(mechanism)
+                                        .projection(options.projection())
+                                        .dropout(options.dropout())
+                                        .bias(options.bias())
+                                        .alpha_init(options.alpha_init())
+                                        .alpha_floor(options.alpha_floor())
+                                        .learn_alpha(options.learn_alpha())
+                                        .scale(options.attention_scale())
+                                        .batch_first(true)));
+  norm1 = norm2 = nullptr;
+  linear1 = linear2 = nullptr;
+  if (options.layer_norm()) {
+    const auto ln = torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps());
+    norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
+    if (options.feed_forward()) norm2 = register_module("norm2", torch::nn::LayerNorm(ln));
+  }
+  if (options.feed_forward()) {
+    const int64_t hidden = options.ffn_dim() == 0 ? 4 * d : options.ffn_dim();
+    linear1 = register_module(
+        "linear1", torch::nn::Linear(torch::nn::LinearOptions(d, hidden).bias(options.bias())));
+    linear2 = register_module(
+        "linear2", torch::nn::Linear(torch::nn::LinearOptions(hidden, d).bias(options.bias())));
+  }
+  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+}
+
+torch::Tensor InContextRegressorLayerImpl::forward(const torch::Tensor& h,
+                                                   const torch::Tensor& keys,
+                                                   const torch::Tensor& values,
+                                                   const torch::Tensor& key_padding_mask) {
+  auto q = norm1.is_empty() ? h : norm1(h);
+  auto x = h + dropout(attn->forward(q, keys, values, key_padding_mask, /*causal=*/false));
+  if (linear1.is_empty()) return x;
+  auto u = norm2.is_empty() ? x : norm2(x);
+  auto hidden = options.activation() == "gelu" ? torch::gelu(linear1(u)) : torch::relu(linear1(u));
+  return x + dropout(linear2(dropout(hidden)));
+}
+
+// ---- InContextRegressor ----
+
+InContextRegressorImpl::InContextRegressorImpl(const InContextRegressorOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void InContextRegressorImpl::reset() {
+  const auto& o = options;
+  check_options(o);
+  const auto names =
+      layer_mechanisms("InContextRegressor", o.mechanism(), o.mechanisms(), o.num_layers());
+  const int64_t d = o.d_model();
+  auto linear = [&](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.bias()));
+  };
+  x_embed = register_module("x_embed", linear(o.x_dim(), d));
+  xy_embed = register_module("xy_embed", linear(o.x_dim() + o.y_dim(), d));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (const auto& name : names) layers->push_back(InContextRegressorLayer(o, name));
+  final_norm = nullptr;
+  if (o.layer_norm()) {
+    final_norm = register_module(
+        "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(o.layer_norm_eps())));
+  }
+  readout = register_module("readout", linear(d, o.y_dim()));
+}
+
+torch::Tensor InContextRegressorImpl::forward(const torch::Tensor& context_x,
+                                              const torch::Tensor& context_y,
+                                              const torch::Tensor& target_x,
+                                              const torch::Tensor& context_padding_mask) {
+  const char* owner = "InContextRegressor";
+  const int64_t dx = options.x_dim(), dy = options.y_dim();
+  TORCH_CHECK(context_x.defined() && context_x.dim() == 3 && context_x.size(1) >= 1 &&
+                  context_x.size(2) == dx,
+              owner, ": context_x must have shape (B, N, dx) with N >= 1 and dx = ", dx, ", got ",
+              context_x.defined() ? context_x.sizes() : c10::IntArrayRef{});
+  const int64_t batch = context_x.size(0), n = context_x.size(1);
+  TORCH_CHECK(context_y.defined() && context_y.dim() == 3 && context_y.size(0) == batch &&
+                  context_y.size(1) == n && context_y.size(2) == dy,
+              owner, ": context_y must have shape (B, N, dy) = (", batch, ", ", n, ", ", dy,
+              "), got ", context_y.defined() ? context_y.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(target_x.defined() && target_x.dim() == 3 && target_x.size(0) == batch &&
+                  target_x.size(2) == dx,
+              owner, ": target_x must have shape (B, M, dx) = (", batch, ", M, ", dx, "), got ",
+              target_x.defined() ? target_x.sizes() : c10::IntArrayRef{});
+  if (context_padding_mask.defined()) {
+    TORCH_CHECK(context_padding_mask.scalar_type() == torch::kBool &&
+                    context_padding_mask.dim() == 2 && context_padding_mask.size(0) == batch &&
+                    context_padding_mask.size(1) == n,
+                owner, ": context_padding_mask must be bool of shape (B, N) = (", batch, ", ", n,
+                "), got ", context_padding_mask.scalar_type(), " ", context_padding_mask.sizes());
+  }
+  auto keys = x_embed(context_x);
+  auto values = xy_embed(torch::cat({context_x, context_y}, /*dim=*/-1));
+  auto h = x_embed(target_x);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    h = layers->ptr<InContextRegressorLayerImpl>(i)->forward(h, keys, values,
+                                                             context_padding_mask);
+  }
+  if (!final_norm.is_empty()) h = final_norm(h);
+  return readout(h);
+}
+
+InContextRegressorOptions ridge_construction_options(int64_t x_dim, int64_t y_dim) {
+  return InContextRegressorOptions(x_dim, y_dim)
+      .d_model(x_dim + y_dim)
+      .num_heads(1)
+      .num_layers(1)
+      .feed_forward(false)
+      .layer_norm(false)
+      .dropout(0.0)
+      .mechanism("intention")
+      .projection("qkv")
+      .learn_alpha(false);
+}
+
+void set_ridge_weights(InContextRegressor& model, double alpha) {
+  const char* op = "set_ridge_weights";
+  const auto& o = model->options;
+  const int64_t dx = o.x_dim(), dy = o.y_dim(), d = o.d_model();
+  TORCH_CHECK(o.num_layers() == 1, op, ": needs num_layers = 1, got ", o.num_layers());
+  TORCH_CHECK(o.num_heads() == 1, op, ": needs num_heads = 1, got ", o.num_heads());
+  TORCH_CHECK(d >= dx + dy, op, ": needs d_model >= x_dim + y_dim = ", dx + dy, ", got ", d);
+  TORCH_CHECK(!o.feed_forward(), op, ": needs feed_forward = false");
+  TORCH_CHECK(!o.layer_norm(), op, ": needs layer_norm = false");
+  auto& attn = model->layers->ptr<InContextRegressorLayerImpl>(0)->attn;
+  const double floor = attn->options.alpha_floor();
+  if (attn->alpha_raw.defined()) {
+    TORCH_CHECK(std::isfinite(alpha) && alpha > floor, op, ": alpha must be finite and > ",
+                "alpha_floor = ", floor, ", got ", alpha);
+  }
+
+  torch::NoGradGuard no_grad;
+  auto set_block = [](const torch::Tensor& w, int64_t row, int64_t col, int64_t size) {
+    w.zero_();
+    w.narrow(0, row, size).narrow(1, col, size).copy_(torch::eye(size, w.options()));
+  };
+  auto zero_bias = [](const torch::nn::Linear& layer) {
+    if (layer->bias.defined()) layer->bias.zero_();
+  };
+  set_block(model->x_embed->weight, 0, 0, dx);
+  set_block(model->xy_embed->weight, dx, dx, dy);
+  set_block(model->readout->weight, 0, dx, dy);
+  for (const auto* layer : {&model->x_embed, &model->xy_embed, &model->readout}) zero_bias(*layer);
+  for (const auto* proj : {&attn->q_proj, &attn->k_proj, &attn->v_proj, &attn->out_proj}) {
+    if (proj->is_empty()) continue;  // no W_q under the kv projections
+    set_block((*proj)->weight, 0, 0, d);
+    zero_bias(*proj);
+  }
+  if (attn->alpha_raw.defined()) attn->alpha_raw.fill_(inverse_softplus(alpha - floor));
+}
+
+}  // namespace models
+}  // namespace kvq
