@@ -1,0 +1,176 @@
+#pragma once
+// The few-shot classifier of the Intention paper's few-shot experiment (Garnelo & Czarnecki 2023;
+// docs: tasks.md, "Experiments of the Intention paper", item 2): a small convolutional encoder,
+// the support set of an N-way episode as keys (image features) and values (image features plus an
+// embedding of the episode label), and the query images as queries of KVQ cross-attention layers.
+// Episodes come from kvq/data/few_shot.h.
+//
+// With one layer of one head the mechanisms are classical few-shot learners: softmax is a soft
+// nearest neighbour over the support set (Matching Networks, Vinyals et al. 2016); intention
+// regresses the support values on the support keys with ridge regression and applies the solution
+// to the query (a closed-form head as in R2-D2, Bertinetto et al. 2019).
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "kvq/models/layers.h"
+
+namespace kvq {
+namespace models {
+
+struct ConvEncoderOptions {
+  /// Image channels C. Default: 1.
+  TORCH_ARG(int64_t, in_channels) = 1;
+  /// Side of the square input image, in pixels. Default: 28.
+  TORCH_ARG(int64_t, image_size) = 28;
+  /// Output channels of every block. Default: 64 (Snell et al. 2017).
+  TORCH_ARG(int64_t, channels) = 64;
+  /// Blocks; each halves the side (rounding down), which must stay >= 1. Default: 4.
+  TORCH_ARG(int64_t, num_blocks) = 4;
+  /// Normalisation after each convolution: "group" (GroupNorm: every image on its own, so a
+  /// feature never depends on the other images and training and evaluation behave alike),
+  /// "batch" (BatchNorm2d: the statistics of all images of one call while training, running
+  /// statistics in eval mode) or "none". Default: "group".
+  TORCH_ARG(std::string, norm) = "group";
+  /// Groups of GroupNorm; must divide channels. Default: 8.
+  TORCH_ARG(int64_t, norm_groups) = 8;
+};
+
+// "Conv-4" of Prototypical Networks (Snell et al. 2017): num_blocks blocks
+// Conv3x3(padding 1) - norm - ReLU - MaxPool2x2, then flatten.
+// images float (M, C, image_size, image_size) -> (M, F), F = channels * s^2 with
+// s = image_size halved (rounding down) num_blocks times (28 and 4 blocks: s = 1, F = channels).
+class ConvEncoderImpl : public torch::nn::Cloneable<ConvEncoderImpl> {
+ public:
+  explicit ConvEncoderImpl(const ConvEncoderOptions& options = {});
+
+  void reset() override;
+
+  torch::Tensor forward(const torch::Tensor& images);
+
+  // The feature width F.
+  int64_t output_dim() const;
+
+  ConvEncoderOptions options;
+  torch::nn::Sequential blocks{nullptr};
+};
+TORCH_MODULE(ConvEncoder);
+
+// One layer of the classifier: the queries attend to the support set, whose keys and values
+// differ (MultiHeadKVQ with key != value), then a feed-forward network.
+//   Pre-LN:  x = x + drop(CA(LN1(x), keys, values));   x = x + drop(FFN(LN2(x)))
+//   Post-LN: x = LN1(x + drop(CA(x, keys, values)));   x = LN2(x + drop(FFN(x)))
+// x (B, M, d), keys and values (B, S, d) -> (B, M, d); no mask, no causality.
+class SupportAttentionBlockImpl : public torch::nn::Cloneable<SupportAttentionBlockImpl> {
+ public:
+  explicit SupportAttentionBlockImpl(const TransformerBlockOptions& options);
+
+  void reset() override;
+
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& keys,
+                        const torch::Tensor& values);
+
+  TransformerBlockOptions options;
+  kvq::nn::MultiHeadKVQ cross_attn{nullptr};
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Linear linear1{nullptr}, linear2{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+};
+TORCH_MODULE(SupportAttentionBlock);
+
+struct FewShotClassifierOptions {
+  explicit FewShotClassifierOptions(int64_t num_ways) : num_ways_(num_ways) {}
+  /// Classes per episode N: label embeddings and output logits.
+  TORCH_ARG(int64_t, num_ways);
+  /// Image channels C. Default: 1.
+  TORCH_ARG(int64_t, in_channels) = 1;
+  /// Side of the square input image, in pixels. Default: 28.
+  TORCH_ARG(int64_t, image_size) = 28;
+  /// Channels of the encoder blocks. Default: 64.
+  TORCH_ARG(int64_t, encoder_channels) = 64;
+  /// Encoder blocks. Default: 4.
+  TORCH_ARG(int64_t, encoder_blocks) = 4;
+  /// Encoder normalisation, "group", "batch" or "none" (see ConvEncoderOptions). Default: "group".
+  TORCH_ARG(std::string, encoder_norm) = "group";
+  /// Groups of the encoder's GroupNorm; must divide encoder_channels. Default: 8.
+  TORCH_ARG(int64_t, norm_groups) = 8;
+  /// Width d of the attention layers. Default: 64.
+  TORCH_ARG(int64_t, d_model) = 64;
+  /// Attention heads; d_model must be a multiple. Default: 1 (one ridge regression / one soft
+  /// nearest neighbour over the full width).
+  TORCH_ARG(int64_t, num_heads) = 1;
+  /// Cross-attention layers. Default: 1.
+  TORCH_ARG(int64_t, num_layers) = 1;
+  /// Feed-forward hidden width; 0 = 2 * d_model. Default: 0.
+  TORCH_ARG(int64_t, ffn_dim) = 0;
+  /// Dropout in the layers (residuals, FFN, attention weights). Default: 0.
+  TORCH_ARG(double, dropout) = 0.0;
+  /// Pre-LN layers with a final LayerNorm when true, Post-LN when false. Default: true.
+  TORCH_ARG(bool, norm_first) = true;
+  /// Attention score scale; unset = 1/sqrt(head width). Default: unset.
+  TORCH_ARG(c10::optional<double>, attention_scale) = c10::nullopt;
+  /// Mechanism of every layer, a name in kvq::mechanism_names(). Default: "softmax".
+  TORCH_ARG(std::string, mechanism) = "softmax";
+  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
+  TORCH_ARG(std::vector<std::string>, mechanisms) = {};
+  /// "qkv", "kv" or "kv-pos"; empty = each mechanism's own projection. Default: "".
+  TORCH_ARG(std::string, projection) = "";
+  /// Initial ridge parameter alpha (intention mechanisms). Default: 1.
+  TORCH_ARG(double, alpha_init) = 1.0;
+  /// Lower bound of alpha. Default: 1e-4.
+  TORCH_ARG(double, alpha_floor) = 1e-4;
+  /// Learn alpha per head. Default: true.
+  TORCH_ARG(bool, learn_alpha) = true;
+
+ public:
+  // The options of this classifier's ConvEncoder.
+  ConvEncoderOptions encoder_options() const;
+};
+
+// encode: ConvEncoder, images -> features f (F).
+// forward_features, per episode, with P = LayerNorm(Linear(F, d)) shared by support and query:
+//   keys    k_i = P(f_i)                     support image i, label y_i in [0, N)
+//   values  v_i = P(f_i) + E[y_i]            E: learned label embedding (N, d)
+//   queries x_j = P(f_j)                     query image j
+//   x = num_layers SupportAttentionBlocks(x, keys, values)  (FFN 2d, ReLU; + LayerNorm if Pre-LN)
+//   logits_j = Linear(d, N)(x_j)
+// forward: encode (support and query images in one call, so a "batch"-norm encoder sees the whole
+// episode batch while training), then forward_features.
+//   support_images float (B, S, C, H, W), support_labels int64 (B, S) in [0, N),
+//   query_images float (B, M, C, H, W) -> logits (B, M, N) over the episode labels.
+// Nothing requires S = N K or a support example of every class: the attention sees what is given.
+class FewShotClassifierImpl : public torch::nn::Cloneable<FewShotClassifierImpl> {
+ public:
+  explicit FewShotClassifierImpl(int64_t num_ways)
+      : FewShotClassifierImpl(FewShotClassifierOptions(num_ways)) {}
+  explicit FewShotClassifierImpl(const FewShotClassifierOptions& options);
+
+  void reset() override;
+
+  torch::Tensor forward(const torch::Tensor& support_images, const torch::Tensor& support_labels,
+                        const torch::Tensor& query_images);
+
+  // Features of the encoder: images (M, C, H, W) -> (M, F), or (B, S, C, H, W) -> (B, S, F), as
+  // for kvq::data::prototype_logits on the same features.
+  torch::Tensor encode(const torch::Tensor& images);
+
+  // The attention part on given features: support_features (B, S, F), support_labels int64 (B, S)
+  // in [0, N), query_features (B, M, F) -> logits (B, M, N).
+  torch::Tensor forward_features(const torch::Tensor& support_features,
+                                 const torch::Tensor& support_labels,
+                                 const torch::Tensor& query_features);
+
+  FewShotClassifierOptions options;
+  ConvEncoder encoder{nullptr};
+  torch::nn::Linear feature_proj{nullptr};
+  torch::nn::LayerNorm feature_norm{nullptr};
+  torch::nn::Embedding label_embedding{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm final_norm{nullptr};  // Pre-LN only
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(FewShotClassifier);
+
+}  // namespace models
+}  // namespace kvq
