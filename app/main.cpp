@@ -14,6 +14,7 @@
 #include "bench_command.h"
 #include "compare_command.h"
 #include "eval_command.h"
+#include "generate_command.h"
 #include "train_command.h"
 
 namespace {
@@ -60,6 +61,8 @@ int main(int argc, char** argv) {
   kvq::app::add_train_command(app);
   kvq::app::add_eval_command(app);
   kvq::app::add_compare_command(app);
+  kvq::app::add_generate_command(app);
+  kvq::app::add_translate_command(app);
 
   try {
     app.parse(argc, argv);

@@ -63,7 +63,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--mechanism", args->mechanism,
                   "Attention mechanism (same as --set mechanism=NAME): " +
                       join(mechanism_names()));
-  cmd->add_option("--preset", args->preset, "Config preset: paper or quick");
+  cmd->add_option("--preset", args->preset,
+                  "Config preset: quick, or paper (Key-Value Transformer tasks) / full "
+                  "(Intention tasks)");
   cmd->add_option("--config", args->config_file, "JSON file with an object of config overrides");
   cmd->add_option("--set", args->sets, "Config override key=value (repeatable; applied last)");
   auto* seed = cmd->add_option("--seed", args->seed, "Seed (same as --set seed=N)");

@@ -51,5 +51,16 @@ CommandResult run_command(const std::string& who, const std::string& command_lin
   return result;
 }
 
+std::string data_cache_dir() {
+  const auto env = [](const char* name) {
+    const char* value = std::getenv(name);
+    return value != nullptr ? std::string(value) : std::string();
+  };
+  if (!env("KVQ_CACHE_DIR").empty()) return env("KVQ_CACHE_DIR");
+  if (!env("XDG_CACHE_HOME").empty()) return env("XDG_CACHE_HOME") + "/kvq";
+  if (!env("HOME").empty()) return env("HOME") + "/.cache/kvq";
+  return ".kvq-cache";
+}
+
 }  // namespace data
 }  // namespace kvq

@@ -8,7 +8,13 @@
 #include <set>
 
 #include "kvq/data/synthetic_tasks.h"
+#include "kvq/tasks/distill_task.h"
+#include "kvq/tasks/few_shot_task.h"
+#include "kvq/tasks/image_task.h"
+#include "kvq/tasks/lm_task.h"
+#include "kvq/tasks/regression_task.h"
 #include "kvq/tasks/sequence_task.h"
+#include "kvq/tasks/translation_task.h"
 
 namespace kvq {
 namespace tasks {
@@ -21,6 +27,16 @@ namespace fs = std::filesystem;
 std::vector<TaskInfo> all_tasks() {
   std::vector<TaskInfo> out;
   for (const char* name : data::kSyntheticTaskNames) out.push_back(sequence_task_info(name));
+  for (const char* name : {"fashion-mnist", "mnist", "cifar10", "cifar100"}) {
+    out.push_back(image_task_info(name));
+  }
+  for (const char* name : {"char-lm", "human-numbers"}) out.push_back(lm_task_info(name));
+  out.push_back(translation_task_info());
+  for (const char* name : {"icl-linear", "icl-gp", "icl-sinusoid"}) {
+    out.push_back(regression_task_info(name));
+  }
+  out.push_back(few_shot_task_info());
+  out.push_back(distill_task_info());
   return out;
 }
 

@@ -19,5 +19,9 @@ struct CommandResult {
 // Runs `command_line` through /bin/sh (popen) and captures its stdout; stderr is not captured.
 CommandResult run_command(const std::string& who, const std::string& command_line);
 
+// Where the default corpora built from Debian packages are cached (the KJV text, the gettext
+// en-de TSV): $KVQ_CACHE_DIR, else $XDG_CACHE_HOME/kvq, else $HOME/.cache/kvq, else .kvq-cache.
+std::string data_cache_dir();
+
 }  // namespace data
 }  // namespace kvq

@@ -87,6 +87,13 @@ struct TaskInfo {
   // "test" summary and of the "val" metrics records).
   std::string score_metric;
   std::string curve_metric;
+  // Tasks that evaluate at several context sizes N (in-context learning): the test metrics
+  // "<metric_prefix><N>" give `kvq compare` an error-against-N plot, with the reference
+  // "<baseline_prefix><N>" beside it ("" = none). Empty metric_prefix = no such plot.
+  struct ContextCurve {
+    std::string metric_prefix;
+    std::string baseline_prefix;
+  } context_curve;
 };
 
 // Every registered task, in a fixed order (the five synthetic tasks first, in the paper's order).

@@ -1,0 +1,65 @@
+#pragma once
+// Experiment 2 of the Intention paper (Garnelo & Czarnecki 2023; docs: tasks.md): N-way K-shot
+// classification of Fashion-MNIST images, registered as `few-shot`. Meta-train episodes come from
+// classes 0-4 of the train split, meta-test episodes from classes 5-9 of the test split
+// (kvq::data::load_fashion_mnist_meta_splits; data_dir "" = Debian's dataset-fashion-mnist).
+// kvq::models::FewShotClassifier: a Conv-4 encoder, support features (+ label embeddings as
+// values) attended by query features through the chosen mechanism.
+// Training draws a fresh batch of meta-train episodes every update from (seed, update); loss =
+// cross-entropy of the query labels. Evaluation uses fixed meta-test episodes (the same for every
+// mechanism and seed; different ones for "val" and "test"). Metrics: "loss", "acc" (query
+// accuracy) and "proto_acc", the prototype (nearest class mean, Snell et al. 2017) baseline on
+// the same encoder's features.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "kvq/models/few_shot_classifier.h"
+#include "kvq/tasks/common_config.h"
+#include "kvq/tasks/task_registry.h"
+#include "kvq/train/run_dir.h"
+
+namespace kvq {
+namespace tasks {
+
+struct FewShotTaskConfig : CommonTaskConfig {
+  FewShotTaskConfig() {
+    task = "few-shot";
+    d_model = 64;
+    num_heads = 1;
+    num_layers = 1;
+    dropout = 0.0;
+    batch_size = 16;  // episodes
+    lr = 1e-3;
+    schedule = "cosine";
+    warmup_steps = 100;
+    eval_every = 250;
+    checkpoint_every = 250;
+    eval_batch_size = 50;
+  }
+  std::string data_dir = "";        // "" = /usr/share/datasets/fashion-mnist
+  int64_t num_ways = 5;             // classes per episode N
+  int64_t num_shots = 1;            // support images per class K
+  int64_t num_queries = 5;          // query images per class Q
+  int64_t encoder_channels = 32;    // channels of the Conv-4 blocks
+  int64_t steps = 2000;             // optimiser updates
+  int64_t val_episodes = 200;       // fixed meta-test episodes for validation
+  int64_t test_episodes = 1000;     // fixed meta-test episodes for the test
+};
+
+const train::ConfigSchema<FewShotTaskConfig>& few_shot_task_schema();
+
+models::FewShotClassifier make_few_shot_model(const FewShotTaskConfig& config);
+
+TrainSummary train_few_shot_task(const FewShotTaskConfig& config, const train::RunDir& run,
+                                 const TrainContext& context = {});
+nlohmann::json evaluate_few_shot_task(const FewShotTaskConfig& config, const train::RunDir& run,
+                                      const EvalOptions& options = {});
+
+TaskInfo few_shot_task_info();
+
+}  // namespace tasks
+}  // namespace kvq

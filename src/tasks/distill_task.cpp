@@ -1,0 +1,241 @@
+#include "kvq/tasks/distill_task.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kvq/env/grid_world.h"
+#include "kvq/env/teacher.h"
+#include "kvq/tasks/training_loop.h"
+#include "kvq/train/checkpoint.h"
+
+namespace kvq {
+namespace tasks {
+
+namespace {
+
+using Config = DistillTaskConfig;
+namespace F = torch::nn::functional;
+
+// Level seeds of the three splits: disjoint ranges.
+constexpr uint64_t kTrainLevelSeed = 0;
+constexpr uint64_t kValLevelSeed = 1000000000;
+constexpr uint64_t kTestLevelSeed = 2000000000;
+
+env::GridWorldOptions world_options(const Config& c) {
+  return env::GridWorldOptions()
+      .height(c.height)
+      .width(c.width)
+      .wall_density(c.wall_density)
+      .num_distractors(c.num_distractors);
+}
+
+env::TrajectoryDataset dataset(const Config& c, uint64_t seed0, int64_t levels) {
+  return env::make_teacher_dataset(seed0, levels, world_options(c),
+                                   env::TeacherOptions().temperature(c.temperature));
+}
+
+uint64_t sampler_seed(const Config& c) {
+  return mix_seeds(static_cast<uint64_t>(c.seed), 0xD157111);
+}
+
+torch::Tensor logits_of(models::GridPolicy& model, const env::TrajectoryDataset& d,
+                        const torch::Tensor& index) {
+  return model->forward(d.types.index_select(0, index), d.rows.index_select(0, index),
+                        d.cols.index_select(0, index));
+}
+
+torch::Tensor kl_teacher_student(const torch::Tensor& logits, const torch::Tensor& teacher) {
+  return F::kl_div(torch::log_softmax(logits, -1), teacher,
+                   F::KLDivFuncOptions().reduction(torch::kBatchMean));
+}
+
+// KL and agreement of the student on a data set's states.
+nlohmann::json evaluate_states(models::GridPolicy& model, const Config& c,
+                               const env::TrajectoryDataset& d) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = d.types.size(0);
+  std::vector<torch::Tensor> logits;
+  for (int64_t start = 0; start < n; start += c.eval_batch_size) {
+    logits.push_back(
+        logits_of(model, d, torch::arange(start, std::min(n, start + c.eval_batch_size))));
+  }
+  const auto all = torch::cat(logits, 0);
+  return {{"loss", kl_teacher_student(all, d.teacher_probs).item<double>()},
+          {"agreement", env::action_agreement(all, d.optimal)},
+          {"states", n}};
+}
+
+nlohmann::json evaluate_split(models::GridPolicy& model, const Config& c,
+                              const std::string& split, const env::TrajectoryDataset& val) {
+  const bool was_training = model->is_training();
+  model->eval();
+  nlohmann::json out;
+  if (split != "test") {
+    out = evaluate_states(model, c, val);
+  } else {
+    out = evaluate_states(model, c, dataset(c, kTestLevelSeed, c.test_levels));
+    const auto levels = env::generate_levels(kTestLevelSeed, c.test_levels, world_options(c));
+    const env::Policy student = [&](const env::Observation& batch) {
+      torch::NoGradGuard no_grad;
+      return model->forward(batch.types, batch.rows, batch.cols);
+    };
+    const auto acted = env::evaluate_policy(student, levels, world_options(c),
+                                            env::EvalOptions().batch_size(c.eval_batch_size));
+    const auto teacher = env::evaluate_teacher(
+        levels, world_options(c), env::TeacherOptions().temperature(c.temperature).greedy(true));
+    const auto random = env::evaluate_random_policy(levels, world_options(c));
+    out["success"] = acted.success_rate;
+    out["return"] = acted.mean_return;
+    out["length"] = acted.mean_length;
+    out["teacher_success"] = teacher.success_rate;
+    out["teacher_return"] = teacher.mean_return;
+    out["random_success"] = random.success_rate;
+    out["random_return"] = random.mean_return;
+  }
+  model->train(was_training);
+  return out;
+}
+
+}  // namespace
+
+const train::ConfigSchema<Config>& distill_task_schema() {
+  static const auto schema = [] {
+    train::ConfigSchema<Config> schema("distill");
+    add_common_fields(schema)
+        .field("height", &Config::height, "grid rows")
+        .field("width", &Config::width, "grid columns")
+        .field("wall_density", &Config::wall_density, "share of cells that are walls")
+        .field("num_distractors", &Config::num_distractors, "distractor objects per level")
+        .field("temperature", &Config::temperature,
+               "teacher soft-max temperature over -distance")
+        .field("train_levels", &Config::train_levels, "levels of the training trajectories")
+        .field("val_levels", &Config::val_levels, "levels of the validation trajectories")
+        .field("test_levels", &Config::test_levels, "held-out levels of the test")
+        .field("epochs", &Config::epochs, "passes over the training states")
+        .preset("full",
+                {{"height", 9}, {"width", 9}, {"train_levels", 10000}, {"val_levels", 500},
+                 {"test_levels", 1000}, {"epochs", 10}, {"d_model", 64}, {"num_heads", 4},
+                 {"num_layers", 3}, {"batch_size", 64}, {"lr", 1e-3}, {"schedule", "cosine"},
+                 {"warmup_steps", 200}},
+                "9x9 levels, 10k training levels, 10 epochs, d 64, 4 heads, 3 layers")
+        .preset("quick",
+                {{"height", 9}, {"width", 9}, {"train_levels", 1500}, {"val_levels", 200},
+                 {"test_levels", 500}, {"epochs", 4}, {"d_model", 64}, {"num_heads", 4},
+                 {"num_layers", 2}, {"batch_size", 64}, {"lr", 2e-3}, {"schedule", "cosine"},
+                 {"warmup_steps", 100}, {"eval_every", 200}, {"checkpoint_every", 200}},
+                "9x9 levels, 1500 training levels, 4 epochs, d 64, 4 heads, 2 layers")
+        .check("height and width must be in [2, 32]",
+               [](const Config& c) {
+                 return c.height >= 2 && c.width >= 2 && c.height <= 32 && c.width <= 32;
+               })
+        .check("wall_density must be in [0, 0.6]",
+               [](const Config& c) { return c.wall_density >= 0 && c.wall_density <= 0.6; })
+        .check("num_distractors must be >= 0",
+               [](const Config& c) { return c.num_distractors >= 0; })
+        .check("temperature must be >= 0", [](const Config& c) { return c.temperature >= 0; })
+        .check("train_levels, val_levels and test_levels must be >= 1",
+               [](const Config& c) {
+                 return c.train_levels >= 1 && c.val_levels >= 1 && c.test_levels >= 1;
+               })
+        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
+    return schema;
+  }();
+  return schema;
+}
+
+models::GridPolicy make_distill_model(const Config& c) {
+  torch::manual_seed(static_cast<uint64_t>(c.seed));
+  return models::GridPolicy(models::GridPolicyOptions(env::kNumTokenTypes, env::kNumActions)
+                                .max_side(std::max(c.height, c.width))
+                                .d_model(c.d_model)
+                                .num_heads(c.num_heads)
+                                .num_layers(c.num_layers)
+                                .ffn_dim(c.ffn_dim)
+                                .dropout(c.dropout)
+                                .mechanism(c.mechanism)
+                                .projection(c.projection)
+                                .alpha_init(c.alpha_init));
+}
+
+TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
+                                const TrainContext& context) {
+  const auto train_data = dataset(c, kTrainLevelSeed, c.train_levels);
+  const auto val_data = dataset(c, kValLevelSeed, c.val_levels);
+  const int64_t states = train_data.types.size(0);
+  TORCH_CHECK(states >= c.batch_size, "config distill: ", states,
+              " training states are fewer than batch_size = ", c.batch_size);
+  auto model = make_distill_model(c);
+  const auto optimizer = make_optimizer(model->parameters(), c);
+  train::BatchSampler sampler(states, c.batch_size, sampler_seed(c));
+  const int64_t total = c.epochs * sampler.batches_per_epoch();
+
+  TrainingLoop loop;
+  loop.model = model.get();
+  loop.optimizer = optimizer.get();
+  loop.schedule = make_schedule(c, total, "distill");
+  loop.sampler = &sampler;
+  loop.total_steps = total;
+  loop.steps_per_epoch = sampler.batches_per_epoch();
+  loop.log_every = c.log_every;
+  loop.eval_every = c.eval_every;
+  loop.checkpoint_every = c.checkpoint_every;
+  loop.grad_clip = c.grad_clip;
+  loop.loss = [&](const torch::Tensor& index, int64_t) {
+    const auto logits = logits_of(model, train_data, index);
+    BatchLoss out;
+    out.loss = kl_teacher_student(logits, train_data.teacher_probs.index_select(0, index));
+    out.items = index.numel();
+    out.correct = static_cast<int64_t>(std::llround(
+        env::action_agreement(logits.detach(), train_data.optimal.index_select(0, index)) *
+        static_cast<double>(index.numel())));
+    return out;
+  };
+  loop.evaluate = [&](const std::string& split) {
+    return evaluate_split(model, c, split, val_data);
+  };
+  loop.best_metric = "agreement";
+  loop.maximize = true;
+  loop.accuracy_key = "agreement";
+  loop.label = "distill/" + c.mechanism;
+  loop.unit = "state";
+  return run_training_loop(loop, run, context,
+                           {{"task", c.task},
+                            {"mechanism", c.mechanism},
+                            {"projection", resolved_projection(c)},
+                            {"seed", c.seed},
+                            {"params", parameter_count(*model)},
+                            {"train_states", states}});
+}
+
+nlohmann::json evaluate_distill_task(const Config& c, const train::RunDir& run,
+                                     const EvalOptions& options) {
+  const std::string path = checkpoint_to_evaluate(run, options);
+  auto model = make_distill_model(c);
+  train::load_model_weights(path, *model);
+  const auto val = options.split == "val" ? dataset(c, kValLevelSeed, c.val_levels)
+                                          : env::TrajectoryDataset{};
+  auto out = evaluate_split(model, c, options.split, val);
+  out["checkpoint"] = path;
+  out["step"] = train::read_checkpoint_meta(path).at("step");
+  out["split"] = options.split;
+  return out;
+}
+
+TaskInfo distill_task_info() {
+  return make_task_info<Config>(
+      "distill", "distillation",
+      "grid-world policy distillation from a shortest-path teacher (Garnelo & Czarnecki 2023)",
+      distill_task_schema(),
+      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
+        return train_distill_task(c, run, context);
+      },
+      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
+        return evaluate_distill_task(c, run, options);
+      },
+      "agreement", "agreement");
+}
+
+}  // namespace tasks
+}  // namespace kvq

@@ -1,0 +1,224 @@
+// Every registered task family on tiny configs through the generic driver: presets resolve, a run
+// trains and writes its files, the task's own metrics and baselines are reported, and an
+// interrupted run resumed from its checkpoint ends with bit-identical results, both for a task
+// with a batch sampler (human-numbers) and for one whose batches are a function of the update
+// number (icl-linear). Tasks needing data that may be absent (Fashion-MNIST) skip without it.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "kvq/data/idx.h"
+#include "kvq/env/grid_world.h"
+#include "kvq/models/grid_policy.h"
+#include "kvq/registry.h"
+#include "kvq/tasks/task_registry.h"
+#include "kvq/tasks/translation_task.h"
+#include "kvq/train/metrics_log.h"
+#include "kvq/train/run_dir.h"
+#include "test_files.h"
+
+namespace {
+
+namespace KT = kvq::tasks;
+namespace fs = std::filesystem;
+using kvq_test_files::TempDir;
+
+KT::TrainOptions tiny(const std::vector<std::string>& sets, const std::string& run_dir) {
+  KT::TrainOptions o;
+  o.sources.sets = sets;
+  o.seed = 1;
+  o.run_dir = run_dir;
+  o.print_config = false;
+  o.context.quiet = true;
+  return o;
+}
+
+// The metrics records of a run without the clock-dependent throughput fields.
+std::vector<nlohmann::json> records(const std::string& run_dir) {
+  std::vector<nlohmann::json> out;
+  for (auto r : kvq::train::read_metrics((fs::path(run_dir) / "metrics.jsonl").string())) {
+    for (auto it = r.begin(); it != r.end();) {
+      it = it.key().size() > 6 && it.key().substr(it.key().size() - 6) == "_per_s" ? r.erase(it)
+                                                                                   : std::next(it);
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+TEST(TaskFamilies, EveryTaskResolvesItsPresetsForEveryMechanism) {
+  for (const auto& task : KT::tasks()) {
+    const auto presets = task.schema->preset_names();
+    const bool has_quick = std::count(presets.begin(), presets.end(), "quick") == 1;
+    const bool has_long = std::count(presets.begin(), presets.end(), "paper") +
+                              std::count(presets.begin(), presets.end(), "full") ==
+                          1;
+    EXPECT_TRUE(has_quick && has_long) << task.name << " needs quick and paper or full";
+    for (const auto& preset : presets) {
+      for (const auto& mechanism : kvq::mechanism_names()) {
+        kvq::train::ConfigSources sources;
+        sources.preset = preset;
+        sources.sets = {"mechanism=" + mechanism};
+        // Data-dir tasks need a directory; resolving only checks the config, not the files.
+        if (task.name == "mnist" || task.name.rfind("cifar", 0) == 0) {
+          sources.sets.push_back("data_dir=/nonexistent");
+        }
+        const auto config = task.resolve(sources);
+        EXPECT_EQ(config.at("task"), task.name);
+        EXPECT_EQ(config.at("mechanism"), mechanism);
+      }
+    }
+  }
+}
+
+TEST(TaskFamilies, DataDirIsRequiredWhereThereIsNoDefault) {
+  kvq_test_files::expect_error([] { KT::find_task("cifar10").resolve({}); },
+                               {"data_dir must be given"});
+  kvq_test_files::expect_error([] { KT::find_task("fashion-mnist").resolve({"", "", {"patch_size=5"}}); },
+                               {"patch_size must divide"});
+}
+
+// Runs `task` once to the end and once stopped at `stop` and resumed; the metrics records and
+// results must be identical.
+void expect_resume_is_exact(const std::string& task, const std::vector<std::string>& sets,
+                            int64_t stop) {
+  TempDir tmp;
+  const auto whole = KT::train_task(task, tiny(sets, tmp.file("whole")));
+  auto first = tiny(sets, tmp.file("parts"));
+  first.context.stop_after_step = stop;
+  const auto partial = KT::train_task(task, first);
+  ASSERT_EQ(partial.summary.value("stopped_at", -1), stop);
+  auto second = tiny(sets, tmp.file("parts"));
+  second.resume = true;
+  const auto resumed = KT::train_task(task, second);
+  EXPECT_EQ(resumed.summary.at("test"), whole.summary.at("test"));
+  EXPECT_EQ(resumed.summary.at("best_val"), whole.summary.at("best_val"));
+  EXPECT_EQ(records(resumed.run_dir), records(whole.run_dir));
+}
+
+TEST(TaskFamilies, HumanNumbersTrainsBeatsUnigramAndResumesExactly) {
+  const std::vector<std::string> sets = {
+      "context=16",   "batch_size=16", "steps=60",        "d_model=32",       "num_heads=2",
+      "num_layers=1", "dropout=0.1",   "lr=3e-3",         "eval_every=20",    "checkpoint_every=25",
+      "log_every=10", "eval_windows=40", "mechanism=intention"};
+  TempDir tmp;
+  const auto out = KT::train_task("human-numbers", tiny(sets, tmp.file("run")));
+  const auto& test = out.summary.at("test");
+  // Unigram cross-entropy of the 30 words is ~2.8 nats; 60 updates learn the number grammar.
+  EXPECT_LT(test.at("loss").get<double>(), test.at("unigram_loss").get<double>() - 0.5) << test;
+  EXPECT_NEAR(test.at("bits").get<double>() * std::log(2.0), test.at("loss").get<double>(), 1e-12);
+  expect_resume_is_exact("human-numbers", sets, 25);
+}
+
+TEST(TaskFamilies, InContextLinearRegressionReportsBayesAndResumesExactly) {
+  const std::vector<std::string> sets = {
+      "x_dim=3",        "steps=40",          "batch_size=16",   "d_model=16",
+      "num_heads=2",    "eval_every=15",     "checkpoint_every=15", "eval_episodes=40",
+      "eval_contexts=[2,8]", "warmup_steps=5", "mechanism=intention"};
+  TempDir tmp;
+  const auto out = KT::train_task("icl-linear", tiny(sets, tmp.file("run")));
+  const auto& test = out.summary.at("test");
+  for (const char* key : {"mse", "mse_n2", "mse_n8", "bayes", "bayes_n2", "bayes_n8"}) {
+    ASSERT_TRUE(test.contains(key)) << key << " missing in " << test;
+  }
+  // Bayes-optimal error falls with more context and is below the zero predictor's.
+  EXPECT_LT(test.at("bayes_n8").get<double>(), test.at("bayes_n2").get<double>());
+  EXPECT_LT(test.at("bayes_n8").get<double>(),
+            test.at("baselines").at("zero_n8").get<double>());
+  expect_resume_is_exact("icl-linear", sets, 15);
+}
+
+TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
+  TempDir tmp;
+  const auto out = KT::train_task(
+      "distill", tiny({"height=5", "width=5", "num_distractors=1", "train_levels=40",
+                       "val_levels=10", "test_levels=30", "epochs=2", "d_model=16",
+                       "num_heads=2", "num_layers=1", "batch_size=16", "warmup_steps=2"},
+                      tmp.file("run")));
+  const auto& test = out.summary.at("test");
+  // The teacher acts optimally on solvable levels; a random walk does not always arrive.
+  EXPECT_EQ(test.at("teacher_success").get<double>(), 1.0);
+  EXPECT_LT(test.at("random_success").get<double>(), 1.0);
+  for (const char* key : {"agreement", "success", "return", "loss"}) {
+    ASSERT_TRUE(test.contains(key)) << key;
+  }
+  EXPECT_GE(test.at("agreement").get<double>(), 0.0);
+  EXPECT_LE(test.at("agreement").get<double>(), 1.0);
+}
+
+TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
+  TempDir tmp;
+  std::string tsv;
+  const std::vector<std::pair<std::string, std::string>> words = {
+      {"red", "rot"}, {"green", "grün"}, {"blue", "blau"}, {"black", "schwarz"}, {"white", "weiß"}};
+  const std::vector<std::pair<std::string, std::string>> things = {
+      {"house", "Haus"}, {"car", "Auto"}, {"tree", "Baum"}, {"book", "Buch"}};
+  for (const auto& [en_adj, de_adj] : words) {
+    for (const auto& [en, de] : things) {
+      tsv += "the " + en_adj + " " + en + " is big\tdas " + de_adj + " " + de + " ist groß\n";
+      tsv += "a " + en_adj + " " + en + "\tein " + de_adj + " " + de + "\n";
+    }
+  }
+  const std::string file = tmp.write("pairs.tsv", tsv);
+  const auto out = KT::train_task(
+      "translation",
+      tiny({"tsv_file=" + file, "min_freq=1", "val_fraction=0.1", "test_fraction=0.1",
+            "d_model=32", "num_heads=2", "num_layers=1", "batch_size=8", "epochs=4",
+            "schedule=constant", "lr=3e-3", "warmup_steps=0", "label_smoothing=0.1"},
+           tmp.file("run")));
+  const auto& test = out.summary.at("test");
+  EXPECT_GE(test.at("bleu").get<double>(), 0.0);
+  EXPECT_LE(test.at("bleu").get<double>(), 100.0);
+  EXPECT_LT(test.at("loss").get<double>(), test.at("unigram_loss").get<double>()) << test;
+  const auto run = kvq::train::RunDir::open(out.run_dir);
+  const auto lines =
+      KT::translate_with_run(run.load_config(), run, {"the red car is big", "a blue tree"});
+  EXPECT_EQ(lines.size(), 2u);
+  kvq_test_files::expect_error(
+      [&] { KT::translate_with_run(nlohmann::json{{"task", "sort"}}, run, {"x"}); },
+      {"translate needs a translation run"});
+}
+
+TEST(TaskFamilies, FashionMnistTinyViTLearnsWellAboveChance) {
+  std::error_code ec;
+  if (!fs::exists(std::string(kvq::data::kFashionMnistDir) + "/train-images-idx3-ubyte.gz", ec)) {
+    GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  }
+  TempDir tmp;
+  const auto out = KT::train_task(
+      "fashion-mnist",
+      tiny({"num_train=2048", "num_val=256", "num_test=512", "epochs=2", "batch_size=64",
+            "d_model=32", "num_heads=2", "num_layers=1", "lr=3e-3", "optimizer=adamw"},
+           tmp.file("run")));
+  // Ten classes: chance is 0.1; 64 updates of a tiny ViT reach well above 0.4.
+  EXPECT_GT(out.summary.at("test").at("acc").get<double>(), 0.4) << out.summary.at("test");
+}
+
+TEST(GridPolicy, LogitsForEveryMechanismAndGradients) {
+  const auto level = kvq::env::generate_level(3, kvq::env::GridWorldOptions().height(6).width(5));
+  const auto obs = kvq::env::stack_observations(
+      {kvq::env::observe(level, level.start), kvq::env::observe(level, level.goal)});
+  for (const auto& mechanism : kvq::mechanism_names()) {
+    torch::manual_seed(0);
+    kvq::models::GridPolicy policy(
+        kvq::models::GridPolicyOptions(kvq::env::kNumTokenTypes, kvq::env::kNumActions)
+            .max_side(6)
+            .d_model(16)
+            .num_heads(2)
+            .num_layers(1)
+            .mechanism(mechanism));
+    const auto logits = policy->forward(obs.types, obs.rows, obs.cols);
+    ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, kvq::env::kNumActions})) << mechanism;
+    logits.sum().backward();
+    for (const auto& p : policy->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << mechanism << " " << p.key();
+    }
+  }
+  kvq::models::GridPolicy policy(kvq::models::GridPolicyOptions(7, 4).max_side(4));
+  kvq_test_files::expect_error([&] { policy->forward(obs.types, obs.rows, obs.cols); },
+                               {"GridPolicy", "rows"});
+}
+
+}  // namespace
