@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -92,6 +93,15 @@ std::vector<std::string> metric_columns(const tasks::TaskInfo& task,
       }
     }
   }
+  // Keys that differ only in a trailing number ("mse_n2", "mse_n16") in numeric order.
+  const auto split_number = [](const std::string& key) {
+    size_t i = key.size();
+    while (i > 0 && std::isdigit(static_cast<unsigned char>(key[i - 1]))) --i;
+    return std::make_pair(key.substr(0, i), i < key.size() ? std::stoll(key.substr(i)) : -1LL);
+  };
+  std::stable_sort(keys.begin() + 1, keys.end(), [&](const std::string& a, const std::string& b) {
+    return split_number(a) < split_number(b);
+  });
   if (has_loss && task.score_metric != "loss") keys.push_back("loss");
   return keys;
 }
@@ -184,44 +194,43 @@ std::string runs_csv(const std::vector<std::string>& columns, const std::vector<
   return out.str();
 }
 
-// curves.dat (one block per mechanism, separated by two blank lines) and plot.gp; runs gnuplot
-// when it is installed. Returns a line saying what happened.
-std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::string>& mechanisms,
-                        const std::vector<RunResult>& runs, int64_t seeds, const fs::path& dir) {
+// One line plot: named series written to <dir>/<stem>.dat (one block each, separated by two
+// blank lines), a gnuplot script <dir>/<stem>.gp drawing <dir>/<png>, run when gnuplot is
+// installed. Returns a line saying what happened.
+struct PlotSpec {
+  std::string stem, png, title, xlabel, ylabel, key = "bottom right";
+  bool log_y = false;
+  std::vector<std::pair<std::string, Curve>> series;
+};
+
+std::string draw_plot(const PlotSpec& spec, const fs::path& dir) {
   std::ostringstream data;
   data << std::setprecision(10);
   std::vector<std::string> plotted;
-  for (const auto& m : mechanisms) {
-    std::vector<Curve> curves;
-    for (const auto& r : runs) {
-      if (r.mechanism == m) curves.push_back(r.curve);
-    }
-    const auto avg = average_curves(curves);
-    if (avg.x.empty()) continue;
+  for (const auto& [name, curve] : spec.series) {
+    if (curve.x.empty()) continue;
     if (!plotted.empty()) data << "\n\n";
-    data << "# " << m << "\n";
-    for (size_t i = 0; i < avg.x.size(); ++i) data << avg.x[i] << " " << avg.y[i] << "\n";
-    plotted.push_back(m);
+    data << "# " << name << "\n";
+    for (size_t i = 0; i < curve.x.size(); ++i) data << curve.x[i] << " " << curve.y[i] << "\n";
+    plotted.push_back(name);
   }
-  const fs::path dat = fs::absolute(dir / "curves.dat"), png = fs::absolute(dir / "val_curves.png"),
-                 script = fs::absolute(dir / "plot.gp");
+  const fs::path dat = fs::absolute(dir / (spec.stem + ".dat")),
+                 png = fs::absolute(dir / spec.png),
+                 script = fs::absolute(dir / (spec.stem + ".gp"));
   train::write_file_atomic(dat.string(), data.str(), "compare");
 
   std::ostringstream gp;
-  gp << "# Validation curves of kvq compare; run: gnuplot " << script.filename().string() << "\n"
+  gp << "# kvq compare; run: gnuplot " << script.filename().string() << "\n"
      << "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
      << "  set terminal pngcairo size 960,600 noenhanced font ',11'\n"
      << "} else {\n"
      << "  set terminal png size 960,600 noenhanced\n"
      << "}\n"
      << "set output " << single_quoted(png.string(), "''") << "\n"
-     << "set title " << single_quoted(task.name + ": validation " + task.curve_metric +
-                                          " (mean over " + std::to_string(seeds) +
-                                          (seeds == 1 ? " seed)" : " seeds)"),
-                                      "''")
-     << "\n"
-     << "set xlabel 'optimiser update'\nset ylabel " << single_quoted("val " + task.curve_metric, "''")
-     << "\nset key bottom right\nset grid\n";
+     << "set title " << single_quoted(spec.title, "''") << "\n"
+     << "set xlabel " << single_quoted(spec.xlabel, "''") << "\nset ylabel "
+     << single_quoted(spec.ylabel, "''") << "\nset key " << spec.key << "\nset grid\n"
+     << (spec.log_y ? "set logscale y\n" : "");
   if (!plotted.empty()) {
     gp << "plot";
     for (size_t i = 0; i < plotted.size(); ++i) {
@@ -233,7 +242,7 @@ std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::stri
   }
   train::write_file_atomic(script.string(), gp.str(), "compare");
 
-  if (plotted.empty()) return "no validation records to plot";
+  if (plotted.empty()) return "nothing to plot in " + png.filename().string();
   if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
     return "gnuplot is not installed: skipped the plot (" + script.string() +
            " draws it once gnuplot is there)";
@@ -243,6 +252,63 @@ std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::stri
     return "gnuplot failed on " + script.string() + ": no plot";
   }
   return "plot: " + png.string();
+}
+
+std::string seeds_phrase(int64_t seeds) {
+  return "(mean over " + std::to_string(seeds) + (seeds == 1 ? " seed)" : " seeds)");
+}
+
+// The validation curves of every mechanism, averaged over seeds: curves.dat, plot.gp,
+// val_curves.png.
+std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::string>& mechanisms,
+                        const std::vector<RunResult>& runs, int64_t seeds, const fs::path& dir) {
+  PlotSpec spec{"curves", "val_curves.png",
+                task.name + ": validation " + task.curve_metric + " " + seeds_phrase(seeds),
+                "optimiser update", "val " + task.curve_metric};
+  for (const auto& m : mechanisms) {
+    std::vector<Curve> curves;
+    for (const auto& r : runs) {
+      if (r.mechanism == m) curves.push_back(r.curve);
+    }
+    spec.series.emplace_back(m, average_curves(curves));
+  }
+  return draw_plot(spec, dir);
+}
+
+// The test metric against the number of context points N (keys "<prefix><N>" of the test
+// metrics) for every mechanism, averaged over seeds, with the baseline (averaged over all runs:
+// the evaluation episodes are the same): context.dat, context.gp, error_vs_context.png.
+std::string plot_context_curve(const tasks::TaskInfo& task,
+                               const std::vector<std::string>& mechanisms,
+                               const std::vector<RunResult>& runs, int64_t seeds,
+                               const fs::path& dir) {
+  const auto& cc = task.context_curve;
+  const auto curve_of = [](const nlohmann::json& test, const std::string& prefix) {
+    Curve c;
+    for (const auto& [key, value] : test.items()) {
+      if (prefix.empty() || key.rfind(prefix, 0) != 0 || !value.is_number()) continue;
+      c.x.push_back(std::stod(key.substr(prefix.size())));
+      c.y.push_back(value.get<double>());
+    }
+    return average_curves({c});  // sorted by N
+  };
+  PlotSpec spec{"context", "error_vs_context.png",
+                task.name + ": test " + cc.metric_prefix + "N against context size " +
+                    seeds_phrase(seeds),
+                "context points N", "test " + cc.metric_prefix + "N", "top right", true};
+  for (const auto& m : mechanisms) {
+    std::vector<Curve> curves;
+    for (const auto& r : runs) {
+      if (r.mechanism == m) curves.push_back(curve_of(r.summary.at("test"), cc.metric_prefix));
+    }
+    spec.series.emplace_back(m, average_curves(curves));
+  }
+  if (!cc.baseline_prefix.empty()) {
+    std::vector<Curve> curves;
+    for (const auto& r : runs) curves.push_back(curve_of(r.summary.at("test"), cc.baseline_prefix));
+    spec.series.emplace_back("Bayes-optimal predictor", average_curves(curves));
+  }
+  return draw_plot(spec, dir);
 }
 
 Curve read_curve(const std::string& metrics_path, const std::string& key) {
@@ -299,7 +365,9 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--first-seed", args->first_seed, "Seeds are first-seed, first-seed + 1, ...")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--preset", args->preset, "Config preset: paper or quick");
+  cmd->add_option("--preset", args->preset,
+                  "Config preset: quick, or paper (Key-Value Transformer tasks) / full "
+                  "(Intention tasks)");
   cmd->add_option("--config", args->config_file, "JSON file with an object of config overrides");
   cmd->add_option("--set", args->sets, "Config override key=value (repeatable)");
   cmd->add_option("--run-dir", args->run_dir,
@@ -406,7 +474,10 @@ void add_compare_command(CLI::App& app) {
     train::write_file_atomic((dir / "summary.csv").string(), summary_csv(columns, rows),
                              "compare");
     train::write_file_atomic((dir / "runs.csv").string(), runs_csv(columns, runs), "compare");
-    const std::string plot = plot_curves(task, args->mechanisms, runs, args->seeds, dir);
+    std::string plot = plot_curves(task, args->mechanisms, runs, args->seeds, dir);
+    if (!task.context_curve.metric_prefix.empty()) {
+      plot += "\n" + plot_context_curve(task, args->mechanisms, runs, args->seeds, dir);
+    }
     std::cout << "\n" << table << "\n" << plot << "\ntable: " << (dir / "summary.md").string()
               << ", csv: " << (dir / "summary.csv").string() << ", "
               << (dir / "runs.csv").string() << std::endl;
