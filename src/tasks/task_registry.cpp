@@ -122,8 +122,10 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
       const auto saved = load_saved_config(*run);
       TORCH_CHECK(saved["task"] == task.name, "train: --resume: ", run->config_path().string(),
                   " is a run of task ", saved["task"].dump(), ", not '", task.name, "'");
-      config = any_source ? task.resolve(sources) : task.resolve({"", run->config_path().string(), {}});
-      const auto changes = task.schema->diff(saved, config);
+      // Keys added to the task after the run was saved take their defaults.
+      const auto saved_resolved = task.resolve({"", run->config_path().string(), {}});
+      config = any_source ? task.resolve(sources) : saved_resolved;
+      const auto changes = task.schema->diff(saved_resolved, config);
       if (!changes.empty()) {
         std::string list;
         for (const auto& c : changes) list += (list.empty() ? "" : "; ") + c;
