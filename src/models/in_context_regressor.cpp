@@ -101,8 +101,17 @@ void InContextRegressorImpl::reset() {
   auto linear = [&](int64_t in, int64_t out) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.bias()));
   };
-  x_embed = register_module("x_embed", linear(o.x_dim(), d));
-  xy_embed = register_module("xy_embed", linear(o.x_dim() + o.y_dim(), d));
+  TORCH_CHECK(o.feature_dim() >= 0, "InContextRegressor: feature_dim must be >= 0, got ",
+              o.feature_dim());
+  const int64_t f = o.feature_dim() > 0 ? o.feature_dim() : o.x_dim();
+  features = nullptr;
+  if (o.feature_dim() > 0) {
+    features = register_module(
+        "features", torch::nn::Sequential(linear(o.x_dim(), f), torch::nn::GELU(), linear(f, f),
+                                          torch::nn::GELU()));
+  }
+  x_embed = register_module("x_embed", linear(f, d));
+  xy_embed = register_module("xy_embed", linear(f + o.y_dim(), d));
   layers = register_module("layers", torch::nn::ModuleList());
   for (const auto& name : names) layers->push_back(InContextRegressorLayer(o, name));
   final_norm = nullptr;
@@ -139,9 +148,13 @@ torch::Tensor InContextRegressorImpl::forward(const torch::Tensor& context_x,
                 owner, ": context_padding_mask must be bool of shape (B, N) = (", batch, ", ", n,
                 "), got ", context_padding_mask.scalar_type(), " ", context_padding_mask.sizes());
   }
-  auto keys = x_embed(context_x);
-  auto values = xy_embed(torch::cat({context_x, context_y}, /*dim=*/-1));
-  auto h = x_embed(target_x);
+  const auto phi = [&](const torch::Tensor& x) {
+    return features.is_empty() ? x : features->forward(x);
+  };
+  const auto context_features = phi(context_x);
+  auto keys = x_embed(context_features);
+  auto values = xy_embed(torch::cat({context_features, context_y}, /*dim=*/-1));
+  auto h = x_embed(phi(target_x));
   for (size_t i = 0; i < layers->size(); ++i) {
     h = layers->ptr<InContextRegressorLayerImpl>(i)->forward(h, keys, values,
                                                              context_padding_mask);
@@ -172,6 +185,7 @@ void set_ridge_weights(InContextRegressor& model, double alpha) {
   TORCH_CHECK(d >= dx + dy, op, ": needs d_model >= x_dim + y_dim = ", dx + dy, ", got ", d);
   TORCH_CHECK(!o.feed_forward(), op, ": needs feed_forward = false");
   TORCH_CHECK(!o.layer_norm(), op, ": needs layer_norm = false");
+  TORCH_CHECK(o.feature_dim() == 0, op, ": needs feature_dim = 0 (keys linear in x)");
   auto& attn = model->layers->ptr<InContextRegressorLayerImpl>(0)->attn;
   const double floor = attn->options.alpha_floor();
   if (attn->alpha_raw.defined()) {

@@ -171,17 +171,9 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
   train::BatchSampler sampler(states, c.batch_size, sampler_seed(c));
   const int64_t total = c.epochs * sampler.batches_per_epoch();
 
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, total, "distill");
+  auto loop = training_loop_for(c, *model, *optimizer, total, "distill");
   loop.sampler = &sampler;
-  loop.total_steps = total;
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto logits = logits_of(model, train_data, index);
     BatchLoss out;
@@ -198,15 +190,10 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "agreement";
   loop.maximize = true;
   loop.accuracy_key = "agreement";
-  loop.label = "distill/" + c.mechanism;
   loop.unit = "state";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"train_states", states}});
+  auto summary = run_summary(c, *model);
+  summary["train_states"] = states;
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_distill_task(const Config& c, const train::RunDir& run,
@@ -217,10 +204,7 @@ nlohmann::json evaluate_distill_task(const Config& c, const train::RunDir& run,
   const auto val = options.split == "val" ? dataset(c, kValLevelSeed, c.val_levels)
                                           : env::TrajectoryDataset{};
   auto out = evaluate_split(model, c, options.split, val);
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 TaskInfo distill_task_info() {
@@ -228,12 +212,7 @@ TaskInfo distill_task_info() {
       "distill", "distillation",
       "grid-world policy distillation from a shortest-path teacher (Garnelo & Czarnecki 2023)",
       distill_task_schema(),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_distill_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_distill_task(c, run, options);
-      },
+      train_distill_task, evaluate_distill_task,
       "agreement", "agreement");
 }
 

@@ -134,15 +134,7 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
   const auto val = evaluation_episodes(c, splits, "val");
   auto model = make_few_shot_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, c.steps, c.task);
-  loop.total_steps = c.steps;
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
+  auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.loss = [&](const torch::Tensor&, int64_t step) {
     const auto e = data::sample_episodes(
         splits.train, episode_options(c), c.batch_size,
@@ -161,16 +153,11 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "acc";
   loop.maximize = true;
   loop.accuracy_key = "acc";
-  loop.label = "few-shot/" + c.mechanism;
   loop.unit = "query";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"ways", c.num_ways},
-                            {"shots", c.num_shots}});
+  auto summary = run_summary(c, *model);
+  summary["ways"] = c.num_ways;
+  summary["shots"] = c.num_shots;
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_few_shot_task(const Config& c, const train::RunDir& run,
@@ -179,10 +166,7 @@ nlohmann::json evaluate_few_shot_task(const Config& c, const train::RunDir& run,
   auto model = make_few_shot_model(c);
   train::load_model_weights(path, *model);
   auto out = evaluate_episodes(model, c, evaluation_episodes(c, load_splits(c), options.split));
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 TaskInfo few_shot_task_info() {
@@ -191,12 +175,7 @@ TaskInfo few_shot_task_info() {
       "N-way K-shot Fashion-MNIST, disjoint meta-train / meta-test classes (Garnelo & "
       "Czarnecki 2023)",
       few_shot_task_schema(),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_few_shot_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_few_shot_task(c, run, options);
-      },
+      train_few_shot_task, evaluate_few_shot_task,
       "acc", "acc");
 }
 

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <memory>
 
 #include "kvq/data/cifar.h"
@@ -167,17 +166,7 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
 }  // namespace
 
 const train::ConfigSchema<Config>& image_task_schema(const std::string& task) {
-  static const auto schemas = [] {
-    std::map<std::string, std::unique_ptr<train::ConfigSchema<Config>>> out;
-    for (const auto& name : image_task_names()) {
-      out[name] = std::make_unique<train::ConfigSchema<Config>>(build_schema(name));
-    }
-    return out;
-  }();
-  const auto it = schemas.find(task);
-  TORCH_CHECK(it != schemas.end(), "image task: unknown task '", task,
-              "'; valid: fashion-mnist, mnist, cifar10, cifar100");
-  return *it->second;
+  return schema_of_task<Config>(image_task_names(), task, build_schema, "image task");
 }
 
 models::ViT make_image_model(const Config& c) {
@@ -231,17 +220,9 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
               " training images are fewer than batch_size = ", c.batch_size);
   train::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
 
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, total_steps(c, num_train), c.task);
+  auto loop = training_loop_for(c, *model, *optimizer, total_steps(c, num_train), c.task);
   loop.sampler = &sampler;
-  loop.total_steps = total_steps(c, num_train);
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     auto x = splits.train.images.index_select(0, index);
     if (c.augment) x = augment_batch(x);
@@ -260,16 +241,11 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "acc";
   loop.maximize = true;
   loop.accuracy_key = "acc";
-  loop.label = c.task + "/" + c.mechanism;
   loop.unit = "img";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"epochs", c.epochs},
-                            {"num_train", num_train}});
+  auto summary = run_summary(c, *model);
+  summary["epochs"] = c.epochs;
+  summary["num_train"] = num_train;
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_image_task(const Config& c, const train::RunDir& run,
@@ -280,10 +256,7 @@ nlohmann::json evaluate_image_task(const Config& c, const train::RunDir& run,
   const auto splits = load_images(c);
   const auto& s = options.split == "test" ? splits.test : splits.val;
   auto out = evaluate_image_model(model, s.images, s.labels, c.eval_batch_size);
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 TaskInfo image_task_info(const std::string& name) {
@@ -295,12 +268,7 @@ TaskInfo image_task_info(const std::string& name) {
       name, "vision",
       what + " image classification with a ViT (Borji 2023, experiment 2)",
       image_task_schema(name),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_image_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_image_task(c, run, options);
-      },
+      train_image_task, evaluate_image_task,
       "acc", "acc");
 }
 

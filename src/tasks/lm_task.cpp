@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 #include <memory>
 #include <sstream>
 
@@ -110,17 +109,7 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
 }  // namespace
 
 const train::ConfigSchema<Config>& lm_task_schema(const std::string& task) {
-  static const auto schemas = [] {
-    std::map<std::string, std::unique_ptr<train::ConfigSchema<Config>>> out;
-    for (const auto& name : lm_task_names()) {
-      out[name] = std::make_unique<train::ConfigSchema<Config>>(build_schema(name));
-    }
-    return out;
-  }();
-  const auto it = schemas.find(task);
-  TORCH_CHECK(it != schemas.end(), "language-model task: unknown task '", task,
-              "'; valid: char-lm, human-numbers");
-  return *it->second;
+  return schema_of_task<Config>(lm_task_names(), task, build_schema, "language-model task");
 }
 
 LmCorpus load_lm_corpus(const Config& c) {
@@ -220,16 +209,8 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   const auto test_starts = window_starts(corpus.val.size(0), c.context, 0);
   const auto offsets = torch::arange(c.context + 1, torch::kInt64);
 
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, c.steps, c.task);
+  auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.sampler = &sampler;
-  loop.total_steps = c.steps;
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto windows = corpus.train.index({index.unsqueeze(1) + offsets});
     const auto x = windows.slice(1, 0, c.context), y = windows.slice(1, 1, c.context + 1);
@@ -247,17 +228,12 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "loss";
   loop.maximize = false;
   loop.accuracy_key = "acc";
-  loop.label = c.task + "/" + c.mechanism;
   loop.unit = "tok";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"vocab_size", corpus.vocab_size},
-                            {"train_tokens", corpus.train.size(0)},
-                            {"val_tokens", corpus.val.size(0)}});
+  auto summary = run_summary(c, *model);
+  summary["vocab_size"] = corpus.vocab_size;
+  summary["train_tokens"] = corpus.train.size(0);
+  summary["val_tokens"] = corpus.val.size(0);
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_lm_task(const Config& c, const train::RunDir& run,
@@ -270,10 +246,7 @@ nlohmann::json evaluate_lm_task(const Config& c, const train::RunDir& run,
                                     options.split == "test" ? 0 : c.eval_windows);
   auto out = evaluate_lm_model(model, corpus.val, starts, c.context, c.eval_batch_size,
                                unigram_log_probs(corpus.train, corpus.vocab_size));
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 std::string generate_from_run(const nlohmann::json& config_json, const train::RunDir& run,
@@ -303,12 +276,7 @@ TaskInfo lm_task_info(const std::string& name) {
           : "word-level language model on human numbers (Borji 2023, experiment 5)";
   return make_task_info<Config>(
       name, "language-model", summary, lm_task_schema(name),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_lm_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_lm_task(c, run, options);
-      },
+      train_lm_task, evaluate_lm_task,
       "loss", "loss");
 }
 

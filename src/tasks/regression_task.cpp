@@ -3,7 +3,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <map>
 #include <memory>
 
 #include "kvq/data/regression_episodes.h"
@@ -114,6 +113,9 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
       .field("steps", &Config::steps, "optimiser updates")
       .field("feed_forward", &Config::feed_forward, "feed-forward branch after each attention")
       .field("layer_norm", &Config::layer_norm, "Pre-LN in each layer and before the readout")
+      .field("feature_dim", &Config::feature_dim,
+             "width of a learned feature map of x (2-layer GELU MLP) before the embeddings; "
+             "0 = none (keys linear in x)")
       .check("task must be one of: icl-linear, icl-gp, icl-sinusoid",
              [](const Config& c) { return detail::contains_name(regression_task_names(), c.task); })
       .check("x_dim must be >= 1", [](const Config& c) { return c.x_dim >= 1; })
@@ -133,35 +135,33 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
                                   [](int64_t n) { return n >= 1; });
              })
       .check("eval_episodes must be >= 1", [](const Config& c) { return c.eval_episodes >= 1; })
-      .check("steps must be >= 1", [](const Config& c) { return c.steps >= 1; });
+      .check("steps must be >= 1", [](const Config& c) { return c.steps >= 1; })
+      .check("feature_dim must be >= 0", [](const Config& c) { return c.feature_dim >= 0; });
+  // Linear functions need no feature map (one intention layer is then exactly ridge regression);
+  // GP and sinusoid functions need nonlinear features of x for any mechanism.
+  const int64_t features = task == "icl-linear" ? 0 : 64;
   schema.preset("full",
                 {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"batch_size", 64},
                  {"steps", 20000}, {"lr", 1e-3}, {"schedule", "cosine"}, {"warmup_steps", 500},
-                 {"eval_every", 1000}, {"checkpoint_every", 1000}, {"eval_episodes", 2000}},
+                 {"eval_every", 1000}, {"checkpoint_every", 1000}, {"eval_episodes", 2000},
+                 {"feature_dim", features}},
                 "one layer, d 64, 4 heads, batch 64 episodes, 20k updates, Adam 1e-3 cosine, "
-                "2000 evaluation episodes per context size");
+                "2000 evaluation episodes per context size; GP and sinusoid: feature map 64");
   schema.preset("quick",
                 {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"batch_size", 64},
                  {"steps", 3000}, {"lr", 3e-3}, {"schedule", "cosine"}, {"warmup_steps", 200},
-                 {"eval_every", 500}, {"checkpoint_every", 500}, {"eval_episodes", 500}},
-                "one layer, d 64, 4 heads, batch 64 episodes, 3000 updates, Adam 3e-3 cosine");
+                 {"eval_every", 500}, {"checkpoint_every", 500}, {"eval_episodes", 500},
+                 {"feature_dim", features}},
+                "one layer, d 64, 4 heads, batch 64 episodes, 3000 updates, Adam 3e-3 cosine; "
+                "GP and sinusoid: feature map 64");
   return schema;
 }
 
 }  // namespace
 
 const train::ConfigSchema<Config>& regression_task_schema(const std::string& task) {
-  static const auto schemas = [] {
-    std::map<std::string, std::unique_ptr<train::ConfigSchema<Config>>> out;
-    for (const auto& name : regression_task_names()) {
-      out[name] = std::make_unique<train::ConfigSchema<Config>>(build_schema(name));
-    }
-    return out;
-  }();
-  const auto it = schemas.find(task);
-  TORCH_CHECK(it != schemas.end(), "in-context regression: unknown task '", task,
-              "'; valid: icl-linear, icl-gp, icl-sinusoid");
-  return *it->second;
+  return schema_of_task<Config>(regression_task_names(), task, build_schema,
+                                "in-context regression");
 }
 
 models::InContextRegressor make_regression_model(const Config& c) {
@@ -173,6 +173,7 @@ models::InContextRegressor make_regression_model(const Config& c) {
                                         .feed_forward(c.feed_forward)
                                         .ffn_dim(c.ffn_dim)
                                         .layer_norm(c.layer_norm)
+                                        .feature_dim(c.feature_dim)
                                         .dropout(c.dropout)
                                         .mechanism(c.mechanism)
                                         .projection(c.projection)
@@ -183,15 +184,7 @@ TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
                                    const TrainContext& context) {
   auto model = make_regression_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, c.steps, c.task);
-  loop.total_steps = c.steps;
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
+  auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.loss = [&](const torch::Tensor&, int64_t step) {
     const auto e = training_batch(c, step);
     BatchLoss out;
@@ -202,14 +195,9 @@ TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
   loop.evaluate = [&](const std::string& split) { return evaluate_model(model, c, split); };
   loop.best_metric = "mse";
   loop.maximize = false;
-  loop.label = c.task + "/" + c.mechanism;
   loop.unit = "target";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)}});
+  auto summary = run_summary(c, *model);
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_regression_task(const Config& c, const train::RunDir& run,
@@ -218,10 +206,7 @@ nlohmann::json evaluate_regression_task(const Config& c, const train::RunDir& ru
   auto model = make_regression_model(c);
   train::load_model_weights(path, *model);
   auto out = evaluate_model(model, c, options.split);
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 TaskInfo regression_task_info(const std::string& name) {
@@ -229,12 +214,7 @@ TaskInfo regression_task_info(const std::string& name) {
       name, "in-context-regression",
       "in-context regression, " + name.substr(4) + " functions (Garnelo & Czarnecki 2023)",
       regression_task_schema(name),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_regression_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_regression_task(c, run, options);
-      },
+      train_regression_task, evaluate_regression_task,
       "mse", "mse");
   info.context_curve = {"mse_n", name == "icl-sinusoid" ? "" : "bayes_n"};
   return info;

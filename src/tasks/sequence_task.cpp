@@ -135,17 +135,10 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   train::BatchSampler sampler(c.num_train, c.batch_size, sampler_seed(c));
   const int64_t classes = model->options.num_classes();
 
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, sequence_task_total_steps(c), sequence_task_schema().name());
+  auto loop = training_loop_for(c, *model, *optimizer, sequence_task_total_steps(c),
+                                sequence_task_schema().name());
   loop.sampler = &sampler;
-  loop.total_steps = sequence_task_total_steps(c);
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto x = splits.train.inputs.index_select(0, index);
     const auto y = splits.train.targets.index_select(0, index);
@@ -164,15 +157,10 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "token_acc";
   loop.maximize = true;
   loop.accuracy_key = "token_acc";
-  loop.label = c.task + "/" + c.mechanism;
   loop.unit = "tok";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"epochs", c.epochs}});
+  auto summary = run_summary(c, *model);
+  summary["epochs"] = c.epochs;
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_sequence_task(const Config& c, const train::RunDir& run,
@@ -183,10 +171,7 @@ nlohmann::json evaluate_sequence_task(const Config& c, const train::RunDir& run,
   const auto splits = make_data(c);
   const auto& split = options.split == "test" ? splits.test : splits.val;
   auto out = evaluate_sequence_model(model, split.inputs, split.targets, c.eval_batch_size);
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 TaskInfo sequence_task_info(const std::string& name) {
@@ -195,12 +180,7 @@ TaskInfo sequence_task_info(const std::string& name) {
       name, "synthetic",
       "synthetic per-token task '" + name + "' (Borji 2023, experiment 1), SequenceTagger",
       sequence_task_schema(),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_sequence_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_sequence_task(c, run, options);
-      },
+      train_sequence_task, evaluate_sequence_task,
       "token_acc", "token_acc");
 }
 

@@ -235,6 +235,38 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
   return summary;
 }
 
+TrainingLoop training_loop_for(const CommonTaskConfig& c, torch::nn::Module& model,
+                               torch::optim::Optimizer& optimizer, int64_t total_steps,
+                               const std::string& schema_name) {
+  TrainingLoop loop;
+  loop.model = &model;
+  loop.optimizer = &optimizer;
+  loop.schedule = make_schedule(c, total_steps, schema_name);
+  loop.total_steps = total_steps;
+  loop.log_every = c.log_every;
+  loop.eval_every = c.eval_every;
+  loop.checkpoint_every = c.checkpoint_every;
+  loop.grad_clip = c.grad_clip;
+  loop.label = c.task + "/" + c.mechanism;
+  return loop;
+}
+
+nlohmann::json run_summary(const CommonTaskConfig& c, const torch::nn::Module& model) {
+  return {{"task", c.task},
+          {"mechanism", c.mechanism},
+          {"projection", resolved_projection(c)},
+          {"seed", c.seed},
+          {"params", parameter_count(model)}};
+}
+
+nlohmann::json with_checkpoint_info(nlohmann::json metrics, const std::string& checkpoint,
+                                    const EvalOptions& options) {
+  metrics["checkpoint"] = checkpoint;
+  metrics["step"] = train::read_checkpoint_meta(checkpoint).at("step");
+  metrics["split"] = options.split;
+  return metrics;
+}
+
 std::string checkpoint_to_evaluate(const train::RunDir& run, const EvalOptions& options) {
   TORCH_CHECK(options.checkpoint == "best" || options.checkpoint == "last",
               "eval: --checkpoint must be best or last, got '", options.checkpoint, "'");

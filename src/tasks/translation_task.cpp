@@ -245,17 +245,10 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
   train::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
   const auto unigram = target_unigram(d);
 
-  TrainingLoop loop;
-  loop.model = model.get();
-  loop.optimizer = optimizer.get();
-  loop.schedule = make_schedule(c, total_steps(c, num_train), "translation");
+  auto loop =
+      training_loop_for(c, *model, *optimizer, total_steps(c, num_train), "translation");
   loop.sampler = &sampler;
-  loop.total_steps = total_steps(c, num_train);
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.log_every = c.log_every;
-  loop.eval_every = c.eval_every;
-  loop.checkpoint_every = c.checkpoint_every;
-  loop.grad_clip = c.grad_clip;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto forced = teacher_forced(model, d.train.encoded.source.index_select(0, index),
                                        d.train.encoded.target.index_select(0, index));
@@ -278,18 +271,13 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
   loop.best_metric = "bleu";
   loop.maximize = true;
   loop.accuracy_key = "acc";
-  loop.label = "translation/" + c.mechanism;
   loop.unit = "tok";
-  return run_training_loop(loop, run, context,
-                           {{"task", c.task},
-                            {"mechanism", c.mechanism},
-                            {"projection", resolved_projection(c)},
-                            {"seed", c.seed},
-                            {"params", parameter_count(*model)},
-                            {"epochs", c.epochs},
-                            {"train_pairs", num_train},
-                            {"source_vocab", d.source_vocab.size()},
-                            {"target_vocab", d.target_vocab.size()}});
+  auto summary = run_summary(c, *model);
+  summary["epochs"] = c.epochs;
+  summary["train_pairs"] = num_train;
+  summary["source_vocab"] = d.source_vocab.size();
+  summary["target_vocab"] = d.target_vocab.size();
+  return run_training_loop(loop, run, context, summary);
 }
 
 nlohmann::json evaluate_translation_task(const Config& c, const train::RunDir& run,
@@ -300,10 +288,7 @@ nlohmann::json evaluate_translation_task(const Config& c, const train::RunDir& r
   train::load_model_weights(path, *model);
   auto out = evaluate_split(model, c, d, options.split == "test" ? d.test : d.val, 0,
                             target_unigram(d));
-  out["checkpoint"] = path;
-  out["step"] = train::read_checkpoint_meta(path).at("step");
-  out["split"] = options.split;
-  return out;
+  return with_checkpoint_info(out, path, options);
 }
 
 std::vector<std::string> translate_with_run(const nlohmann::json& config_json,
@@ -339,12 +324,7 @@ TaskInfo translation_task_info() {
       "translation", "translation",
       "translation with an encoder-decoder, gettext en-de by default (Borji 2023, experiment 4)",
       translation_task_schema(),
-      [](const Config& c, const train::RunDir& run, const TrainContext& context) {
-        return train_translation_task(c, run, context);
-      },
-      [](const Config& c, const train::RunDir& run, const EvalOptions& options) {
-        return evaluate_translation_task(c, run, options);
-      },
+      train_translation_task, evaluate_translation_task,
       "bleu", "bleu");
 }
 

@@ -76,8 +76,9 @@ TEST(TaskFamilies, EveryTaskResolvesItsPresetsForEveryMechanism) {
 TEST(TaskFamilies, DataDirIsRequiredWhereThereIsNoDefault) {
   kvq_test_files::expect_error([] { KT::find_task("cifar10").resolve({}); },
                                {"data_dir must be given"});
-  kvq_test_files::expect_error([] { KT::find_task("fashion-mnist").resolve({"", "", {"patch_size=5"}}); },
-                               {"patch_size must divide"});
+  kvq_test_files::expect_error(
+      [] { KT::find_task("fashion-mnist").resolve({"", "", {"patch_size=5"}}); },
+      {"patch_size must divide"});
 }
 
 // Runs `task` once to the end and once stopped at `stop` and resumed; the metrics records and
@@ -152,7 +153,8 @@ TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
   TempDir tmp;
   std::string tsv;
   const std::vector<std::pair<std::string, std::string>> words = {
-      {"red", "rot"}, {"green", "grün"}, {"blue", "blau"}, {"black", "schwarz"}, {"white", "weiß"}};
+      {"red", "rot"},         {"green", "grün"},    {"blue", "blau"},
+      {"black", "schwarz"},   {"white", "weiß"}};
   const std::vector<std::pair<std::string, std::string>> things = {
       {"house", "Haus"}, {"car", "Auto"}, {"tree", "Baum"}, {"book", "Buch"}};
   for (const auto& [en_adj, de_adj] : words) {
@@ -183,7 +185,9 @@ TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
 
 TEST(TaskFamilies, FashionMnistTinyViTLearnsWellAboveChance) {
   std::error_code ec;
-  if (!fs::exists(std::string(kvq::data::kFashionMnistDir) + "/train-images-idx3-ubyte.gz", ec)) {
+  const std::string images =
+      std::string(kvq::data::kFashionMnistDir) + "/train-images-idx3-ubyte.gz";
+  if (!fs::exists(images, ec)) {
     GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   }
   TempDir tmp;

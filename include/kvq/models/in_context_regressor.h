@@ -57,6 +57,9 @@ struct InContextRegressorOptions {
   /// Biases in the embeddings, attention projections, feed-forward layers and readout.
   /// Default: true.
   TORCH_ARG(bool, bias) = true;
+  /// Width F of a learned feature map phi(x) = GELU(W2 GELU(W1 x + b1) + b2) applied to every x
+  /// before the embeddings (nonlinear functions: GP, sinusoid); 0 = phi(x) = x. Default: 0.
+  TORCH_ARG(int64_t, feature_dim) = 0;
 };
 
 // One layer: cross-attention of the target tokens h (queries) to fixed context tokens (keys and
@@ -83,9 +86,10 @@ class InContextRegressorLayerImpl : public torch::nn::Cloneable<InContextRegress
 };
 TORCH_MODULE(InContextRegressorLayer);
 
-// Keys    = x_embed(context_x)                       Linear(dx, d), shared with the queries
-// Values  = xy_embed(concat(context_x, context_y))   Linear(dx + dy, d)
-// h0      = x_embed(target_x)
+// Keys    = x_embed(phi(context_x))                  Linear(F, d), shared with the queries
+// Values  = xy_embed(concat(phi(context_x), context_y))   Linear(F + dy, d)
+// h0      = x_embed(phi(target_x))
+// phi = the feature map of options.feature_dim (F = feature_dim), or the identity (F = dx).
 // h       = num_layers InContextRegressorLayer (keys and values fixed, only h is updated)
 // y*      = readout(LN(h))                           Linear(d, dy); no LN when !layer_norm
 // context_x (B, N, dx), context_y (B, N, dy), target_x (B, M, dx) -> (B, M, dy), N >= 1.
@@ -106,6 +110,7 @@ class InContextRegressorImpl : public torch::nn::Cloneable<InContextRegressorImp
                         const torch::Tensor& context_padding_mask = {});
 
   InContextRegressorOptions options;
+  torch::nn::Sequential features{nullptr};  // feature_dim > 0 only
   torch::nn::Linear x_embed{nullptr}, xy_embed{nullptr};
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm final_norm{nullptr};  // layer_norm only
@@ -117,7 +122,8 @@ TORCH_MODULE(InContextRegressor);
 // no feed-forward, no LayerNorm, no dropout, qkv projection, alpha fixed (learn_alpha false).
 InContextRegressorOptions ridge_construction_options(int64_t x_dim, int64_t y_dim);
 
-// Hand-sets the weights of a one-layer, one-head model with no feed-forward and no LayerNorm
+// Hand-sets the weights of a one-layer, one-head model with no feed-forward, no LayerNorm and no
+// feature map
 // (d_model >= dx + dy; biases, where present, set to zero) so that its ordinary forward, in eval
 // mode or with dropout 0, computes
 //   prediction = x*^T (X^T X + alpha I)^{-1} X^T y      (ridge_posterior_mean)

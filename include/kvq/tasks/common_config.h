@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -99,7 +100,9 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
       .check("mechanism must be one of: " + detail::join_names(mechanisms),
-             [mechanisms](const Config& c) { return detail::contains_name(mechanisms, c.mechanism); })
+             [mechanisms](const Config& c) {
+               return detail::contains_name(mechanisms, c.mechanism);
+             })
       .check("projection must be \"\", qkv, kv or kv-pos",
              [](const Config& c) {
                return detail::contains_name({"", "qkv", "kv", "kv-pos"}, c.projection);
@@ -116,7 +119,9 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
              [](const Config& c) { return c.dropout >= 0 && c.dropout < 1; })
       .check("batch_size must be >= 1", [](const Config& c) { return c.batch_size >= 1; })
       .check("optimizer must be adam or adamw",
-             [optimizers](const Config& c) { return detail::contains_name(optimizers, c.optimizer); })
+             [optimizers](const Config& c) {
+               return detail::contains_name(optimizers, c.optimizer);
+             })
       .check("lr must be > 0", [](const Config& c) { return c.lr > 0; })
       .check("weight_decay must be >= 0", [](const Config& c) { return c.weight_decay >= 0; })
       .check("beta1 and beta2 must be in [0, 1)",
@@ -136,6 +141,26 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .check("eval_batch_size must be >= 1",
              [](const Config& c) { return c.eval_batch_size >= 1; });
   return schema;
+}
+
+// The schema of `task`, one of `names`: a family whose presets differ per task name keeps one
+// schema per name, built by build(name) on first use and kept for the program's life (TaskInfo
+// holds references). An unknown name fails naming `family` and the valid names.
+template <class Config>
+const train::ConfigSchema<Config>& schema_of_task(
+    const std::vector<std::string>& names, const std::string& task,
+    train::ConfigSchema<Config> (*build)(const std::string&), const std::string& family) {
+  static const auto schemas = [&] {
+    std::map<std::string, std::unique_ptr<train::ConfigSchema<Config>>> out;
+    for (const auto& name : names) {
+      out[name] = std::make_unique<train::ConfigSchema<Config>>(build(name));
+    }
+    return out;
+  }();
+  const auto it = schemas.find(task);
+  TORCH_CHECK(it != schemas.end(), family, ": unknown task '", task,
+              "'; valid: ", detail::join_names(names));
+  return *it->second;
 }
 
 // The projection a run uses: config.projection, or the mechanism's own when that is "".

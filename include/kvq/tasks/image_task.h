@@ -1,7 +1,8 @@
 #pragma once
 // Experiment 2 of the Key-Value Transformer paper (Borji 2023; docs: tasks.md): image
 // classification with a ViT whose attention is any registered mechanism. Four registered tasks:
-//   fashion-mnist  Debian's dataset-fashion-mnist by default (data_dir "" ), or IDX files in data_dir
+//   fashion-mnist  Debian's dataset-fashion-mnist by default (data_dir ""), or IDX files in
+//                  data_dir
 //   mnist          the same IDX file names (gzip or plain) in data_dir (required)
 //   cifar10        CIFAR-10 binary batches in data_dir (.../cifar-10-batches-bin, required)
 //   cifar100       CIFAR-100 binary files in data_dir (.../cifar-100-binary, required; fine labels)

@@ -60,6 +60,7 @@ struct RegressionTaskConfig : CommonTaskConfig {
   int64_t steps = 4000;            // optimiser updates
   bool feed_forward = false;       // a feed-forward branch after each attention layer
   bool layer_norm = false;         // Pre-LN in each layer and before the readout
+  int64_t feature_dim = 0;         // learned feature map of x before the embeddings; 0 = none
 };
 
 const train::ConfigSchema<RegressionTaskConfig>& regression_task_schema(const std::string& task);

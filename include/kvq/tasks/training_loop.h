@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "kvq/tasks/common_config.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/run_dir.h"
 #include "kvq/train/sampler.h"
@@ -78,6 +79,21 @@ struct TrainingLoop {
 // `summary` (no test, no results.json).
 TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& run,
                                const TrainContext& context, nlohmann::json summary);
+
+// A loop with the parts every task sets the same way: `model`, `optimizer`, the config's
+// schedule over `total_steps` (errors name `schema_name`), its log / eval / checkpoint frequencies
+// and gradient clipping. The task adds the sampler, epochs, callbacks, best metric and label.
+TrainingLoop training_loop_for(const CommonTaskConfig& config, torch::nn::Module& model,
+                               torch::optim::Optimizer& optimizer, int64_t total_steps,
+                               const std::string& schema_name);
+
+// The summary fields of every run: task, mechanism, projection (resolved), seed, params.
+nlohmann::json run_summary(const CommonTaskConfig& config, const torch::nn::Module& model);
+
+// `metrics` of an evaluated checkpoint with "checkpoint" (its path), "step" (from its meta) and
+// "split" (options.split) added: what a task's evaluate function returns to `kvq eval`.
+nlohmann::json with_checkpoint_info(nlohmann::json metrics, const std::string& checkpoint,
+                                    const EvalOptions& options);
 
 // The checkpoint file `kvq eval` reads: best.pt for options.checkpoint == "best" (falling back to
 // checkpoint.pt when the run has none), checkpoint.pt for "last". Checks options.checkpoint
