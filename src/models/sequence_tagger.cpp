@@ -31,12 +31,17 @@ void SequenceTaggerImpl::reset() {
                                            .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
                                            .activation("relu")
                                            .dropout(o.dropout())
-                                           .norm_first(false)
+                                           .norm_first(o.norm_first())
                                            .mechanism(name)
                                            .projection(o.projection())
                                            .alpha_init(o.alpha_init())
                                            .alpha_floor(o.alpha_floor())
                                            .learn_alpha(o.learn_alpha())));
+  }
+  final_norm = nullptr;
+  if (o.norm_first()) {
+    final_norm =
+        register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   }
   head = register_module(
       "head", torch::nn::Sequential(torch::nn::Linear(d, d),
@@ -54,6 +59,7 @@ torch::Tensor SequenceTaggerImpl::forward(const torch::Tensor& tokens,
   for (size_t i = 0; i < blocks->size(); ++i) {
     x = blocks->ptr<TransformerBlockImpl>(i)->forward(x, key_padding_mask, /*causal=*/false);
   }
+  if (!final_norm.is_empty()) x = final_norm(x);
   return head->forward(x);
 }
 

@@ -46,6 +46,8 @@ const train::ConfigSchema<Config>& sequence_task_schema() {
         .field("num_test", &Config::num_test, "test samples")
         .field("data_seed", &Config::data_seed, "seed of the data sets; -1 = seed")
         .field("epochs", &Config::epochs, "passes over the training set")
+        .field("norm_first", &Config::norm_first,
+               "Pre-LN encoder blocks (+ final LayerNorm); false = Post-LN, the paper's")
         .preset("paper",
                 {{"length", 64}, {"vocab_size", 10}, {"num_train", 50000}, {"num_val", 1000},
                  {"num_test", 10000}, {"d_model", 64}, {"num_heads", 2}, {"num_layers", 2},
@@ -90,7 +92,8 @@ models::SequenceTagger make_sequence_model(const Config& c) {
                                     .dropout(c.dropout)
                                     .mechanism(c.mechanism)
                                     .projection(c.projection)
-                                    .alpha_init(c.alpha_init));
+                                    .alpha_init(c.alpha_init)
+                                    .norm_first(c.norm_first));
 }
 
 nlohmann::json evaluate_sequence_model(models::SequenceTagger& model, const torch::Tensor& inputs,

@@ -46,6 +46,26 @@ TEST(SequenceTagger, ForwardIsTheDocumentedComposition) {
   EXPECT_LE(max_abs(model(tokens) - model->head->forward(x)), 1e-12);
 }
 
+// norm_first: Pre-LN blocks, then a final LayerNorm before the head.
+TEST(SequenceTagger, PreLnVariantIsTheDocumentedComposition) {
+  torch::manual_seed(2);
+  M::SequenceTagger model(
+      M::SequenceTaggerOptions(6, 4).d_model(8).num_heads(2).num_layers(2).norm_first(true));
+  model->to(torch::kFloat64);
+  model->eval();
+  ASSERT_FALSE(model->final_norm.is_empty());
+  EXPECT_TRUE(model->blocks->ptr<M::TransformerBlockImpl>(0)->options.norm_first());
+  auto tokens = torch::randint(0, 6, {2, 5}, torch::kInt64);
+  auto x = torch::nn::functional::one_hot(tokens, 6).to(torch::kFloat64).matmul(
+               model->embed->weight.t()) + model->embed->bias;
+  x = x + M::sinusoidal_positional_encoding(5, 8, torch::kFloat64);
+  for (size_t i = 0; i < model->blocks->size(); ++i) {
+    x = model->blocks->ptr<M::TransformerBlockImpl>(i)->forward(x);
+  }
+  EXPECT_LE(max_abs(model(tokens) - model->head->forward(model->final_norm(x))), 1e-12);
+  EXPECT_TRUE(M::SequenceTagger(M::SequenceTaggerOptions(6, 4))->final_norm.is_empty());
+}
+
 // Attention is bidirectional: the last token changes the first position's logits. Padding is
 // honoured: padded tokens do not change the unpadded positions.
 TEST(SequenceTagger, BidirectionalAndPaddingForEveryMechanism) {

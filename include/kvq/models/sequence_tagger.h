@@ -40,10 +40,13 @@ struct SequenceTaggerOptions {
   TORCH_ARG(double, alpha_floor) = 1e-4;
   /// Learn alpha per head. Default: true.
   TORCH_ARG(bool, learn_alpha) = true;
+  /// Pre-LN blocks and a final LayerNorm when true; Post-LN blocks (the paper's) when false.
+  /// Default: false.
+  TORCH_ARG(bool, norm_first) = false;
 };
 
 // one-hot(tokens) -> Linear(V, d) -> + sinusoidal PE -> num_layers Post-LN blocks (FFN 2d, ReLU)
-// -> head Linear(d, d) - LayerNorm - ReLU - Dropout - Linear(d, num_classes), per token.
+// (or Pre-LN blocks and a final LayerNorm with norm_first) -> head Linear(d, d) - LayerNorm - ReLU - Dropout - Linear(d, num_classes), per token.
 // tokens int64 (B, L) in [0, V) -> logits (B, L, num_classes). key_padding_mask (B, L) bool,
 // true = padding (optional; the paper's tasks have none). Attention is bidirectional.
 class SequenceTaggerImpl : public torch::nn::Cloneable<SequenceTaggerImpl> {
@@ -59,6 +62,7 @@ class SequenceTaggerImpl : public torch::nn::Cloneable<SequenceTaggerImpl> {
   SequenceTaggerOptions options;
   torch::nn::Linear embed{nullptr};
   torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm final_norm{nullptr};  // norm_first only
   torch::nn::Sequential head{nullptr};
 };
 TORCH_MODULE(SequenceTagger);

@@ -52,6 +52,7 @@ struct SequenceTaskConfig : CommonTaskConfig {
   int64_t num_test = 10000;            // test samples
   int64_t data_seed = -1;              // seed of the data sets; -1 = seed
   int64_t epochs = 2;                  // passes over the training set
+  bool norm_first = false;             // Pre-LN encoder blocks; false = Post-LN (the paper's)
 };
 
 // The schema: every field above, presets "paper" (tasks.md: L 64, d 64, depth 2, heads 2,
