@@ -10,6 +10,7 @@
 #include "kvq/data/char_corpus.h"
 #include "kvq/data/io.h"
 #include "kvq/train/atomic_file.h"
+#include "kvq/train/sampler.h"
 
 namespace kvq {
 namespace data {
@@ -42,15 +43,7 @@ char32_t to_lower(char32_t c) {
   return c;
 }
 
-// Uniform in [0, n) from the raw engine output: reject the top partial block of 2^64 values.
-uint64_t uniform_below(std::mt19937_64& engine, uint64_t n) {
-  const uint64_t limit = std::mt19937_64::max() - std::mt19937_64::max() % n;
-  uint64_t draw;
-  do {
-    draw = engine();
-  } while (draw >= limit);
-  return draw % n;
-}
+using train::uniform_below;
 
 bool has_forbidden_tsv_char(const std::string& s) {
   return s.find_first_of("\t\r\n") != std::string::npos;

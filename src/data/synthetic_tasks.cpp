@@ -3,6 +3,8 @@
 #include <random>
 #include <sstream>
 
+#include "kvq/train/sampler.h"
+
 namespace kvq {
 namespace data {
 namespace {
@@ -10,15 +12,7 @@ namespace {
 static_assert(kSyntheticTaskNames.size() == static_cast<size_t>(SyntheticTask::Swap) + 1,
               "kSyntheticTaskNames and SyntheticTask must list the same tasks");
 
-// Uniform in [0, n) from the raw engine output: reject the top partial block of 2^64 values.
-uint64_t uniform_below(std::mt19937_64& engine, uint64_t n) {
-  const uint64_t limit = std::mt19937_64::max() - std::mt19937_64::max() % n;
-  uint64_t draw;
-  do {
-    draw = engine();
-  } while (draw >= limit);
-  return draw % n;
-}
+using train::uniform_below;
 
 torch::Tensor draw_inputs(std::mt19937_64& engine, int64_t num_samples, int64_t length,
                           int64_t vocab_size) {

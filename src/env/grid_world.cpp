@@ -6,6 +6,8 @@
 #include <random>
 #include <sstream>
 
+#include "kvq/train/sampler.h"
+
 namespace kvq {
 namespace env {
 namespace {
@@ -14,15 +16,7 @@ constexpr int kMaxDraws = 100;
 constexpr int64_t kRowStep[kNumActions] = {-1, 1, 0, 0};
 constexpr int64_t kColStep[kNumActions] = {0, 0, -1, 1};
 
-// Uniform in [0, n) from the raw engine output: reject the top partial block of 2^64 values.
-uint64_t uniform_below(std::mt19937_64& engine, uint64_t n) {
-  const uint64_t limit = std::mt19937_64::max() - std::mt19937_64::max() % n;
-  uint64_t draw;
-  do {
-    draw = engine();
-  } while (draw >= limit);
-  return draw % n;
-}
+using train::uniform_below;
 
 char cell_char(Cell cell) {
   switch (cell) {
