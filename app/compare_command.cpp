@@ -200,7 +200,10 @@ std::string runs_csv(const std::vector<std::string>& columns, const std::vector<
 struct PlotSpec {
   std::string stem, png, title, xlabel, ylabel, key = "bottom right";
   bool log_y = false;
+  bool log_x = false;
   std::vector<std::pair<std::string, Curve>> series;
+  // The series drawn as a dashed black reference line ("" = none).
+  std::string reference;
 };
 
 std::string draw_plot(const PlotSpec& spec, const fs::path& dir) {
@@ -230,12 +233,14 @@ std::string draw_plot(const PlotSpec& spec, const fs::path& dir) {
      << "set title " << single_quoted(spec.title, "''") << "\n"
      << "set xlabel " << single_quoted(spec.xlabel, "''") << "\nset ylabel "
      << single_quoted(spec.ylabel, "''") << "\nset key " << spec.key << "\nset grid\n"
-     << (spec.log_y ? "set logscale y\n" : "");
+     << (spec.log_y ? "set logscale y\n" : "") << (spec.log_x ? "set logscale x 2\n" : "");
   if (!plotted.empty()) {
     gp << "plot";
     for (size_t i = 0; i < plotted.size(); ++i) {
       gp << (i ? ", \\\n    " : " ") << single_quoted(dat.string(), "''") << " index " << i
-         << " using 1:2 with linespoints pointsize 0.6 linewidth 2 title "
+         << (plotted[i] == spec.reference
+                 ? " using 1:2 with lines dashtype 2 linewidth 2 linecolor rgb 'black' title "
+                 : " using 1:2 with linespoints pointsize 0.6 linewidth 2 title ")
          << single_quoted(plotted[i], "''");
     }
     gp << "\n";
@@ -262,9 +267,12 @@ std::string seeds_phrase(int64_t seeds) {
 // val_curves.png.
 std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::string>& mechanisms,
                         const std::vector<RunResult>& runs, int64_t seeds, const fs::path& dir) {
-  PlotSpec spec{"curves", "val_curves.png",
-                task.name + ": validation " + task.curve_metric + " " + seeds_phrase(seeds),
-                "optimiser update", "val " + task.curve_metric};
+  PlotSpec spec;
+  spec.stem = "curves";
+  spec.png = "val_curves.png";
+  spec.title = task.name + ": validation " + task.curve_metric + " " + seeds_phrase(seeds);
+  spec.xlabel = "optimiser update";
+  spec.ylabel = "val " + task.curve_metric;
   for (const auto& m : mechanisms) {
     std::vector<Curve> curves;
     for (const auto& r : runs) {
@@ -272,6 +280,14 @@ std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::stri
     }
     spec.series.emplace_back(m, average_curves(curves));
   }
+  // Falling curves (losses) leave the bottom right free, rising ones (accuracies) the top right.
+  double first = 0, last = 0;
+  for (const auto& [name, curve] : spec.series) {
+    if (curve.y.empty()) continue;
+    first += curve.y.front();
+    last += curve.y.back();
+  }
+  spec.key = last < first ? "top right" : "bottom right";
   return draw_plot(spec, dir);
 }
 
@@ -292,10 +308,15 @@ std::string plot_context_curve(const tasks::TaskInfo& task,
     }
     return average_curves({c});  // sorted by N
   };
-  PlotSpec spec{"context", "error_vs_context.png",
-                task.name + ": test " + cc.metric_prefix + "N against context size " +
-                    seeds_phrase(seeds),
-                "context points N", "test " + cc.metric_prefix + "N", "top right", true};
+  PlotSpec spec;
+  spec.stem = "context";
+  spec.png = "error_vs_context.png";
+  spec.title = task.name + ": test " + cc.metric_prefix + "N against context size " +
+               seeds_phrase(seeds);
+  spec.xlabel = "context points N";
+  spec.ylabel = "test " + cc.metric_prefix + "N";
+  spec.key = "top right";
+  spec.log_x = spec.log_y = true;
   for (const auto& m : mechanisms) {
     std::vector<Curve> curves;
     for (const auto& r : runs) {
@@ -306,7 +327,8 @@ std::string plot_context_curve(const tasks::TaskInfo& task,
   if (!cc.baseline_prefix.empty()) {
     std::vector<Curve> curves;
     for (const auto& r : runs) curves.push_back(curve_of(r.summary.at("test"), cc.baseline_prefix));
-    spec.series.emplace_back("Bayes-optimal predictor", average_curves(curves));
+    spec.reference = "Bayes-optimal predictor";
+    spec.series.emplace_back(spec.reference, average_curves(curves));
   }
   return draw_plot(spec, dir);
 }

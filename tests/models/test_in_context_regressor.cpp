@@ -63,7 +63,16 @@ TEST(InContextRegressor, ShapesAndGradientsForEveryMechanism) {
       M::InContextRegressorOptions(1, 1).num_layers(2).mechanisms({"intention", "softmax"}));
   EXPECT_EQ(mixed->layers->ptr<M::InContextRegressorLayerImpl>(0)->mechanism, "intention");
   EXPECT_EQ(mixed->layers->ptr<M::InContextRegressorLayerImpl>(1)->mechanism, "softmax");
+  // The feature map: phi(x) feeds both embeddings, so x_embed reads F features.
+  M::InContextRegressor featured(M::InContextRegressorOptions(3, 1).d_model(16).feature_dim(12));
+  ASSERT_FALSE(featured->features.is_empty());
+  EXPECT_EQ(featured->x_embed->weight.sizes(), (std::vector<int64_t>{16, 12}));
+  EXPECT_EQ(featured->xy_embed->weight.sizes(), (std::vector<int64_t>{16, 13}));
+  auto x = torch::randn({2, 5, 3}), y = torch::randn({2, 5, 1}), t = torch::randn({2, 4, 3});
+  featured(x, y, t).sum().backward();
+  EXPECT_TRUE(featured->features->parameters()[0].grad().defined());
   auto pure = M::InContextRegressor(M::ridge_construction_options(4, 1));
+  EXPECT_TRUE(pure->features.is_empty());
   EXPECT_EQ(pure->layers->size(), 1u);
   EXPECT_TRUE(pure->final_norm.is_empty());
   auto layer = pure->layers->ptr<M::InContextRegressorLayerImpl>(0);
@@ -224,6 +233,11 @@ TEST(InContextRegressor, BadInputsAndOptionsNameTheArgument) {
     M::InContextRegressor m(O(ridge).feed_forward(true));
     M::set_ridge_weights(m, 1.0);
   }, {"feed_forward"});
+  expect_error([&] {
+    M::InContextRegressor m(O(ridge).feature_dim(8));
+    M::set_ridge_weights(m, 1.0);
+  }, {"feature_dim = 0"});
+  expect_error([] { M::InContextRegressor(O(1, 1).feature_dim(-1)); }, {"feature_dim"});
   expect_error([&] {
     M::InContextRegressor m(ridge);
     M::set_ridge_weights(m, 1e-5);
