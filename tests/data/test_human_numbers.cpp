@@ -8,19 +8,13 @@
 #include <string>
 
 #include "kvq/data/human_numbers.h"
+#include "test_files.h"
 
 namespace {
 
 namespace D = kvq::data;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 TEST(DataHumanNumbers, SpellsNumbersLikeFastai) {
   EXPECT_EQ(D::spell_number(1), "one");

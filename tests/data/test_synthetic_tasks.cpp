@@ -8,19 +8,13 @@
 #include <vector>
 
 #include "kvq/data/synthetic_tasks.h"
+#include "test_files.h"
 
 namespace {
 
 namespace D = kvq::data;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 std::vector<int64_t> row(const torch::Tensor& t, int64_t i) {
   auto r = t[i].contiguous();

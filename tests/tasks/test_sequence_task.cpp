@@ -4,7 +4,6 @@
 // to the uninterrupted run, for a softmax, a kv-pos and an intention model. Also the driver's
 // refusals: an existing run directory without --resume, a resume with a changed config.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -16,6 +15,7 @@
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/checkpoint.h"
 #include "kvq/train/metrics_log.h"
+#include "test_files.h"
 
 namespace {
 
@@ -23,34 +23,12 @@ namespace KT = kvq::tasks;
 namespace T = kvq::train;
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
+using kvq_test_files::TempDir;
 
 #define EXPECT_HAS(text, part)                                  \
   EXPECT_NE(std::string(text).find(part), std::string::npos) \
       << "missing \"" << (part) << "\" in: " << (text)
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("kvq_tasks_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string dir(const std::string& name) const { return (path / name).string(); }
-};
 
 constexpr int64_t kTotalSteps = 48;  // 3 epochs of 512 / 32
 
@@ -102,7 +80,7 @@ std::string differing(const KT::SequenceTaskConfig& c, const std::string& a, con
 
 TEST(SequenceTask, TinyRunTrainsAndWritesItsFiles) {
   TempDir tmp;
-  const auto out = KT::train_task("copy", tiny_options("softmax", tmp.dir("run")));
+  const auto out = KT::train_task("copy", tiny_options("softmax", tmp.file("run")));
   const fs::path run(out.run_dir);
   for (const char* file : {"config.json", "metrics.jsonl", "checkpoint.pt", "best.pt",
                            "results.json"}) {
@@ -144,10 +122,10 @@ class SequenceTaskResume : public ::testing::TestWithParam<std::string> {};
 TEST_P(SequenceTaskResume, InterruptedAndResumedRunIsBitIdentical) {
   TempDir tmp;
   const std::string mechanism = GetParam();
-  const auto whole = KT::train_task("sort", tiny_options(mechanism, tmp.dir("whole")));
+  const auto whole = KT::train_task("sort", tiny_options(mechanism, tmp.file("whole")));
 
   // Killed after update 25: the last checkpoint is update 22, records up to 24 are on disk.
-  auto first = tiny_options(mechanism, tmp.dir("parts"));
+  auto first = tiny_options(mechanism, tmp.file("parts"));
   first.context.stop_after_step = 25;
   const auto stopped = KT::train_task("sort", first);
   EXPECT_EQ(stopped.summary["stopped_at"], 25);
@@ -178,9 +156,9 @@ TEST_P(SequenceTaskResume, InterruptedAndResumedRunIsBitIdentical) {
   auto init = KT::make_sequence_model(c);
   T::TrainingState unused;
   torch::optim::Adam opt(init->parameters());
-  T::save_checkpoint(tmp.dir("init.pt"), *init, opt, unused);
-  EXPECT_NE(differing(c, whole_ckpt, tmp.dir("init.pt")), "");
-  auto other = tiny_options(mechanism, tmp.dir("other"));
+  T::save_checkpoint(tmp.file("init.pt"), *init, opt, unused);
+  EXPECT_NE(differing(c, whole_ckpt, tmp.file("init.pt")), "");
+  auto other = tiny_options(mechanism, tmp.file("other"));
   other.seed = 4;
   other.sources.sets.push_back("data_seed=3");  // same data, other init / dropout / order
   const auto other_run = KT::train_task("sort", other);
@@ -193,27 +171,27 @@ INSTANTIATE_TEST_SUITE_P(Mechanisms, SequenceTaskResume,
 
 TEST(SequenceTask, DriverRefusesToOverwriteOrToResumeWithAnotherConfig) {
   TempDir tmp;
-  auto first = tiny_options("softmax", tmp.dir("run"));
+  auto first = tiny_options("softmax", tmp.file("run"));
   first.context.stop_after_step = 10;
   KT::train_task("copy", first);
 
-  auto message = error_of([&] { KT::train_task("copy", tiny_options("softmax", tmp.dir("run"))); });
-  EXPECT_HAS(message, tmp.dir("run"));
+  auto message = error_of([&] { KT::train_task("copy", tiny_options("softmax", tmp.file("run"))); });
+  EXPECT_HAS(message, tmp.file("run"));
   EXPECT_HAS(message, "--resume");
 
-  auto changed = tiny_options("softmax", tmp.dir("run"));
+  auto changed = tiny_options("softmax", tmp.file("run"));
   changed.sources.sets.push_back("lr=1e-3");
   changed.resume = true;
   message = error_of([&] { KT::train_task("copy", changed); });
   EXPECT_HAS(message, "lr: 0.005 -> 0.001");
 
-  auto wrong_task = tiny_options("softmax", tmp.dir("run"));
+  auto wrong_task = tiny_options("softmax", tmp.file("run"));
   wrong_task.resume = true;
   message = error_of([&] { KT::train_task("sort", wrong_task); });
   EXPECT_HAS(message, "\"copy\"");
 
   message = error_of([&] {
-    auto o = tiny_options("softmax", tmp.dir("missing"));
+    auto o = tiny_options("softmax", tmp.file("missing"));
     o.resume = true;
     KT::train_task("copy", o);
   });

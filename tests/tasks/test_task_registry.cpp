@@ -11,19 +11,13 @@
 #include "kvq/registry.h"
 #include "kvq/tasks/sequence_task.h"
 #include "kvq/tasks/task_registry.h"
+#include "test_files.h"
 
 namespace {
 
 namespace KT = kvq::tasks;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 #define EXPECT_HAS(text, part)                                  \
   EXPECT_NE(std::string(text).find(part), std::string::npos) \

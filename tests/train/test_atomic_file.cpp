@@ -8,20 +8,14 @@
 #include <string>
 
 #include "kvq/train/atomic_file.h"
+#include "test_files.h"
 
 namespace {
 
 namespace T = kvq::train;
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 #define EXPECT_HAS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)

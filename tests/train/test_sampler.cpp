@@ -10,19 +10,13 @@
 #include <vector>
 
 #include "kvq/train/sampler.h"
+#include "test_files.h"
 
 namespace {
 
 namespace T = kvq::train;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 #define EXPECT_HAS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)

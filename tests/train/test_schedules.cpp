@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kvq/train/schedules.h"
+#include "test_files.h"
 
 namespace {
 
@@ -16,14 +17,7 @@ namespace T = kvq::train;
 
 constexpr double kPi = 3.14159265358979323846;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "<no error>";
-}
+using kvq_test_files::error_of;
 
 #define EXPECT_HAS(text, part) \
   EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
