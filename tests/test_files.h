@@ -10,6 +10,11 @@
 #include <string>
 #include <vector>
 
+// `text` contains `part`; the failure prints both.
+#define EXPECT_HAS(text, part)                                  \
+  EXPECT_NE(std::string(text).find(part), std::string::npos) \
+      << "missing \"" << (part) << "\" in: " << (text)
+
 namespace kvq_test_files {
 
 // The message of the c10::Error that f throws (without backtrace), or "<no error>".

@@ -26,10 +26,6 @@ namespace fs = std::filesystem;
 using kvq_test_files::error_of;
 using kvq_test_files::TempDir;
 
-#define EXPECT_HAS(text, part)                                  \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) \
-      << "missing \"" << (part) << "\" in: " << (text)
-
 constexpr int64_t kTotalSteps = 48;  // 3 epochs of 512 / 32
 
 // 16 updates per epoch; validation every 8, checkpoints every 11 and at epoch ends (16, 32):

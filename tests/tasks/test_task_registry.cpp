@@ -19,10 +19,6 @@ namespace KT = kvq::tasks;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part)                                  \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) \
-      << "missing \"" << (part) << "\" in: " << (text)
-
 nlohmann::json resolve(const std::string& task, const std::string& preset,
                        const std::vector<std::string>& sets) {
   return KT::find_task(task).resolve({preset, "", sets});

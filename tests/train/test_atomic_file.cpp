@@ -17,9 +17,6 @@ namespace fs = std::filesystem;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 TEST(TrainAtomicFile, ReplacesContentAndLeavesNoTemporaryFile) {
   const fs::path dir = fs::temp_directory_path() / ("kvq_train_atomic_" + std::to_string(::getpid()));
   fs::remove_all(dir);

@@ -28,9 +28,6 @@ namespace fs = std::filesystem;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 using kvq_test_files::TempDir;
 
 std::string bytes_of(const std::string& path) {

@@ -61,9 +61,6 @@ const T::ConfigSchema<SyntheticConfig>& synthetic_schema() {
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 using kvq_test_files::TempDir;
 
 SyntheticConfig resolve_sets(const std::vector<std::string>& sets) {

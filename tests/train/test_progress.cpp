@@ -8,13 +8,11 @@
 #include <string>
 
 #include "kvq/train/progress.h"
+#include "test_files.h"
 
 namespace {
 
 namespace T = kvq::train;
-
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
 
 int64_t count(const std::string& text, const std::string& part) {
   int64_t n = 0;

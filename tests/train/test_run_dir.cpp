@@ -21,9 +21,6 @@ namespace fs = std::filesystem;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 using kvq_test_files::TempDir;
 
 struct TinyConfig {

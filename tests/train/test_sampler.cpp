@@ -18,9 +18,6 @@ namespace T = kvq::train;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 std::vector<int64_t> values(const torch::Tensor& t) {
   return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()};
 }

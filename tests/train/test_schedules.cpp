@@ -19,9 +19,6 @@ constexpr double kPi = 3.14159265358979323846;
 
 using kvq_test_files::error_of;
 
-#define EXPECT_HAS(text, part) \
-  EXPECT_NE(std::string(text).find(part), std::string::npos) << "missing \"" << (part) << "\" in: " << (text)
-
 TEST(TrainSchedules, ConstantIsConstant) {
   for (int64_t step : {0, 1, 1000}) EXPECT_EQ(T::constant_lr(step, 3e-4), 3e-4);
   EXPECT_HAS(error_of([] { T::constant_lr(-1, 1.0); }), "step must be >= 0");
