@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "config_options.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/atomic_file.h"
@@ -32,9 +33,7 @@ struct CompareArgs {
   std::vector<std::string> mechanisms = {"softmax", "kv", "kv-pos"};
   int64_t seeds = 1;
   int64_t first_seed = 0;
-  std::string preset;
-  std::string config_file;
-  std::vector<std::string> sets;
+  train::ConfigSources sources;  // --preset, --config, --set
   std::string run_dir;
   std::string run_root = "runs";
   bool resume = false;
@@ -49,12 +48,6 @@ struct RunResult {
   nlohmann::json summary;
   Curve curve;
 };
-
-std::string join(const std::vector<std::string>& names, const std::string& sep = ", ") {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : sep) + n;
-  return out;
-}
 
 std::string fixed(double value, int digits) {
   std::ostringstream out;
@@ -376,9 +369,10 @@ void add_compare_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "compare",
       "Train several mechanisms (and seeds) on one task and tabulate and plot the results");
-  cmd->add_option("--task", args->task, "Task: " + join(tasks::task_names()))->required();
+  cmd->add_option("--task", args->task, "Task: " + train::join_names(tasks::task_names()))
+      ->required();
   cmd->add_option("--mechanisms", args->mechanisms,
-                  "Mechanisms, comma-separated: any of " + join(mechanism_names()))
+                  "Mechanisms, comma-separated: any of " + train::join_names(mechanism_names()))
       ->delimiter(',')
       ->default_str("softmax,kv,kv-pos");
   cmd->add_option("--seeds", args->seeds, "Number of seeds per mechanism")
@@ -387,11 +381,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--first-seed", args->first_seed, "Seeds are first-seed, first-seed + 1, ...")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--preset", args->preset,
-                  "Config preset: quick, or paper (Key-Value Transformer tasks) / full "
-                  "(Intention tasks)");
-  cmd->add_option("--config", args->config_file, "JSON file with an object of config overrides");
-  cmd->add_option("--set", args->sets, "Config override key=value (repeatable)");
+  add_config_options(cmd, args->sources);
   cmd->add_option("--run-dir", args->run_dir,
                   "Comparison directory (default: <runs>/compare/<task>/<start time>)");
   cmd->add_option("--runs", args->run_root, "Root of the default run directories")
@@ -417,9 +407,7 @@ void add_compare_command(CLI::App& app) {
     for (const auto& m : args->mechanisms) {
       for (int64_t k = 0; k < args->seeds; ++k) {
         tasks::TrainOptions o;
-        o.sources.preset = args->preset;
-        o.sources.file = args->config_file;
-        o.sources.sets = args->sets;
+        o.sources = args->sources;
         o.sources.sets.push_back("mechanism=" + m);
         o.seed = args->first_seed + k;
         auto check = o.sources;
@@ -455,11 +443,11 @@ void add_compare_command(CLI::App& app) {
     }
     nlohmann::json record = {{"task", task.name},         {"mechanisms", args->mechanisms},
                              {"seeds", args->seeds},      {"first_seed", args->first_seed},
-                             {"preset", args->preset},    {"config", args->config_file},
-                             {"sets", args->sets}};
+                             {"preset", args->sources.preset},
+                             {"config", args->sources.file},    {"sets", args->sources.sets}};
     train::write_file_atomic((dir / "compare.json").string(), record.dump(2) + "\n", "compare");
     std::cout << "comparison " << dir.string() << ": task " << task.name << ", "
-              << join(args->mechanisms) << ", " << args->seeds
+              << train::join_names(args->mechanisms) << ", " << args->seeds
               << (args->seeds == 1 ? " seed" : " seeds") << "\n";
     {
       auto first = plans.front().sources;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "config_options.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
 
@@ -15,18 +16,10 @@ namespace kvq {
 namespace app {
 namespace {
 
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
-
 struct TrainArgs {
   std::string task;
   std::string mechanism;
-  std::string preset;
-  std::string config_file;
-  std::vector<std::string> sets;
+  train::ConfigSources sources;  // --preset, --config, --set
   std::string run_dir;
   std::string run_root = "runs";
   bool resume = false;
@@ -59,15 +52,11 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "train", "Train one task with one mechanism in a run directory (config.json, "
                "metrics.jsonl, checkpoint.pt, best.pt, results.json)");
-  cmd->add_option("--task", args->task, "Task: " + join(tasks::task_names()));
+  cmd->add_option("--task", args->task, "Task: " + train::join_names(tasks::task_names()));
   cmd->add_option("--mechanism", args->mechanism,
                   "Attention mechanism (same as --set mechanism=NAME): " +
-                      join(mechanism_names()));
-  cmd->add_option("--preset", args->preset,
-                  "Config preset: quick, or paper (Key-Value Transformer tasks) / full "
-                  "(Intention tasks)");
-  cmd->add_option("--config", args->config_file, "JSON file with an object of config overrides");
-  cmd->add_option("--set", args->sets, "Config override key=value (repeatable; applied last)");
+                      train::join_names(mechanism_names()));
+  add_config_options(cmd, args->sources);
   auto* seed = cmd->add_option("--seed", args->seed, "Seed (same as --set seed=N)");
   cmd->add_option("--run-dir", args->run_dir,
                   "Run directory (default: <runs>/<task>/<start time>)");
@@ -86,7 +75,8 @@ void add_train_command(CLI::App& app) {
       task = tasks::task_of_run(args->run_dir).first->name;
     }
     if (task.empty()) {
-      throw CLI::ValidationError("--task", "required; valid tasks: " + join(tasks::task_names()));
+      throw CLI::ValidationError(
+          "--task", "required; valid tasks: " + train::join_names(tasks::task_names()));
     }
     const auto& info = tasks::find_task(task);
     if (args->show_keys) {
@@ -94,10 +84,10 @@ void add_train_command(CLI::App& app) {
       return;
     }
     tasks::TrainOptions options;
-    options.sources.preset = args->preset;
-    options.sources.file = args->config_file;
+    options.sources.preset = args->sources.preset;
+    options.sources.file = args->sources.file;
     if (!args->mechanism.empty()) options.sources.sets.push_back("mechanism=" + args->mechanism);
-    for (const auto& s : args->sets) options.sources.sets.push_back(s);
+    for (const auto& s : args->sources.sets) options.sources.sets.push_back(s);
     if (*seed) options.seed = args->seed;
     if (args->dry_run) {
       auto sources = options.sources;

@@ -14,7 +14,7 @@ namespace {
 
 using Config = SequenceTaskConfig;
 using detail::contains_name;
-using detail::join_names;
+using train::join_names;
 
 uint64_t data_seed(const Config& c) {
   return static_cast<uint64_t>(c.data_seed >= 0 ? c.data_seed : c.seed);

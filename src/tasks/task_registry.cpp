@@ -40,12 +40,6 @@ std::vector<TaskInfo> all_tasks() {
   return out;
 }
 
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
-
 bool has_entries(const fs::path& dir) {
   std::error_code ec;
   return fs::directory_iterator(dir, ec) != fs::directory_iterator();
@@ -84,7 +78,7 @@ const TaskInfo& find_task(const std::string& name) {
   for (const auto& t : tasks()) {
     if (t.name == name) return t;
   }
-  C10_THROW_ERROR(Error, "unknown task '" + name + "'; valid tasks: " + join(task_names()));
+  C10_THROW_ERROR(Error, "unknown task '" + name + "'; valid tasks: " + train::join_names(task_names()));
 }
 
 std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_dir) {

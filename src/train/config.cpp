@@ -12,13 +12,13 @@
 namespace kvq {
 namespace train {
 
-namespace {
-
-std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
+std::string join_names(const std::vector<std::string>& items, const std::string& separator) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
   return out;
 }
+
+namespace {
 
 std::string trim(const std::string& text) {
   const auto is_space = [](unsigned char c) { return std::isspace(c) != 0; };
@@ -181,7 +181,7 @@ const ConfigSchemaBase::Field& ConfigSchemaBase::field_info(const std::string& k
       hint = " (did you mean " + quote(f.key) + "?)";
     }
   }
-  fail(source, "unknown key " + quote(key) + hint + "; valid keys: " + join(keys()));
+  fail(source, "unknown key " + quote(key) + hint + "; valid keys: " + join_names(keys()));
 }
 
 nlohmann::json ConfigSchemaBase::check_value(const Field& field, const nlohmann::json& value,
@@ -313,7 +313,7 @@ void ConfigSchemaBase::apply_preset(nlohmann::json& values, const std::string& p
   }
   const auto names = preset_names();
   fail("--preset " + preset, "unknown preset " + quote(preset) + "; valid presets: " +
-                                 (names.empty() ? std::string("(none)") : join(names)));
+                                 (names.empty() ? std::string("(none)") : join_names(names)));
 }
 
 void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& path) const {

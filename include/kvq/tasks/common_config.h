@@ -53,7 +53,6 @@ template <class Config, class M>
 M Config::*member(M CommonTaskConfig::*m) {
   return static_cast<M Config::*>(m);
 }
-std::string join_names(const std::vector<std::string>& names);
 bool contains_name(const std::vector<std::string>& names, const std::string& name);
 }  // namespace detail
 
@@ -70,7 +69,7 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
   schema.field("task", member<Config>(&C::task), "the task (set by --task)")
       .field("seed", member<Config>(&C::seed), "model init, dropout, batch order (and data)")
       .field("mechanism", member<Config>(&C::mechanism),
-             "attention: " + detail::join_names(mechanisms))
+             "attention: " + train::join_names(mechanisms))
       .field("projection", member<Config>(&C::projection),
              "qkv | kv | kv-pos; \"\" = the mechanism's own")
       .field("alpha_init", member<Config>(&C::alpha_init),
@@ -88,7 +87,7 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .field("beta1", member<Config>(&C::beta1), "Adam beta1")
       .field("beta2", member<Config>(&C::beta2), "Adam beta2")
       .field("adam_eps", member<Config>(&C::adam_eps), "Adam epsilon")
-      .field("schedule", member<Config>(&C::schedule), detail::join_names(schedules))
+      .field("schedule", member<Config>(&C::schedule), train::join_names(schedules))
       .field("warmup_steps", member<Config>(&C::warmup_steps), "warm-up updates of the schedule")
       .field("min_lr", member<Config>(&C::min_lr), "floor of the cosine schedules")
       .field("grad_clip", member<Config>(&C::grad_clip), "max global gradient norm; 0 = off")
@@ -99,7 +98,7 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .field("log_every", member<Config>(&C::log_every), "train metrics record every N updates")
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
-      .check("mechanism must be one of: " + detail::join_names(mechanisms),
+      .check("mechanism must be one of: " + train::join_names(mechanisms),
              [mechanisms](const Config& c) {
                return detail::contains_name(mechanisms, c.mechanism);
              })
@@ -129,7 +128,7 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
                return c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1;
              })
       .check("adam_eps must be > 0", [](const Config& c) { return c.adam_eps > 0; })
-      .check("schedule must be one of: " + detail::join_names(schedules),
+      .check("schedule must be one of: " + train::join_names(schedules),
              [schedules](const Config& c) { return detail::contains_name(schedules, c.schedule); })
       .check("warmup_steps must be >= 0", [](const Config& c) { return c.warmup_steps >= 0; })
       .check("min_lr must be in [0, lr]",
@@ -159,7 +158,7 @@ const train::ConfigSchema<Config>& schema_of_task(
   }();
   const auto it = schemas.find(task);
   TORCH_CHECK(it != schemas.end(), family, ": unknown task '", task,
-              "'; valid: ", detail::join_names(names));
+              "'; valid: ", train::join_names(names));
   return *it->second;
 }
 

@@ -55,6 +55,10 @@ std::string field_type_name(FieldType type);
 // Levenshtein distance (insertions, deletions, substitutions), for "did you mean" hints.
 size_t edit_distance(const std::string& a, const std::string& b);
 
+// "a, b, c": the items joined by `separator`, for the lists of valid choices in error and help
+// texts.
+std::string join_names(const std::vector<std::string>& items, const std::string& separator = ", ");
+
 // Where the overrides of a resolution come from, applied in this order after the defaults.
 struct ConfigSources {
   std::string preset;              // a declared preset name; "" = none
