@@ -12,6 +12,7 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <malloc.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -39,6 +40,31 @@ constexpr double kParamToleranceFactor = 10.0;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A field of /proc/self/status ("VmRSS:", "VmHWM:") in bytes; NaN where there is none.
+double status_bytes(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) * 1024.0;
+  }
+  return kNaN;
+}
+
+// Peak resident memory while fn runs, above the resident memory before it, in bytes: free heap
+// memory is returned to the system first (malloc_trim), then Linux's peak counter VmHWM is reset
+// (/proc/self/clear_refs) and read afterwards. Counts everything fn allocates: outputs, gradients,
+// saved activations and workspaces. NaN where /proc is unavailable.
+double peak_extra_bytes(const std::function<void()>& fn) {
+  malloc_trim(0);
+  {
+    std::ofstream reset("/proc/self/clear_refs");
+    if (!reset || !(reset << "5")) return kNaN;
+  }
+  const double before = status_bytes("VmRSS:");
+  fn();
+  return status_bytes("VmHWM:") - before;
 }
 
 struct Dims {
@@ -166,7 +192,7 @@ Tensor run_ours(const MechanismInfo& info, const Problem& p, bool causal) {
   options.causal(causal);
   if (info.projection == Projection::KVPos) {
     const int64_t length = p.k.size(-2);
-    auto terms = functional::kv_pos_score_terms(p.pos_weight, p.pos_bias, length, length);
+    auto terms = functional::kv_pos_key_terms(p.pos_weight, p.pos_bias, length);
     options.score_gain(terms.first).score_bias(terms.second);
   }
   return info.fn(p.q, p.k, p.v, p.alpha, options);
@@ -279,6 +305,8 @@ struct Row {
   bool ran = false;     // ours was run (not skipped by a length limit)
   bool failed = false;  // disagreement or error
   Timing ours, naive;
+  double ours_peak_bytes = kNaN, naive_peak_bytes = kNaN;  // peak_extra_bytes of one fwd+bwd
+  double result_bytes = kNaN;  // the output and the input gradients, included in the peaks
   std::string naive_form;  // the naive form that was timed or checked; empty = none
   bool checked_on_slice = false;
   Agreement agree;
@@ -295,6 +323,7 @@ std::string format_num(double x, const char* fmt) {
 }
 
 double gib(double bytes) { return bytes / double(1ull << 30); }
+constexpr double kMiB = double(1ull << 20);
 
 struct Context {
   BenchOptions options;
@@ -369,11 +398,15 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
   }
   ours_full = {};
 
+  row.ours_peak_bytes = peak_extra_bytes([&] { ours_step(problem); });
+  row.result_bytes = double(problem.grad_out.numel()) * element_size;
+  for (const auto& leaf : problem.leaves) row.result_bytes += double(leaf.numel()) * element_size;
   row.ours = time_repeated([&] { ours_step(problem); }, o.min_time);
   if (chosen && !on_slice) {
     const auto inputs = naive_inputs(problem, *chosen, causal);
-    row.naive = time_repeated(
-        [&] { forward_backward([&] { return chosen->fn(inputs); }, problem); }, o.min_time);
+    auto naive_step = [&] { forward_backward([&] { return chosen->fn(inputs); }, problem); };
+    row.naive_peak_bytes = peak_extra_bytes(naive_step);
+    row.naive = time_repeated(naive_step, o.min_time);
   }
 
   const double flops = 3 * forward_flops(info.name, dims, causal, ctx.chunk);
@@ -425,9 +458,10 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << "; gemm (torch::mm " << kGemmSize << "^2 " << o.dtype << ", best of " << kGemmRepeats
       << "): " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s\n\n";
   char line[256];
-  const char* columns_fmt = "%-18s %-6s %5s %10s %10s %7s %8s %6s %8s %8s %8s %8s";
+  const char* columns_fmt = "%-18s %-6s %5s %10s %10s %7s %8s %6s %8s %9s %9s %8s %8s %8s";
   std::snprintf(line, sizeof(line), columns_fmt, "mechanism", "causal", "T", "ours ms", "naive ms",
-                "speedup", "GFLOP/s", "%gemm", "Ktok/s", "out err", "grad err", "par err");
+                "speedup", "GFLOP/s", "%gemm", "Ktok/s", "ours MiB", "naive MiB", "out err",
+                "grad err", "par err");
   out << line << "  notes\n";
   for (const auto& r : rows) {
     const double speedup = r.naive.min_ms / r.ours.min_ms;
@@ -437,6 +471,8 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
                   format_num(r.gflops, "%.1f").c_str(),
                   format_num(100 * r.gemm_fraction, "%.1f").c_str(),
                   format_num(r.tokens_per_s / 1e3, "%.1f").c_str(),
+                  format_num(r.ours_peak_bytes / kMiB, "%.0f").c_str(),
+                  format_num(r.naive_peak_bytes / kMiB, "%.0f").c_str(),
                   format_num(r.agree.out_err, "%.1e").c_str(),
                   format_num(r.agree.input_grad_err, "%.1e").c_str(),
                   format_num(r.agree.param_grad_err, "%.1e").c_str());
@@ -449,10 +485,14 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << o.min_time << " s (at least one), after one warm-up run (the verification run).\n"
       << "speedup = naive ms / ours ms. GFLOP/s = 3 x analytic forward FLOPs (fwd+bwd taken as 3x"
          " forward; formulas in app/bench_command.cpp) / ours time; %gemm = that / the gemm rate.\n"
+      << "MiB: peak resident memory of one forward+backward above the level before it (Linux"
+         " VmHWM), including the output and the input gradients (the 'result' MiB in --json).\n"
       << "err: normalised RMSE ||ours - naive|| / ||naive|| of the output, the worst of dq/dk/dv"
          " (grad) and the worst of dalpha/dpos_weight/dpos_bias (par); tolerance "
       << format_num(ctx.tolerance, "%.0e") << " (par " << format_num(ctx.param_tolerance, "%.0e")
       << ": sums over all tokens with cancellation).\n"
+      << "ours: the softmax family runs the tiled kernels (src/kernels/cpu); kv-pos with"
+         " kv_pos_key_terms.\n"
       << "naive forms (app/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
          " kv-pos broadcast (B,H,T,T,p) + Linear(p,1), or 'bias' = kv_pos_score_terms + dense;\n"
          "  linear causal cumsum of (B,H,T,d,dv) outer products; intention/softmax-intention"
@@ -506,6 +546,9 @@ nlohmann::json to_json(const std::vector<Row>& rows, const Context& ctx, double 
                          {"naive_median_ms", r.naive.median_ms},
                          {"naive_reps", r.naive.reps},
                          {"naive_form", r.naive_form},
+                         {"ours_peak_extra_bytes", r.ours_peak_bytes},
+                         {"naive_peak_extra_bytes", r.naive_peak_bytes},
+                         {"result_bytes", r.result_bytes},
                          {"speedup", r.naive.min_ms / r.ours.min_ms},
                          {"flops", r.flops},
                          {"gflops", r.gflops},

@@ -42,7 +42,7 @@ void fwd_bwd(benchmark::State& state, const kvq::MechanismInfo* info) {
     kvq::functional::AttentionFuncOptions options;
     options.causal(causal);
     if (pos_weight.defined()) {
-      auto terms = kvq::functional::kv_pos_score_terms(pos_weight, pos_bias, length, length);
+      auto terms = kvq::functional::kv_pos_key_terms(pos_weight, pos_bias, length);
       options.score_gain(terms.first).score_bias(terms.second);
     }
     auto out = info->fn(q, k, v, alpha, options);

@@ -16,6 +16,7 @@ esac
 packages=(
   build-essential cmake git
   libtorch-dev libopenblas0-openmp    # LibTorch 1.13; OpenBLAS so its matmuls run at full speed
+  libblas-dev                         # libblas.so to link: kvq's CPU kernels call the same BLAS
   python3-torch                       # the Python op tests (same LibTorch build)
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   gnuplot-nox

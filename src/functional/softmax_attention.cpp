@@ -1,30 +1,31 @@
 #include "kvq/functional/softmax_attention.h"
 
+#include <torch/version.h>
+
+#include <cmath>
+#include <limits>
+
 #include "functional/checks.h"
 #include "functional/softmax_mixer.h"
+#include "functional/tiled_softmax.h"
 #include "kvq/functional/positional_encoding_2d.h"
 
 namespace kvq {
 namespace functional {
 namespace detail {
 
-torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const AttentionFuncOptions& options) {
-  const int64_t heads = q.size(1), m = q.size(2), n = k.size(2);
-  const double scale = default_scale(options, q.size(3));
-  // The gain multiplies the (m, d) queries rather than the (m, n) scores: same product, one pass over
-  // the score matrix fewer, and the scores need not be kept for the gain's gradient.
-  auto q_scaled = q * scale;
-  if (options.score_gain().defined()) {
-    const auto& gain = options.score_gain();
-    TORCH_CHECK(gain.dim() == 0 || (gain.dim() == 1 && gain.size(0) == heads),
-                "score_gain must be () or (H) = (", heads, "), got ", gain.sizes());
-    q_scaled = q_scaled * (gain.dim() == 0 ? gain : gain.view({1, heads, 1, 1}));
-  }
+namespace {
+
+// The dense form: materialises the (B, H, m, n) scores and weights. Used where the tiled kernel
+// does not apply: dropout on the weights in training, half precision, and devices without a fused
+// path.
+torch::Tensor dense_softmax_mix(const torch::Tensor& q_scaled, const torch::Tensor& k,
+                                const torch::Tensor& v, const AttentionFuncOptions& options) {
+  const int64_t m = q_scaled.size(2), n = k.size(2);
   auto scores = torch::matmul(q_scaled, k.transpose(-2, -1));
   if (options.score_bias().defined()) scores = scores + options.score_bias();
 
-  auto mask = score_mask(options, m, n, q.device());
+  auto mask = score_mask(options, m, n, q_scaled.device());
   torch::Tensor empty_rows;  // queries that see no key at all: their output is zero
   if (mask.defined()) {
     if (options.key_padding_mask().defined()) {
@@ -39,6 +40,57 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const 
     weights = torch::dropout(weights, options.dropout(), /*train=*/true);
   }
   return torch::matmul(weights, v);
+}
+
+#if TORCH_VERSION_MAJOR >= 2
+// LibTorch 2.x on CUDA: at::scaled_dot_product_attention (flash / memory-efficient kernels) where
+// its semantics match kvq's: no score bias, and no query row left without keys unless every row
+// of that batch element is (key padding without causal), which is zeroed afterwards as kvq
+// documents. Returns an undefined tensor when it does not apply.
+torch::Tensor fused_cuda_softmax_mix(const torch::Tensor& q_scaled, const torch::Tensor& k,
+                                     const torch::Tensor& v, const AttentionFuncOptions& options) {
+  const auto& padding = options.key_padding_mask();
+  if (!q_scaled.is_cuda() || options.score_bias().defined() ||
+      (padding.defined() && options.causal())) {
+    return {};
+  }
+  // SDPA scales by 1/sqrt(d) itself.
+  const auto q = q_scaled * std::sqrt(static_cast<double>(q_scaled.size(-1)));
+  const double dropout = options.training() ? options.dropout() : 0.0;
+  if (!padding.defined()) {
+    return at::scaled_dot_product_attention(q, k, v, {}, dropout, options.causal());
+  }
+  const auto empty = padding.all(-1).view({-1, 1, 1, 1});  // (B, 1, 1, 1)
+  const auto attend = padding.logical_not().view({padding.size(0), 1, 1, -1}).logical_or(empty);
+  return at::scaled_dot_product_attention(q, k, v, attend, dropout, false).masked_fill(empty, 0);
+}
+#endif
+
+}  // namespace
+
+torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const AttentionFuncOptions& options) {
+  const int64_t heads = q.size(1);
+  const double scale = default_scale(options, q.size(3));
+  // The gain multiplies the (m, d) queries rather than the (m, n) scores: same product, one pass over
+  // the score matrix fewer, and the scores need not be kept for the gain's gradient.
+  auto q_scaled = q;
+  if (options.score_gain().defined()) {
+    const auto& gain = options.score_gain();
+    TORCH_CHECK(gain.dim() == 0 || (gain.dim() == 1 && gain.size(0) == heads),
+                "score_gain must be () or (H) = (", heads, "), got ", gain.sizes());
+    q_scaled = q * (gain.dim() == 0 ? gain : gain.view({1, heads, 1, 1}));
+  }
+  const bool dropout = options.dropout() > 0.0 && options.training();
+  if (!dropout && tiled_softmax_supports(q_scaled, k, v)) {
+    return tiled_softmax_attention(q_scaled, k, v, options.score_bias(),
+                                   options.key_padding_mask(), scale, options.causal());
+  }
+#if TORCH_VERSION_MAJOR >= 2
+  auto fused = fused_cuda_softmax_mix(q_scaled * scale, k, v, options);
+  if (fused.defined()) return fused;
+#endif
+  return dense_softmax_mix(q_scaled * scale, k, v, options);
 }
 
 }  // namespace detail
@@ -76,8 +128,7 @@ torch::Tensor kv_pos_attention(const torch::Tensor& k, const torch::Tensor& v,
               "kv_pos_attention: pos_bias must have shape ", per_head ? "(H)" : "()",
               " to match pos_weight ", pos_weight.sizes(), ", got ",
               pos_bias.defined() ? pos_bias.sizes() : c10::IntArrayRef{});
-  auto terms = kv_pos_score_terms(pos_weight.to(k.scalar_type()), pos_bias.to(k.scalar_type()),
-                                  n, n);
+  auto terms = kv_pos_key_terms(pos_weight.to(k.scalar_type()), pos_bias.to(k.scalar_type()), n);
   auto with_terms = options;
   with_terms.score_gain(terms.first).score_bias(terms.second);
   return detail::softmax_mix(k, k, v, with_terms);

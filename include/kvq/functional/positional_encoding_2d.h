@@ -20,5 +20,16 @@ std::pair<torch::Tensor, torch::Tensor> kv_pos_score_terms(const torch::Tensor& 
                                                            const torch::Tensor& pos_bias,
                                                            int64_t rows, int64_t cols);
 
+// The same terms with the query-position part of P . w left out, which is what kvq computes with:
+//   gain = sum_c w_c                          (H) or ()
+//   key_bias_j = e(j) . w[ch:] + b0            (H, 1, cols) or (1, cols)
+// P is separable, P_ij . w = e(i) . w[:ch] + e(j) . w[ch:], and a term constant along a score row
+// cancels under the row softmax: softmax(gain S + P.w + b0) = softmax(gain S + key_bias) exactly,
+// and the dropped term's gradient is exactly zero. O(cols) memory instead of O(rows cols), so the
+// tiled softmax kernel runs kv-pos without an m x n buffer.
+std::pair<torch::Tensor, torch::Tensor> kv_pos_key_terms(const torch::Tensor& pos_weight,
+                                                         const torch::Tensor& pos_bias,
+                                                         int64_t cols);
+
 }  // namespace functional
 }  // namespace kvq

@@ -1,0 +1,161 @@
+#include "functional/tiled_softmax.h"
+
+#include "kernels/cpu/softmax_attention_kernel.h"
+
+namespace kvq {
+namespace functional {
+namespace detail {
+namespace {
+
+namespace cpu = kernels::cpu;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The last dimension contiguous, as the kernel's HeadsView requires (no copy otherwise).
+torch::Tensor rows_contiguous(const torch::Tensor& x) {
+  return x.stride(-1) == 1 ? x : x.contiguous();
+}
+
+template <typename T, typename P>
+cpu::HeadsView<T> heads_view(const torch::Tensor& x) {
+  return {static_cast<T*>(const_cast<P*>(x.data_ptr<P>())), x.stride(0), x.stride(1), x.stride(2)};
+}
+
+// bias as a (B, H, m, n) broadcast view (zero strides where it broadcasts); empty stays empty.
+torch::Tensor expanded_bias(const torch::Tensor& bias, int64_t B, int64_t H, int64_t m,
+                            int64_t n) {
+  if (bias.numel() == 0) return bias;
+  TORCH_CHECK(bias.dim() <= 4, "softmax attention: score_bias must be broadcastable to (B, H, m, n) = (",
+              B, ", ", H, ", ", m, ", ", n, "), got ", bias.sizes());
+  auto b4 = bias;
+  while (b4.dim() < 4) b4 = b4.unsqueeze(0);
+  for (int i = 0; i < 4; ++i) {
+    const int64_t want[4] = {B, H, m, n};
+    TORCH_CHECK(b4.size(i) == 1 || b4.size(i) == want[i],
+                "softmax attention: score_bias must be broadcastable to (B, H, m, n) = (", B, ", ",
+                H, ", ", m, ", ", n, "), got ", bias.sizes());
+  }
+  return b4.expand({B, H, m, n});
+}
+
+template <typename T>
+cpu::SoftmaxAttentionParams<T> make_params(const torch::Tensor& q, const torch::Tensor& k,
+                                           const torch::Tensor& v, const torch::Tensor& bias,
+                                           const torch::Tensor& padding, double scale,
+                                           bool causal) {
+  cpu::SoftmaxAttentionParams<T> p;
+  p.batch = q.size(0), p.heads = q.size(1), p.m = q.size(2), p.n = k.size(2);
+  p.d = q.size(3), p.dv = v.size(3);
+  p.q = heads_view<const T, T>(q);
+  p.k = heads_view<const T, T>(k);
+  p.v = heads_view<const T, T>(v);
+  if (bias.numel() > 0) {
+    p.bias = bias.data_ptr<T>();
+    for (int i = 0; i < 4; ++i) p.bias_strides[i] = bias.stride(i);
+  }
+  if (padding.numel() > 0) {
+    p.key_padding = padding.data_ptr<bool>();
+    p.key_padding_batch_stride = padding.stride(0);
+  }
+  p.scale = static_cast<T>(scale);
+  p.causal = causal;
+  return p;
+}
+
+class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q_in,
+                               const torch::Tensor& k_in, const torch::Tensor& v_in,
+                               const torch::Tensor& bias_in, const torch::Tensor& padding,
+                               double scale, bool causal) {
+    // Empty bias_in / padding: none.
+    const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+    const int64_t B = q.size(0), H = q.size(1), m = q.size(2), dv = v.size(3);
+    const auto bias = expanded_bias(bias_in, B, H, m, k.size(2));
+    auto out = torch::empty({B, H, m, dv}, q.options());
+    auto lse = torch::empty({B, H, m}, q.options());
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_forward", [&] {
+      cpu::SoftmaxAttentionForwardOutputs<scalar_t> o;
+      o.out = heads_view<scalar_t, scalar_t>(out);
+      o.lse = lse.data_ptr<scalar_t>();
+      cpu::softmax_attention_forward(make_params<scalar_t>(q, k, v, bias, padding, scale, causal),
+                                     o);
+    });
+    ctx->save_for_backward({q, k, v, bias_in, out, lse});
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["bias_sizes"] = bias_in.sizes().vec();
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["causal"] = causal;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[4], &lse = saved[5];
+    const auto padding = ctx->saved_data["padding"].toTensor();
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const bool causal = ctx->saved_data["causal"].toBool();
+    const auto grad_out = rows_contiguous(grads[0]);
+    const int64_t B = q.size(0), H = q.size(1), m = q.size(2), n = k.size(2);
+    const auto bias = expanded_bias(saved[3], B, H, m, n);
+    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
+    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
+    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
+    torch::Tensor grad_bias;
+    const bool want_bias = bias.numel() > 0 && ctx->needs_input_grad(3);
+    const auto bias_sizes = ctx->saved_data["bias_sizes"].toIntVector();
+    if (want_bias) {
+      // dS summed over the bias's query / key dimension where it has size 1.
+      const size_t dims = bias_sizes.size();
+      const bool rows = dims >= 2 && bias_sizes[dims - 2] != 1, cols = dims >= 1 && bias_sizes[dims - 1] != 1;
+      grad_bias = torch::empty({B, H, rows ? m : 1, cols ? n : 1}, q.options());
+    }
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_backward", [&] {
+      cpu::SoftmaxAttentionBackwardParams<scalar_t> g;
+      g.forward = make_params<scalar_t>(q, k, v, bias, padding, scale, causal);
+      g.out = heads_view<const scalar_t, scalar_t>(out);
+      g.grad_out = heads_view<const scalar_t, scalar_t>(grad_out);
+      g.lse = lse.data_ptr<scalar_t>();
+      g.grad_q = heads_view<scalar_t, scalar_t>(grad_q);
+      g.grad_k = heads_view<scalar_t, scalar_t>(grad_k);
+      g.grad_v = heads_view<scalar_t, scalar_t>(grad_v);
+      if (want_bias) {
+        g.grad_bias = grad_bias.data_ptr<scalar_t>();
+        g.bias_rows = grad_bias.size(2);
+        g.bias_cols = grad_bias.size(3);
+      }
+      cpu::softmax_attention_backward(g);
+    });
+    if (want_bias) grad_bias = grad_bias.sum_to_size(bias_sizes);
+    return {grad_q, grad_k, grad_v, grad_bias, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool tiled_softmax_supports(const torch::Tensor& q, const torch::Tensor& k,
+                            const torch::Tensor& v) {
+  const auto dtype = q.scalar_type();
+  return q.device().is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64) &&
+         k.scalar_type() == dtype && v.scalar_type() == dtype;
+}
+
+torch::Tensor tiled_softmax_attention(const torch::Tensor& q, const torch::Tensor& k,
+                                      const torch::Tensor& v, const torch::Tensor& bias,
+                                      const torch::Tensor& key_padding_mask, double scale,
+                                      bool causal) {
+  TORCH_CHECK(tiled_softmax_supports(q, k, v),
+              "tiled softmax attention: needs CPU float32 or float64 q, k, v of one dtype, got ",
+              q.scalar_type(), " on ", q.device());
+  TORCH_CHECK(!causal || q.size(2) == k.size(2), "tiled softmax attention: causal needs m == n");
+  // Custom autograd functions take no undefined tensors here: "none" is an empty tensor.
+  const auto padding = key_padding_mask.defined()
+                           ? key_padding_mask.contiguous()
+                           : torch::empty({0}, q.options().dtype(torch::kBool));
+  const auto bias_arg = bias.defined() ? bias.to(q.scalar_type()) : torch::empty({0}, q.options());
+  return TiledSoftmaxFunction::apply(q, k, v, bias_arg, padding, scale, causal);
+}
+
+}  // namespace detail
+}  // namespace functional
+}  // namespace kvq

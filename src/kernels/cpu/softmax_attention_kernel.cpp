@@ -1,0 +1,200 @@
+#include "kernels/cpu/softmax_attention_kernel.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/vector_math.h"
+
+namespace kvq {
+namespace kernels {
+namespace cpu {
+namespace {
+
+// Query rows per block (the parallel unit of the forward) and keys per block (one score tile is
+// query_block x key_block). Chosen by a sweep on a 2-core AVX-512 machine at d = 64 (README,
+// "Performance"): large enough for BLAS to run near its peak, small enough for the tile to stay
+// in L2.
+constexpr int64_t kQueryBlock = 128;
+constexpr int64_t kKeyBlock = 256;
+
+template <typename T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+
+// Number of keys query block [i0, i0 + rows) looks at.
+int64_t visible_keys(bool causal, int64_t n, int64_t i0, int64_t rows) {
+  return causal ? std::min(n, i0 + rows) : n;
+}
+
+// Scores of query rows [i0, i0 + rows) against keys [j0, j0 + cols) into S (row stride ld):
+// S = scale * Q K^T + bias, then -inf where a key is padding or (causal) in the future.
+template <typename T>
+void score_tile(const SoftmaxAttentionParams<T>& p, int64_t b, int64_t h, int64_t i0,
+                int64_t rows, int64_t j0, int64_t cols, T* S, int64_t ld) {
+  gemm(false, true, rows, cols, p.d, p.scale, p.q.row(b, h, i0), p.q.row_stride, p.k.row(b, h, j0),
+       p.k.row_stride, T(0), S, ld);
+  if (p.bias) {
+    const int64_t* st = p.bias_strides;
+    const T* base = p.bias + b * st[0] + h * st[1] + j0 * st[3];
+    for (int64_t r = 0; r < rows; ++r) {
+      add_strided(S + r * ld, base + (i0 + r) * st[2], st[3], cols);
+    }
+  }
+  if (p.key_padding) {
+    const bool* pad = p.key_padding + b * p.key_padding_batch_stride + j0;
+    for (int64_t r = 0; r < rows; ++r) mask_where(S + r * ld, pad, cols, -kInf<T>);
+  }
+  if (p.causal && j0 + cols - 1 > i0) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t first_future = std::max<int64_t>(i0 + r + 1 - j0, 0);
+      for (int64_t c = first_future; c < cols; ++c) S[r * ld + c] = -kInf<T>;
+    }
+  }
+}
+
+template <typename T>
+void forward_block(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionForwardOutputs<T>& o,
+                   int64_t b, int64_t h, int64_t i0, std::vector<T>& scratch) {
+  const int64_t rows = std::min(kQueryBlock, p.m - i0), dv = p.dv;
+  scratch.resize(kQueryBlock * kKeyBlock + kQueryBlock * dv + 2 * kQueryBlock);
+  T* S = scratch.data();
+  T* acc = S + kQueryBlock * kKeyBlock;
+  T* row_max = acc + kQueryBlock * dv;
+  T* row_sum = row_max + kQueryBlock;
+  std::fill(acc, acc + rows * dv, T(0));
+  std::fill(row_max, row_max + rows, -kInf<T>);
+  std::fill(row_sum, row_sum + rows, T(0));
+
+  const int64_t keys = visible_keys(p.causal, p.n, i0, rows);
+  for (int64_t j0 = 0; j0 < keys; j0 += kKeyBlock) {
+    const int64_t cols = std::min(kKeyBlock, keys - j0);
+    score_tile(p, b, h, i0, rows, j0, cols, S, kKeyBlock);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* s = S + r * kKeyBlock;
+      const T new_max = std::max(row_max[r], max_of(s, cols));
+      if (new_max == -kInf<T>) {  // no visible key so far
+        std::fill(s, s + cols, T(0));
+        continue;
+      }
+      const T correction = std::exp(row_max[r] - new_max);  // 0 on the first visible block
+      row_sum[r] = row_sum[r] * correction + exp_shifted_sum(s, cols, new_max);
+      if (correction != T(1)) scale_in_place(acc + r * dv, dv, correction);
+      row_max[r] = new_max;
+    }
+    gemm(false, false, rows, dv, cols, T(1), S, kKeyBlock, p.v.row(b, h, j0), p.v.row_stride, T(1),
+         acc, dv);
+  }
+  T* lse = o.lse + (b * p.heads + h) * p.m + i0;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* out = o.out.row(b, h, i0 + r);
+    if (row_sum[r] > T(0)) {
+      const T inv = T(1) / row_sum[r];
+      for (int64_t c = 0; c < dv; ++c) out[c] = acc[r * dv + c] * inv;
+      lse[r] = row_max[r] + std::log(row_sum[r]);
+    } else {
+      std::fill(out, out + dv, T(0));
+      lse[r] = kInf<T>;
+    }
+  }
+}
+
+template <typename T>
+void zero_rows(const HeadsView<T>& x, int64_t b, int64_t h, int64_t rows, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r) std::fill(x.row(b, h, r), x.row(b, h, r) + width, T(0));
+}
+
+template <typename T>
+void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_t h,
+                   std::vector<T>& scratch) {
+  const auto& p = g.forward;
+  const int64_t m = p.m, n = p.n, d = p.d, dv = p.dv;
+  scratch.resize(2 * kQueryBlock * kKeyBlock + m);
+  T* P = scratch.data();
+  T* dP = P + kQueryBlock * kKeyBlock;
+  T* delta = dP + kQueryBlock * kKeyBlock;
+  for (int64_t i = 0; i < m; ++i) delta[i] = dot(g.grad_out.row(b, h, i), g.out.row(b, h, i), dv);
+  zero_rows(g.grad_q, b, h, m, d);
+  zero_rows(g.grad_k, b, h, n, d);
+  zero_rows(g.grad_v, b, h, n, dv);
+  const T* lse = g.lse + (b * p.heads + h) * m;
+  T* grad_bias = g.grad_bias ? g.grad_bias + (b * p.heads + h) * g.bias_rows * g.bias_cols : nullptr;
+
+  for (int64_t i0 = 0; i0 < m; i0 += kQueryBlock) {
+    const int64_t rows = std::min(kQueryBlock, m - i0);
+    const int64_t keys = visible_keys(p.causal, n, i0, rows);
+    const T* dO = g.grad_out.row(b, h, i0);
+    for (int64_t j0 = 0; j0 < keys; j0 += kKeyBlock) {
+      const int64_t cols = std::min(kKeyBlock, keys - j0);
+      score_tile(p, b, h, i0, rows, j0, cols, P, kKeyBlock);
+      for (int64_t r = 0; r < rows; ++r) exp_shifted(P + r * kKeyBlock, cols, lse[i0 + r]);
+      // dV_J += P^T dO_I;  dP = dO_I V_J^T
+      gemm(true, false, cols, dv, rows, T(1), P, kKeyBlock, dO, g.grad_out.row_stride, T(1),
+           g.grad_v.row(b, h, j0), g.grad_v.row_stride);
+      gemm(false, true, rows, cols, dv, T(1), dO, g.grad_out.row_stride, p.v.row(b, h, j0),
+           p.v.row_stride, T(0), dP, kKeyBlock);
+      // dS = P * (dP - delta), stored over dP.
+      for (int64_t r = 0; r < rows; ++r) {
+        softmax_grad(P + r * kKeyBlock, dP + r * kKeyBlock, cols, delta[i0 + r]);
+      }
+      if (grad_bias) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* ds = dP + r * kKeyBlock;
+          T* out = grad_bias + (g.bias_rows > 1 ? (i0 + r) * g.bias_cols : 0);
+          if (g.bias_cols > 1) {
+            for (int64_t c = 0; c < cols; ++c) out[j0 + c] += ds[c];
+          } else {
+            out[0] += sum_of(ds, cols);
+          }
+        }
+      }
+      // dQ_I += scale dS K_J;  dK_J += scale dS^T Q_I
+      gemm(false, false, rows, d, cols, p.scale, dP, kKeyBlock, p.k.row(b, h, j0), p.k.row_stride,
+           T(1), g.grad_q.row(b, h, i0), g.grad_q.row_stride);
+      gemm(true, false, cols, d, rows, p.scale, dP, kKeyBlock, p.q.row(b, h, i0), p.q.row_stride,
+           T(1), g.grad_k.row(b, h, j0), g.grad_k.row_stride);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_attention_forward(const SoftmaxAttentionParams<T>& p,
+                               const SoftmaxAttentionForwardOutputs<T>& o) {
+  const int64_t blocks = (p.m + kQueryBlock - 1) / kQueryBlock;
+  at::parallel_for(0, p.batch * p.heads * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, block = task % blocks;
+      forward_block(p, o, bh / p.heads, bh % p.heads, block * kQueryBlock, scratch);
+    }
+  });
+}
+
+template <typename T>
+void softmax_attention_backward(const SoftmaxAttentionBackwardParams<T>& g) {
+  const auto& p = g.forward;
+  if (g.grad_bias) {
+    std::fill(g.grad_bias, g.grad_bias + p.batch * p.heads * g.bias_rows * g.bias_cols, T(0));
+  }
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch;
+    for (int64_t bh = begin; bh < end; ++bh) backward_head(g, bh / p.heads, bh % p.heads, scratch);
+  });
+}
+
+template void softmax_attention_forward<float>(const SoftmaxAttentionParams<float>&,
+                                               const SoftmaxAttentionForwardOutputs<float>&);
+template void softmax_attention_forward<double>(const SoftmaxAttentionParams<double>&,
+                                                const SoftmaxAttentionForwardOutputs<double>&);
+template void softmax_attention_backward<float>(const SoftmaxAttentionBackwardParams<float>&);
+template void softmax_attention_backward<double>(const SoftmaxAttentionBackwardParams<double>&);
+
+}  // namespace cpu
+}  // namespace kernels
+}  // namespace kvq
