@@ -1,0 +1,99 @@
+"""The KVQ mechanisms as functions with autograd (kvq's C++ kernels through torch.ops.kvq).
+
+Common layout and conventions (docs/mechanisms.md):
+    q (B, H, m, d) queries, k (B, H, n, d) keys, v (B, H, n, dv) values -> (B, H, m, dv).
+    key_padding_mask: None or (B, n) bool, True = that key is ignored (PyTorch's convention).
+    causal: query t sees keys s <= t (needs m == n).
+    scale: multiplier of the dot-product scores; None = 1/sqrt(d).
+    alpha: the ridge parameter, a tensor () or (H), every entry > 0; receives gradients.
+A query whose keys are all masked outputs zeros in the softmax family (PyTorch gives NaN).
+float32 and float64 run everywhere; half precision inputs are solved in float32.
+"""
+from ._library import ops
+
+__all__ = ["softmax", "kv", "kv_pos", "linear", "identity_linear", "linear_identity",
+           "intention", "softmax_intention", "kernel_intention", "positional_encoding_2d"]
+
+
+def softmax(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
+    """Scaled dot-product attention: O = softmax(Q K^T * scale + mask) V.
+
+    q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv) -> (B, H, m, dv). On the CPU (float32,
+    float64) a tiled kernel computes it without an m x n buffer.
+    """
+    return ops.softmax(q, k, v, causal, key_padding_mask, scale)
+
+
+def kv(k, v, *, causal=False, key_padding_mask=None, scale=None):
+    """Key-value attention (Borji 2023): the queries are the keys, O = softmax(K K^T * scale) V.
+
+    k (B, H, n, d), v (B, H, n, dv) -> (B, H, n, dv). The scores are symmetric.
+    """
+    return ops.kv(k, v, causal, key_padding_mask, scale)
+
+
+def kv_pos(k, v, pos_weight, pos_bias, *, causal=False, key_padding_mask=None, scale=None):
+    """Key-value attention with the 2D positional term (Borji 2023's asymmetric variant).
+
+    S'_ij = sum_c w_c (S_ij + P_ijc) + b0 with S = K K^T * scale, P the (n, n, p) sinusoidal table
+    of positional_encoding_2d and a Linear(p, 1) per head (weight w = pos_weight (H, p) or (p),
+    bias b0 = pos_bias (H) or ()); O = softmax(S') V. k (B, H, n, d), v (B, H, n, dv) ->
+    (B, H, n, dv). The (B, H, n, n, p) broadcast is never formed.
+    """
+    return ops.kv_pos(k, v, pos_weight, pos_bias, causal, key_padding_mask, scale)
+
+
+def linear(q, k, v, *, causal=False, key_padding_mask=None, eps=1e-6):
+    """Linear attention (Katharopoulos et al. 2020), phi(x) = elu(x) + 1:
+
+    O = phi(Q) (phi(K)^T V) / (phi(Q) phi(K)^T 1 + eps); causal by chunked prefix sums.
+    q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv) -> (B, H, m, dv).
+    """
+    return ops.linear(q, k, v, causal, key_padding_mask, eps)
+
+
+def identity_linear(q, k, v, *, causal=False, key_padding_mask=None):
+    """Unnormalised linear attention O = Q K^T V (the form Intention generalises).
+
+    q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv) -> (B, H, m, dv). Registry name
+    'linear-identity'.
+    """
+    return ops.identity_linear(q, k, v, causal, key_padding_mask)
+
+
+linear_identity = identity_linear
+
+
+def intention(q, k, v, alpha, *, causal=False, key_padding_mask=None):
+    """Intention (Garnelo & Czarnecki 2023): O = Q (K^T K + alpha I)^{-1} K^T V.
+
+    The ridge-regression solution of K W = V evaluated at the queries. Causal: row t uses
+    A_t = alpha I + sum_{s<=t} k_s k_s^T and B_t = sum_{s<=t} k_s v_s^T exactly (chunk-parallel,
+    linear in T). q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv), alpha () or (H) > 0 ->
+    (B, H, m, dv).
+    """
+    return ops.intention(q, k, v, alpha, causal, key_padding_mask)
+
+
+def softmax_intention(q, k, v, alpha, *, causal=False, key_padding_mask=None, scale=None):
+    """Softmax attention with least-squares preconditioned queries (kvq's reading of the paper's
+    softmax variant): O = softmax(Q (K^T K + alpha I)^{-1} K^T * scale) V; causal rows use A_t.
+
+    q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv), alpha () or (H) > 0 -> (B, H, m, dv).
+    """
+    return ops.softmax_intention(q, k, v, alpha, causal, key_padding_mask, scale)
+
+
+def kernel_intention(q, k, v, alpha, *, causal=False, key_padding_mask=None, scale=None):
+    """Kernel ridge regression in dual form: O = kappa(Q, K) (kappa(K, K) + alpha I)^{-1} V with
+    kappa(x, y) = exp(x . y * scale). O(n^3): for small n.
+
+    q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv), alpha () or (H) > 0 -> (B, H, m, dv).
+    """
+    return ops.kernel_intention(q, k, v, alpha, causal, key_padding_mask, scale)
+
+
+def positional_encoding_2d(rows, cols, channels):
+    """The fixed sinusoidal 2D table of kv-pos, (rows, cols, channels) float32:
+    P[i, j] = concat(e(i), e(j))[:channels], e(i) interleaved sin/cos of i * 10000^(-2k/ch)."""
+    return ops.positional_encoding_2d(rows, cols, channels)
