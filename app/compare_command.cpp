@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 
 struct CompareArgs {
   std::string task;
-  std::vector<std::string> mechanisms = {"softmax", "kv", "kv-pos"};
+  std::vector<std::string> mechanisms;  // empty = the task's paper_mechanisms
   int64_t seeds = 1;
   int64_t first_seed = 0;
   train::ConfigSources sources;  // --preset, --config, --set
@@ -374,7 +374,8 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--mechanisms", args->mechanisms,
                   "Mechanisms, comma-separated: any of " + train::join_names(mechanism_names()))
       ->delimiter(',')
-      ->default_str("softmax,kv,kv-pos");
+      ->default_str("the task's paper: softmax,kv,kv-pos (Key-Value Transformer tasks) or "
+                    "softmax,linear,intention,softmax-intention (Intention tasks)");
   cmd->add_option("--seeds", args->seeds, "Number of seeds per mechanism")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}))
       ->capture_default_str();
@@ -393,7 +394,7 @@ void add_compare_command(CLI::App& app) {
 
   cmd->callback([args] {
     const auto& task = tasks::find_task(args->task);
-    TORCH_CHECK(!args->mechanisms.empty(), "compare: --mechanisms is empty");
+    if (args->mechanisms.empty()) args->mechanisms = task.paper_mechanisms;
     for (const auto& m : args->mechanisms) find_mechanism(m);
     for (size_t i = 0; i < args->mechanisms.size(); ++i) {
       for (size_t j = 0; j < i; ++j) {

@@ -19,7 +19,8 @@ void add_eval_command(CLI::App& app) {
   auto json = std::make_shared<bool>(false);
   auto* cmd = app.add_subcommand(
       "eval", "Evaluate a run's checkpoint on its test split (task and config from the run)");
-  cmd->add_option("--run", *run_dir, "Run directory (holds config.json and checkpoints)")
+  cmd->add_option("--run-dir,--run", *run_dir,
+                  "Run directory (holds config.json and checkpoints); --run is an alias")
       ->required();
   cmd->add_option("--checkpoint", options->checkpoint,
                   "best (best validation score; the last checkpoint when there is none) or last")

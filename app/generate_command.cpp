@@ -17,7 +17,8 @@ namespace app {
 namespace {
 
 void add_run_options(CLI::App* cmd, std::string& run_dir, std::string& checkpoint) {
-  cmd->add_option("--run", run_dir, "Run directory (holds config.json and checkpoints)")
+  cmd->add_option("--run-dir,--run", run_dir,
+                  "Run directory (holds config.json and checkpoints); --run is an alias")
       ->required();
   cmd->add_option("--checkpoint", checkpoint,
                   "best (best validation score; the last checkpoint when there is none) or last")

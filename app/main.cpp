@@ -48,12 +48,18 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   int threads = 0;
-  app.add_option("--threads", threads, "Intra-op CPU threads (0 = all cores)")
+  app.add_option("--threads", threads,
+                 "Intra-op CPU threads (0 = $OMP_NUM_THREADS when it is set, else all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   // Runs after parsing, before any subcommand callback.
   app.parse_complete_callback([&threads] {
-    const int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
+    int n = threads;
+    if (n == 0) {
+      const char* omp = std::getenv("OMP_NUM_THREADS");
+      n = omp != nullptr ? std::atoi(omp) : 0;
+    }
+    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
     if (n > 0) at::set_num_threads(n);
   });
 

@@ -21,9 +21,9 @@ Tensor linear_fn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
                  const AttentionFuncOptions& o) {
   return functional::linear_attention(q, k, v, o);
 }
-Tensor identity_linear_fn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
                           const AttentionFuncOptions& o) {
-  return functional::identity_linear_attention(q, k, v, o);
+  return functional::linear_identity_attention(q, k, v, o);
 }
 
 std::string joined(const std::vector<std::string>& names) {
@@ -46,7 +46,7 @@ const std::vector<MechanismInfo>& mechanisms() {
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)"},
       {"linear", Projection::QKV, false, false, linear_fn,
        "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)"},
-      {"linear-identity", Projection::QKV, false, false, identity_linear_fn,
+      {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
        "Q K^T V, unnormalised"},
       {"intention", Projection::QKV, true, false, functional::intention,
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)"},

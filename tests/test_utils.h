@@ -195,7 +195,7 @@ inline torch::Tensor run_impl(Mech m, const Inputs& in, const F::AttentionFuncOp
     case Mech::Linear:
       return F::linear_attention(in.q, in.k, in.v, opt);
     case Mech::LinearIdentity:
-      return F::identity_linear_attention(in.q, in.k, in.v, opt);
+      return F::linear_identity_attention(in.q, in.k, in.v, opt);
     case Mech::Intention:
       return F::intention(in.q, in.k, in.v, in.alpha, opt);
     case Mech::SoftmaxIntention:
@@ -218,7 +218,7 @@ inline torch::Tensor run_oracle(Mech m, const Inputs& in, bool causal, const tor
     case Mech::Linear:
       return kvq_ref::linear_attention(in.q, in.k, in.v, causal, mask);
     case Mech::LinearIdentity:
-      return kvq_ref::identity_linear_attention(in.q, in.k, in.v, causal, mask);
+      return kvq_ref::linear_identity_attention(in.q, in.k, in.v, causal, mask);
     case Mech::Intention:
       return kvq_ref::intention(in.q, in.k, in.v, in.alpha, causal, mask);
     case Mech::SoftmaxIntention:

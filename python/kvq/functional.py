@@ -11,7 +11,7 @@ float32 and float64 run everywhere; half precision inputs are solved in float32.
 """
 from ._library import ops
 
-__all__ = ["softmax", "kv", "kv_pos", "linear", "identity_linear", "linear_identity",
+__all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "identity_linear",
            "intention", "softmax_intention", "kernel_intention", "positional_encoding_2d"]
 
 
@@ -52,16 +52,16 @@ def linear(q, k, v, *, causal=False, key_padding_mask=None, eps=1e-6):
     return ops.linear(q, k, v, causal, key_padding_mask, eps)
 
 
-def identity_linear(q, k, v, *, causal=False, key_padding_mask=None):
+def linear_identity(q, k, v, *, causal=False, key_padding_mask=None):
     """Unnormalised linear attention O = Q K^T V (the form Intention generalises).
 
     q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv) -> (B, H, m, dv). Registry name
     'linear-identity'.
     """
-    return ops.identity_linear(q, k, v, causal, key_padding_mask)
+    return ops.linear_identity(q, k, v, causal, key_padding_mask)
 
 
-linear_identity = identity_linear
+identity_linear = linear_identity  # the name torch.nn-style users may look for
 
 
 def intention(q, k, v, alpha, *, causal=False, key_padding_mask=None):

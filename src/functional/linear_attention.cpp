@@ -31,10 +31,10 @@ torch::Tensor linear_attention(const torch::Tensor& q, const torch::Tensor& k,
   return both.narrow(-1, 0, dv) / (both.narrow(-1, dv, 1) + options.eps());
 }
 
-torch::Tensor identity_linear_attention(const torch::Tensor& q, const torch::Tensor& k,
+torch::Tensor linear_identity_attention(const torch::Tensor& q, const torch::Tensor& k,
                                         const torch::Tensor& v,
                                         const AttentionFuncOptions& options) {
-  detail::check_qkv("identity_linear_attention", q, k, v, options);
+  detail::check_qkv("linear_identity_attention", q, k, v, options);
   return linear_product(q, detail::zero_padded_keys(k, options.key_padding_mask()), v,
                                 options);
 }

@@ -16,25 +16,25 @@ void LanguageModelImpl::reset() {
   TORCH_CHECK(o.vocab_size() > 0, "LanguageModel: vocab_size must be > 0, got ", o.vocab_size());
   TORCH_CHECK(o.context_length() > 0, "LanguageModel: context_length must be > 0, got ",
               o.context_length());
-  TORCH_CHECK(o.n_layer() > 0, "LanguageModel: n_layer must be > 0, got ", o.n_layer());
-  TORCH_CHECK(o.n_embd() > 0 && o.n_head() > 0 && o.n_embd() % o.n_head() == 0,
-              "LanguageModel: n_embd must be a positive multiple of n_head, got n_embd = ",
-              o.n_embd(), ", n_head = ", o.n_head());
-  TORCH_CHECK(o.ffn_dim() >= 0, "LanguageModel: ffn_dim must be >= 0 (0 = 4 * n_embd), got ",
+  TORCH_CHECK(o.num_layers() > 0, "LanguageModel: num_layers must be > 0, got ", o.num_layers());
+  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
+              "LanguageModel: d_model must be a positive multiple of num_heads, got d_model = ",
+              o.d_model(), ", num_heads = ", o.num_heads());
+  TORCH_CHECK(o.ffn_dim() >= 0, "LanguageModel: ffn_dim must be >= 0 (0 = 4 * d_model), got ",
               o.ffn_dim());
   TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
               "LanguageModel: activation must be 'relu' or 'gelu', got '", o.activation(), "'");
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
               "LanguageModel: dropout must be in [0, 1), got ", o.dropout());
-  const auto names = layer_mechanisms("LanguageModel", o.mechanism(), o.mechanisms(), o.n_layer());
+  const auto names = layer_mechanisms("LanguageModel", o.mechanism(), o.mechanisms(), o.num_layers());
 
-  const int64_t d = o.n_embd();
+  const int64_t d = o.d_model();
   token_embedding = register_module("token_embedding", torch::nn::Embedding(o.vocab_size(), d));
   position_embedding =
       register_module("position_embedding", torch::nn::Embedding(o.context_length(), d));
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (const auto& name : names) {
-    blocks->push_back(TransformerBlock(TransformerBlockOptions(d, o.n_head())
+    blocks->push_back(TransformerBlock(TransformerBlockOptions(d, o.num_heads())
                                            .ffn_dim(o.ffn_dim())
                                            .activation(o.activation())
                                            .dropout(o.dropout())

@@ -41,9 +41,9 @@ Tensor linear_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                  const optional<Tensor>& mask, double eps) {
   return functional::linear_attention(q, k, v, options_of(causal, mask).eps(eps));
 }
-Tensor identity_linear_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+Tensor linear_identity_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                           const optional<Tensor>& mask) {
-  return functional::identity_linear_attention(q, k, v, options_of(causal, mask));
+  return functional::linear_identity_attention(q, k, v, options_of(causal, mask));
 }
 Tensor intention_op(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                     bool causal, const optional<Tensor>& mask) {
@@ -124,9 +124,9 @@ TORCH_LIBRARY(kvq, m) {
   m.def("linear(Tensor q, Tensor k, Tensor v, bool causal=False, "
         "Tensor? key_padding_mask=None, float eps=1e-6) -> Tensor",
         &linear_op);
-  m.def("identity_linear(Tensor q, Tensor k, Tensor v, bool causal=False, "
+  m.def("linear_identity(Tensor q, Tensor k, Tensor v, bool causal=False, "
         "Tensor? key_padding_mask=None) -> Tensor",
-        &identity_linear_op);
+        &linear_identity_op);
   m.def("intention(Tensor q, Tensor k, Tensor v, Tensor alpha, bool causal=False, "
         "Tensor? key_padding_mask=None) -> Tensor",
         &intention_op);

@@ -80,7 +80,7 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
                    {"lr", 5e-4}, {"d_model", 192}, {"num_heads", 3}, {"num_layers", 6},
                    {"dropout", 0.2}},
                   "tasks.md experiment 3: context 64, batch 64, 10k updates, AdamW 5e-4, "
-                  "n_embd 192, 3 heads, 6 layers, dropout 0.2");
+                  "d_model 192, 3 heads, 6 layers, dropout 0.2");
     schema.preset("quick",
                   {{"context", 64}, {"batch_size", 32}, {"steps", 2000}, {"optimizer", "adamw"},
                    {"lr", 2e-3}, {"schedule", "cosine"}, {"warmup_steps", 100},
@@ -151,9 +151,9 @@ models::LanguageModel make_lm_model(const Config& c, int64_t vocab_size) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
   return models::LanguageModel(models::LanguageModelOptions(vocab_size)
                                    .context_length(c.context)
-                                   .n_embd(c.d_model)
-                                   .n_head(c.num_heads)
-                                   .n_layer(c.num_layers)
+                                   .d_model(c.d_model)
+                                   .num_heads(c.num_heads)
+                                   .num_layers(c.num_layers)
                                    .ffn_dim(c.ffn_dim)
                                    .activation(c.activation)
                                    .dropout(c.dropout)

@@ -25,18 +25,27 @@ namespace fs = std::filesystem;
 
 // The registrations: one line per task (or per family of same-shaped tasks).
 std::vector<TaskInfo> all_tasks() {
+  // What each paper compares (docs/tasks.md): the Key-Value Transformer's three variants, and
+  // Intention against softmax and linear attention.
+  const std::vector<std::string> kv_paper = {"softmax", "kv", "kv-pos"};
+  const std::vector<std::string> intention_paper = {"softmax", "linear", "intention",
+                                                    "softmax-intention"};
   std::vector<TaskInfo> out;
-  for (const char* name : data::kSyntheticTaskNames) out.push_back(sequence_task_info(name));
+  auto add = [&out](TaskInfo info, const std::vector<std::string>& paper) {
+    info.paper_mechanisms = paper;
+    out.push_back(std::move(info));
+  };
+  for (const char* name : data::kSyntheticTaskNames) add(sequence_task_info(name), kv_paper);
   for (const char* name : {"fashion-mnist", "mnist", "cifar10", "cifar100"}) {
-    out.push_back(image_task_info(name));
+    add(image_task_info(name), kv_paper);
   }
-  for (const char* name : {"char-lm", "human-numbers"}) out.push_back(lm_task_info(name));
-  out.push_back(translation_task_info());
+  for (const char* name : {"char-lm", "human-numbers"}) add(lm_task_info(name), kv_paper);
+  add(translation_task_info(), kv_paper);
   for (const char* name : {"icl-linear", "icl-gp", "icl-sinusoid"}) {
-    out.push_back(regression_task_info(name));
+    add(regression_task_info(name), intention_paper);
   }
-  out.push_back(few_shot_task_info());
-  out.push_back(distill_task_info());
+  add(few_shot_task_info(), intention_paper);
+  add(distill_task_info(), intention_paper);
   return out;
 }
 

@@ -40,9 +40,9 @@ std::vector<Entry> entries() {
        }},
       {"linear_attention", true, false,
        [](auto& q, auto& k, auto& v, auto&, auto& o) { return F::linear_attention(q, k, v, o); }},
-      {"identity_linear_attention", true, false,
+      {"linear_identity_attention", true, false,
        [](auto& q, auto& k, auto& v, auto&, auto& o) {
-         return F::identity_linear_attention(q, k, v, o);
+         return F::linear_identity_attention(q, k, v, o);
        }},
       {"intention", true, true,
        [](auto& q, auto& k, auto& v, auto& a, auto& o) { return F::intention(q, k, v, a, o); }},

@@ -238,9 +238,9 @@ TEST(Invariants, IntentionWithWhitenedKeysIsIdentityLinearAttention) {
   ASSERT_LE((gram - torch::eye(c.d, torch::kFloat64)).abs().max().item<double>(), 1e-14);
   const auto alpha = torch::full({}, 1e-12, torch::kFloat64);
   const auto out = F::intention(in.q, in.k, in.v, alpha, make_options(false, {}));
-  const double e_lib = max_rel_err(out, F::identity_linear_attention(in.q, in.k, in.v));
+  const double e_lib = max_rel_err(out, F::linear_identity_attention(in.q, in.k, in.v));
   const double e_ref =
-      max_rel_err(out, kvq_ref::identity_linear_attention(in.q, in.k, in.v, false, {}));
+      max_rel_err(out, kvq_ref::linear_identity_attention(in.q, in.k, in.v, false, {}));
   report("intention(K^T K = I, alpha=1e-12) vs linear-identity fp64", "relerr",
          std::max(e_lib, e_ref));
   EXPECT_LE(e_lib, kTolSolve64);

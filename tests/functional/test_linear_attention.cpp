@@ -56,8 +56,8 @@ TEST(LinearAttention, ScaleOptionDoesNotApply) {
     const double e1 = max_rel_err(F::linear_attention(in.q, in.k, in.v, opt),
                                   kvq_ref::linear_attention(in.q, in.k, in.v, causal, in.mask));
     const double e2 =
-        max_rel_err(F::identity_linear_attention(in.q, in.k, in.v, opt),
-                    kvq_ref::identity_linear_attention(in.q, in.k, in.v, causal, in.mask));
+        max_rel_err(F::linear_identity_attention(in.q, in.k, in.v, opt),
+                    kvq_ref::linear_identity_attention(in.q, in.k, in.v, causal, in.mask));
     report(
         std::string("linear/linear-identity with scale=0.3") + (causal ? " causal" : "") + " fp64",
         "relerr", std::max(e1, e2));

@@ -12,7 +12,7 @@ namespace {
 namespace M = kvq::models;
 
 M::LanguageModelOptions tiny(int64_t vocab = 11) {
-  return M::LanguageModelOptions(vocab).context_length(12).n_embd(16).n_head(2).n_layer(2).dropout(
+  return M::LanguageModelOptions(vocab).context_length(12).d_model(16).num_heads(2).num_layers(2).dropout(
       0.1);
 }
 
@@ -113,9 +113,9 @@ TEST(LanguageModel, TopKOneIsGreedy) {
 
 TEST(LanguageModel, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
-  expect_error_naming([] { M::LanguageModel(tiny().n_embd(10).n_head(3)); }, {"n_embd", "n_head"},
-                      "n_embd not a multiple of n_head");
-  expect_error_naming([] { M::LanguageModel(tiny().n_layer(0)); }, {"n_layer"}, "no layers");
+  expect_error_naming([] { M::LanguageModel(tiny().d_model(10).num_heads(3)); }, {"d_model", "num_heads"},
+                      "d_model not a multiple of num_heads");
+  expect_error_naming([] { M::LanguageModel(tiny().num_layers(0)); }, {"num_layers"}, "no layers");
   expect_error_naming([] { M::LanguageModel(tiny().context_length(0)); }, {"context_length"},
                       "empty context");
   expect_error_naming([] { M::LanguageModel(tiny().dropout(-0.5)); }, {"dropout"},

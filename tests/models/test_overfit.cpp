@@ -77,9 +77,9 @@ OverfitResult overfit_language_model(const std::string& mechanism) {
   const int64_t vocab = 5;
   M::LanguageModel model(M::LanguageModelOptions(vocab)
                              .context_length(12)
-                             .n_embd(16)
-                             .n_head(2)
-                             .n_layer(1)
+                             .d_model(16)
+                             .num_heads(2)
+                             .num_layers(1)
                              .dropout(0.0)
                              .mechanism(mechanism));
   auto seq = torch::randint(0, vocab, {4, 13}, torch::kInt64);

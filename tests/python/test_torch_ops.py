@@ -96,7 +96,7 @@ class TorchOpsTest(unittest.TestCase):
                 "kv": (lambda k, v: ops.kv(k, v, causal, mask), (k, v)),
                 "kv_pos": (lambda k, v, w, b0: ops.kv_pos(k, v, w, b0, causal, mask), (k, v, w, b0)),
                 "linear": (lambda q, k, v: ops.linear(q, k, v, causal, mask), (q, k, v)),
-                "identity_linear": (lambda q, k, v: ops.identity_linear(q, k, v, causal, mask),
+                "linear_identity": (lambda q, k, v: ops.linear_identity(q, k, v, causal, mask),
                                     (q, k, v)),
                 "intention": (lambda q, k, v, a: ops.intention(q, k, v, a, causal, mask),
                               (q, k, v, alpha)),

@@ -133,7 +133,7 @@ torch::Tensor linear_attention(const torch::Tensor& q_in, const torch::Tensor& k
   return stack_bh(out);
 }
 
-torch::Tensor identity_linear_attention(const torch::Tensor& q_in, const torch::Tensor& k_in,
+torch::Tensor linear_identity_attention(const torch::Tensor& q_in, const torch::Tensor& k_in,
                                         const torch::Tensor& v_in, bool causal,
                                         const torch::Tensor& key_padding_mask) {
   const auto q = f64(q_in);

@@ -44,7 +44,7 @@ torch::Tensor linear_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& key_padding_mask, double eps = 1e-6);
 
 // o_t = sum_s (q_t . k_s) v_s over visible keys.
-torch::Tensor identity_linear_attention(const torch::Tensor& q, const torch::Tensor& k,
+torch::Tensor linear_identity_attention(const torch::Tensor& q, const torch::Tensor& k,
                                         const torch::Tensor& v, bool causal,
                                         const torch::Tensor& key_padding_mask);
 

@@ -14,7 +14,7 @@ torch::Tensor linear_attention(const torch::Tensor& q, const torch::Tensor& k,
 // Unnormalised identity linear attention, the `linear-identity` mechanism: O = Q (K^T V); causal
 // o_t = q_t^T sum_{s<=t} k_s v_s^T. This is the form Intention generalises (Garnelo & Czarnecki
 // 2023): with K^T K = I and alpha = 0 the two agree.
-torch::Tensor identity_linear_attention(const torch::Tensor& q, const torch::Tensor& k,
+torch::Tensor linear_identity_attention(const torch::Tensor& q, const torch::Tensor& k,
                                         const torch::Tensor& v,
                                         const AttentionFuncOptions& options = {});
 

@@ -19,12 +19,12 @@ struct LanguageModelOptions {
   /// Longest input T (learned positions 0 .. context_length - 1). Default: 64.
   TORCH_ARG(int64_t, context_length) = 64;
   /// Model width. Default: 192.
-  TORCH_ARG(int64_t, n_embd) = 192;
-  /// Attention heads; n_embd must be a multiple. Default: 3.
-  TORCH_ARG(int64_t, n_head) = 3;
+  TORCH_ARG(int64_t, d_model) = 192;
+  /// Attention heads; d_model must be a multiple. Default: 3.
+  TORCH_ARG(int64_t, num_heads) = 3;
   /// Blocks. Default: 6.
-  TORCH_ARG(int64_t, n_layer) = 6;
-  /// Feed-forward hidden width; 0 = 4 * n_embd. Default: 0.
+  TORCH_ARG(int64_t, num_layers) = 6;
+  /// Feed-forward hidden width; 0 = 4 * d_model. Default: 0.
   TORCH_ARG(int64_t, ffn_dim) = 0;
   /// Feed-forward activation, "relu" (gpt.py) or "gelu" (nanoGPT). Default: "relu".
   TORCH_ARG(std::string, activation) = "relu";
@@ -32,7 +32,7 @@ struct LanguageModelOptions {
   TORCH_ARG(double, dropout) = 0.2;
   /// Mechanism of every layer, a name in kvq::mechanism_names(). Default: "softmax".
   TORCH_ARG(std::string, mechanism) = "softmax";
-  /// One mechanism per layer (n_layer names); empty = `mechanism` everywhere. Default: empty.
+  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
   /// "qkv", "kv" or "kv-pos"; empty = each mechanism's own projection. Default: "".
   TORCH_ARG(std::string, projection) = "";
@@ -55,8 +55,8 @@ struct GenerateOptions {
   TORCH_ARG(uint64_t, seed) = 0;
 };
 
-// tokens (B, T) -> tok_emb + pos_emb(0 .. T-1) -> n_layer Pre-LN causal blocks -> LayerNorm ->
-// Linear(n_embd, V). Embeddings and the output layer start from N(0, 0.02) (gpt.py).
+// tokens (B, T) -> tok_emb + pos_emb(0 .. T-1) -> num_layers Pre-LN causal blocks -> LayerNorm ->
+// Linear(d_model, V). Embeddings and the output layer start from N(0, 0.02) (gpt.py).
 // tokens int64 (B, T), T <= context_length, values in [0, V) -> logits (B, T, V); the logits at t
 // depend on tokens 0 .. t only.
 class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {

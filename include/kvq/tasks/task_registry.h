@@ -66,6 +66,8 @@ struct TaskInfo {
   std::string name;     // the registry name, e.g. "sort"
   std::string family;   // e.g. "synthetic"; also the first component of a run's default path
   std::string summary;  // one line for --help and errors
+  // The mechanisms the task's paper compares: `kvq compare`'s default --mechanisms.
+  std::vector<std::string> paper_mechanisms;
   // The config's schema (field metadata, presets) for help texts and diffs.
   const train::ConfigSchemaBase* schema = nullptr;
   // Defaults -> task name -> preset -> file -> sets -> checks; the resolved config as JSON.
