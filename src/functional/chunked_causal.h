@@ -18,6 +18,8 @@ torch::Tensor exclusive_chunk_cumsum(const torch::Tensor& states);
 // Causal linear product o_t = sum_{s<=t} (q_t . k_s) v_s, chunk-parallel:
 //   O_c = Q_c S_c + tril(Q_c K_c^T) V_c,  S_c = sum over earlier chunks of K^T V.
 // q, k (B, H, T, d), v (B, H, T, dv) -> (B, H, T, dv). O(T C d + T d dv), memory O((T/C) d dv).
+// CPU float32/float64 run the fused kernel of src/kernels/cpu/causal_linear_kernel.h with its
+// analytic backward; other tensors the chunked LibTorch composition.
 torch::Tensor causal_linear_product(const torch::Tensor& q, const torch::Tensor& k,
                                     const torch::Tensor& v, int64_t chunk);
 

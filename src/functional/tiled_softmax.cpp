@@ -1,5 +1,6 @@
 #include "functional/tiled_softmax.h"
 
+#include "functional/kernel_views.h"
 #include "kernels/cpu/softmax_attention_kernel.h"
 
 namespace kvq {
@@ -10,16 +11,6 @@ namespace {
 namespace cpu = kernels::cpu;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The last dimension contiguous, as the kernel's HeadsView requires (no copy otherwise).
-torch::Tensor rows_contiguous(const torch::Tensor& x) {
-  return x.stride(-1) == 1 ? x : x.contiguous();
-}
-
-template <typename T, typename P>
-cpu::HeadsView<T> heads_view(const torch::Tensor& x) {
-  return {static_cast<T*>(const_cast<P*>(x.data_ptr<P>())), x.stride(0), x.stride(1), x.stride(2)};
-}
 
 // bias as a (B, H, m, n) broadcast view (zero strides where it broadcasts); empty stays empty.
 torch::Tensor expanded_bias(const torch::Tensor& bias, int64_t B, int64_t H, int64_t m,
@@ -46,9 +37,9 @@ cpu::SoftmaxAttentionParams<T> make_params(const torch::Tensor& q, const torch::
   cpu::SoftmaxAttentionParams<T> p;
   p.batch = q.size(0), p.heads = q.size(1), p.m = q.size(2), p.n = k.size(2);
   p.d = q.size(3), p.dv = v.size(3);
-  p.q = heads_view<const T, T>(q);
-  p.k = heads_view<const T, T>(k);
-  p.v = heads_view<const T, T>(v);
+  p.q = heads_view<const T>(q);
+  p.k = heads_view<const T>(k);
+  p.v = heads_view<const T>(v);
   if (bias.numel() > 0) {
     p.bias = bias.data_ptr<T>();
     for (int i = 0; i < 4; ++i) p.bias_strides[i] = bias.stride(i);
@@ -76,7 +67,7 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     auto lse = torch::empty({B, H, m}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_forward", [&] {
       cpu::SoftmaxAttentionForwardOutputs<scalar_t> o;
-      o.out = heads_view<scalar_t, scalar_t>(out);
+      o.out = heads_view<scalar_t>(out);
       o.lse = lse.data_ptr<scalar_t>();
       cpu::softmax_attention_forward(make_params<scalar_t>(q, k, v, bias, padding, scale, causal),
                                      o);
@@ -113,12 +104,12 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_backward", [&] {
       cpu::SoftmaxAttentionBackwardParams<scalar_t> g;
       g.forward = make_params<scalar_t>(q, k, v, bias, padding, scale, causal);
-      g.out = heads_view<const scalar_t, scalar_t>(out);
-      g.grad_out = heads_view<const scalar_t, scalar_t>(grad_out);
+      g.out = heads_view<const scalar_t>(out);
+      g.grad_out = heads_view<const scalar_t>(grad_out);
       g.lse = lse.data_ptr<scalar_t>();
-      g.grad_q = heads_view<scalar_t, scalar_t>(grad_q);
-      g.grad_k = heads_view<scalar_t, scalar_t>(grad_k);
-      g.grad_v = heads_view<scalar_t, scalar_t>(grad_v);
+      g.grad_q = heads_view<scalar_t>(grad_q);
+      g.grad_k = heads_view<scalar_t>(grad_k);
+      g.grad_v = heads_view<scalar_t>(grad_v);
       if (want_bias) {
         g.grad_bias = grad_bias.data_ptr<scalar_t>();
         g.bias_rows = grad_bias.size(2);
@@ -135,9 +126,7 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
 
 bool tiled_softmax_supports(const torch::Tensor& q, const torch::Tensor& k,
                             const torch::Tensor& v) {
-  const auto dtype = q.scalar_type();
-  return q.device().is_cpu() && (dtype == torch::kFloat32 || dtype == torch::kFloat64) &&
-         k.scalar_type() == dtype && v.scalar_type() == dtype;
+  return cpu_kernel_dtypes({q, k, v});
 }
 
 torch::Tensor tiled_softmax_attention(const torch::Tensor& q, const torch::Tensor& k,

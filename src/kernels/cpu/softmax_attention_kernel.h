@@ -14,21 +14,11 @@
 // output accumulator. A query row whose keys are all masked outputs zeros (lse = +inf).
 #include <cstdint>
 
+#include "kernels/cpu/heads_view.h"
+
 namespace kvq {
 namespace kernels {
 namespace cpu {
-
-// A (B, H, rows, width) operand: element (b, h, r, c) at data[b * batch_stride + h * head_stride +
-// r * row_stride + c] (the last dimension is contiguous).
-template <typename T>
-struct HeadsView {
-  T* data = nullptr;
-  int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
-
-  T* row(int64_t b, int64_t h, int64_t r) const {
-    return data + b * batch_stride + h * head_stride + r * row_stride;
-  }
-};
 
 template <typename T>
 struct SoftmaxAttentionParams {

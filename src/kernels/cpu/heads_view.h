@@ -1,0 +1,22 @@
+#pragma once
+#include <cstdint>
+
+namespace kvq {
+namespace kernels {
+namespace cpu {
+
+// A (B, H, rows, width) operand: element (b, h, r, c) at data[b * batch_stride + h * head_stride +
+// r * row_stride + c] (the last dimension is contiguous).
+template <typename T>
+struct HeadsView {
+  T* data = nullptr;
+  int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
+
+  T* row(int64_t b, int64_t h, int64_t r) const {
+    return data + b * batch_stride + h * head_stride + r * row_stride;
+  }
+};
+
+}  // namespace cpu
+}  // namespace kernels
+}  // namespace kvq
