@@ -1,13 +1,15 @@
 #pragma once
 // The single registry of experiment tasks: every name `kvq train --task` accepts, each with its
-// typed config (kvq::train::ConfigSchema, presets "paper" and "quick") and the functions that
-// train and evaluate it. The CLI (train, eval, compare) only ever goes through this registry.
+// typed config (kvq::train::ConfigSchema; presets "quick" and "paper", or "full" for the
+// Intention tasks) and the functions that train and evaluate it. The CLI (train, eval, compare)
+// only ever goes through this registry.
 //
 // Adding a task family (image classification, char LM, translation, human numbers) is one file
 // and one registration line:
 //   include/kvq/tasks/<family>_task.h, src/tasks/<family>_task.cpp:
 //     a config struct with a `task` (string), `seed` (int) and `mechanism` (string) field, its
-//     ConfigSchema with presets "paper" and "quick", a train and an evaluate function, and
+//     ConfigSchema with presets ("quick", and "paper" or "full"), a train and an evaluate
+//     function, and
 //       TaskInfo <family>_task_info(const std::string& name) { return make_task_info(...); }
 //   src/tasks/task_registry.cpp: one line in all_tasks() pushing <family>_task_info(name).
 //
