@@ -67,55 +67,6 @@ double peak_extra_bytes(const std::function<void()>& fn) {
   return status_bytes("VmHWM:") - before;
 }
 
-struct Dims {
-  int64_t batch, heads, length, dim, value_dim;
-};
-
-// Analytic forward FLOPs of one mechanism per (batch, head), as computed by kvq's algorithm
-// (a multiply-add is 2 FLOPs; exp, softmax and other elementwise work is not counted). m = n = T,
-// C = the chunk length of the chunk-parallel causal algorithms. Forward+backward is taken as
-// 3x forward (the backward of each product is two products of the same size).
-//   softmax, kv, kv-pos    non-causal 2 n^2 (d + dv)            Q K^T and P V
-//                          causal     n (n + 1) (d + dv)        only the pairs s <= t (as
-//                                     FlashAttention's benchmarks count; kvq's softmax mixer
-//                                     computes the full score matrix and masks it)
-//   linear (dv' = dv + 1, the normaliser is one more value column), linear-identity (dv' = dv)
-//                          non-causal 4 n d dv'                 phi(K)^T V, phi(Q) S
-//                          causal     4 n d dv' + 2 n C (d + dv')  chunk states + the C x C blocks
-//   intention              non-causal 2 n d^2 + 4 n d dv + d^3/3 + 2 d^2 dv
-//                                     K^T K, K^T V and Q W, Cholesky, cholesky_solve
-//                          causal     per chunk: d^3 (Cholesky + inverse of A0) + C^3/3 (chol M)
-//                                     + 6 C d^2 (K^T K, K P, Q P) + 9 C^2 d (M, R, Q R^T, (.) R,
-//                                     Q~ K^T) + 4 C d dv (K^T V, Q~ B0) + 2 C^2 dv
-//   softmax-intention      non-causal 4 n d^2 + d^3/3 + 2 n^2 (d + dv)   (solve for n queries)
-//                          causal     per chunk d^3 + C^3/3 + 6 C d^2 + 7 C^2 d,
-//                                     plus causal softmax n (n + 1) (d + dv)
-//   kernel-intention       non-causal 4 n^2 d + n^3/3 + 4 n^2 dv   kappas, Cholesky, solve, product
-//                          causal     4 n^2 d + 4 n^3/3 + 3 n^2 dv (L^{-1} kappa(K, Q) is n^3)
-// Returns 0 for a mechanism without a formula.
-double forward_flops(const std::string& name, const Dims& s, bool causal, int64_t chunk) {
-  const double n = s.length, d = s.dim, dv = s.value_dim, C = double(std::min(chunk, s.length));
-  const double chunks = std::ceil(n / C);
-  const double softmax_mix = causal ? n * (n + 1) * (d + dv) : 2 * n * n * (d + dv);
-  const double chunk_queries = d * d * d + C * C * C / 3 + 6 * C * d * d + 7 * C * C * d;
-  double per_head = 0;
-  if (name == "softmax" || name == "kv" || name == "kv-pos") {
-    per_head = softmax_mix;
-  } else if (name == "linear" || name == "linear-identity") {
-    const double dvp = name == "linear" ? dv + 1 : dv;
-    per_head = 4 * n * d * dvp + (causal ? 2 * n * C * (d + dvp) : 0);
-  } else if (name == "intention") {
-    per_head = causal ? chunks * (chunk_queries + 2 * C * C * d + 4 * C * d * dv + 2 * C * C * dv)
-                      : 2 * n * d * d + 4 * n * d * dv + d * d * d / 3 + 2 * d * d * dv;
-  } else if (name == "softmax-intention") {
-    per_head = softmax_mix + (causal ? chunks * chunk_queries : 4 * n * d * d + d * d * d / 3);
-  } else if (name == "kernel-intention") {
-    per_head = causal ? 4 * n * n * d + 4 * n * n * n / 3 + 3 * n * n * dv
-                      : 4 * n * n * d + n * n * n / 3 + 4 * n * n * dv;
-  }
-  return per_head * double(s.batch) * double(s.heads);
-}
-
 // Best-of-k rate of torch::mm on two 2048 x 2048 matrices of `dtype`, in GFLOP/s: the machine's
 // dense-product ceiling that the mechanisms' GFLOP/s are compared with.
 double measure_gemm_gflops(torch::ScalarType dtype) {
@@ -165,7 +116,7 @@ Problem make_leaves(const MechanismInfo& info, const Tensor& q, const Tensor& k,
 
 // Random inputs with unit-scale entries; alpha = 1 per head; kv-pos weight (H, p) with unit-scale
 // gain sum_c w_c, bias (H).
-Problem make_problem(const MechanismInfo& info, const Dims& s, torch::ScalarType dtype,
+Problem make_problem(const MechanismInfo& info, const ProblemSize& s, torch::ScalarType dtype,
                      uint64_t seed) {
   torch::manual_seed(seed);
   auto opts = torch::TensorOptions().dtype(dtype);
@@ -345,14 +296,21 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
     return row;
   }
   row.ran = true;
-  const Dims dims{o.batch, o.heads, length, o.dim, ctx.value_dim};
+  const ProblemSize dims{o.batch, o.heads, length, o.dim, ctx.value_dim};
   const int64_t element_size = c10::elementSize(ctx.dtype);
   const NaiveShape full{o.batch, o.heads, length, o.dim, ctx.value_dim, kPosChannels, element_size};
   const NaiveShape slice{1, 1, length, o.dim, ctx.value_dim, kPosChannels, element_size};
   const double budget = o.max_naive_gib * double(1ull << 30);
 
-  // The first naive form that fits at full size; else the first that fits on the slice.
+  // The first naive form that fits at full size; else the first that fits on the slice. A
+  // mechanism without one is not timed: the bench only times what it can verify.
   const auto forms = naive_forms(info.name);
+  if (forms.empty()) {
+    row.ran = false;
+    row.failed = true;
+    row.note = "FAILED: no naive form for '" + info.name + "' in app/naive_forms.cpp";
+    return row;
+  }
   const NaiveForm* chosen = nullptr;
   bool on_slice = false;
   std::string why_not;
@@ -375,8 +333,6 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
     }
     if (chosen) break;
   }
-  if (forms.empty()) why_not = "no naive form";
-
   const auto problem = make_problem(info, dims, ctx.dtype, o.seed + uint64_t(length));
   auto ours_step = [&](const Problem& p) {
     return forward_backward([&] { return run_ours(info, p, causal); }, p);
@@ -409,7 +365,7 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
     row.naive = time_repeated(naive_step, o.min_time);
   }
 
-  const double flops = 3 * forward_flops(info.name, dims, causal, ctx.chunk);
+  const double flops = 3 * info.forward_flops(dims, causal, ctx.chunk);
   if (flops > 0) {
     row.gflops = flops / (row.ours.min_ms * 1e-3) / 1e9;
     row.gemm_fraction = row.gflops / ctx.gemm_gflops;
@@ -484,7 +440,7 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
          " over repetitions until --min-time "
       << o.min_time << " s (at least one), after one warm-up run (the verification run).\n"
       << "speedup = naive ms / ours ms. GFLOP/s = 3 x analytic forward FLOPs (fwd+bwd taken as 3x"
-         " forward; formulas in app/bench_command.cpp) / ours time; %gemm = that / the gemm rate.\n"
+         " forward; formulas in src/registry.cpp) / ours time; %gemm = that / the gemm rate.\n"
       << "MiB: peak resident memory of one forward+backward above the level before it (Linux"
          " VmHWM), including the output and the input gradients (the 'result' MiB in --json).\n"
       << "err: normalised RMSE ||ours - naive|| / ||naive|| of the output, the worst of dq/dk/dv"

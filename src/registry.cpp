@@ -1,5 +1,7 @@
 #include "kvq/registry.h"
 
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "kvq/functional/intention.h"
@@ -26,6 +28,90 @@ Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, con
   return functional::linear_identity_attention(q, k, v, o);
 }
 
+// The FLOP formulas, per (batch, head), with n = T, C = min(chunk, T), N = ceil(n / C):
+//   softmax, kv, kv-pos    non-causal 2 n^2 (d + dv)            Q K^T and P V
+//                          causal     n (n + 1) (d + dv)        only the pairs s <= t (as
+//                                     FlashAttention's benchmarks count; the tiled kernel skips
+//                                     the blocks above the diagonal)
+//   linear (dv' = dv + 1, the normaliser is one more value column), linear-identity (dv' = dv)
+//                          non-causal 4 n d dv'                 phi(K)^T V, phi(Q) S
+//                          causal     4 n d dv' + 2 n C (d + dv')  chunk states + the C x C blocks
+//   intention              non-causal 2 n d^2 + 4 n d dv + d^3/3 + 2 d^2 dv
+//                                     K^T K, K^T V and Q W, Cholesky, cholesky_solve
+//                          causal     per chunk: d^3 (Cholesky + inverse of A0) + C^3/3 (chol M)
+//                                     + 6 C d^2 (K^T K, K P, Q P) + 9 C^2 d (M, R, Q R^T, (.) R,
+//                                     Q~ K^T) + 4 C d dv (K^T V, Q~ B0) + 2 C^2 dv
+//   softmax-intention      non-causal 4 n d^2 + d^3/3 + 2 n^2 (d + dv)   (solve for n queries)
+//                          causal     per chunk d^3 + C^3/3 + 6 C d^2 + 7 C^2 d,
+//                                     plus causal softmax n (n + 1) (d + dv)
+//   kernel-intention       non-causal 4 n^2 d + n^3/3 + 4 n^2 dv   kappas, Cholesky, solve, product
+//                          causal     4 n^2 d + 4 n^3/3 + 3 n^2 dv (L^{-1} kappa(K, Q) is n^3)
+struct Terms {
+  double n, d, dv, C, chunks, heads;
+  Terms(const ProblemSize& s, int64_t chunk)
+      : n(double(s.length)),
+        d(double(s.dim)),
+        dv(double(s.value_dim)),
+        C(double(std::max<int64_t>(1, std::min(chunk, s.length)))),
+        chunks(std::ceil(n / C)),
+        heads(double(s.batch) * double(s.heads)) {}
+  double softmax_mix(bool causal) const {
+    return causal ? n * (n + 1) * (d + dv) : 2 * n * n * (d + dv);
+  }
+  double chunk_queries() const { return d * d * d + C * C * C / 3 + 6 * C * d * d + 7 * C * C * d; }
+};
+
+double softmax_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  return t.heads * t.softmax_mix(causal);
+}
+double linear_product_flops(const Terms& t, double dvp, bool causal) {
+  return t.heads * (4 * t.n * t.d * dvp + (causal ? 2 * t.n * t.C * (t.d + dvp) : 0));
+}
+double linear_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  return linear_product_flops(t, t.dv + 1, causal);
+}
+double linear_identity_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  return linear_product_flops(t, t.dv, causal);
+}
+double intention_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  const double n = t.n, d = t.d, dv = t.dv, C = t.C;
+  return t.heads * (causal ? t.chunks * (t.chunk_queries() + 2 * C * C * d + 4 * C * d * dv +
+                                         2 * C * C * dv)
+                           : 2 * n * d * d + 4 * n * d * dv + d * d * d / 3 + 2 * d * d * dv);
+}
+double softmax_intention_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  const double n = t.n, d = t.d;
+  return t.heads * (t.softmax_mix(causal) +
+                    (causal ? t.chunks * t.chunk_queries() : 4 * n * d * d + d * d * d / 3));
+}
+double kernel_intention_flops(const ProblemSize& s, bool causal, int64_t chunk) {
+  const Terms t(s, chunk);
+  const double n = t.n, d = t.d, dv = t.dv;
+  return t.heads * (causal ? 4 * n * n * d + 4 * n * n * n / 3 + 3 * n * n * dv
+                           : 4 * n * n * d + n * n * n / 3 + 4 * n * n * dv);
+}
+
+}  // namespace
+
+std::string family_name(Family family) {
+  switch (family) {
+    case Family::Softmax:
+      return "softmax family";
+    case Family::Linear:
+      return "linear";
+    case Family::LeastSquares:
+      return "least squares";
+  }
+  return "?";
+}
+
+namespace {
+
 std::string joined(const std::vector<std::string>& names) {
   std::ostringstream out;
   for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
@@ -35,25 +121,32 @@ std::string joined(const std::vector<std::string>& names) {
 }  // namespace
 
 const std::vector<MechanismInfo>& mechanisms() {
-  // name, projection, uses_alpha, has_softmax, inner mechanism, summary.
+  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs.
   // kv and kv-pos are the softmax mechanism behind Borji's projections.
   static const std::vector<MechanismInfo> table = {
       {"softmax", Projection::QKV, false, true, softmax_fn,
-       "softmax(Q K^T scale) V (Vaswani et al. 2017)"},
+       "softmax(Q K^T scale) V (Vaswani et al. 2017)", Family::Softmax, "kvq::softmax",
+       softmax_flops},
       {"kv", Projection::KV, false, true, softmax_fn,
-       "softmax(K K^T scale) V: tied query and key projections (Borji 2023)"},
+       "softmax(K K^T scale) V: tied query and key projections (Borji 2023)", Family::Softmax,
+       "kvq::kv", softmax_flops},
       {"kv-pos", Projection::KVPos, false, true, softmax_fn,
-       "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)"},
+       "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
+       Family::Softmax, "kvq::kv_pos", softmax_flops},
       {"linear", Projection::QKV, false, false, linear_fn,
-       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)"},
+       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
+       Family::Linear, "kvq::linear", linear_flops},
       {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
-       "Q K^T V, unnormalised"},
+       "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops},
       {"intention", Projection::QKV, true, false, functional::intention,
-       "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)"},
+       "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
+       "kvq::intention", intention_flops},
       {"softmax-intention", Projection::QKV, true, true, functional::softmax_intention,
-       "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V"},
+       "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
+       "kvq::softmax_intention", softmax_intention_flops},
       {"kernel-intention", Projection::QKV, true, false, functional::kernel_intention,
-       "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)"},
+       "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)", Family::LeastSquares,
+       "kvq::kernel_intention", kernel_intention_flops},
   };
   return table;
 }

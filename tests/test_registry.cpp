@@ -49,6 +49,37 @@ TEST(Registry, DocumentedPresets) {
   }
 }
 
+// Every registry row carries every piece: function, summary, family, op schema and FLOP formula,
+// and a float64 oracle in the test suites (tests/test_utils.h's Mech list, which the oracle,
+// gradient and invariant suites iterate). A new row without them fails here.
+TEST(Registry, EveryRowHasEveryPiece) {
+  std::set<std::string> with_oracle;
+  for (Mech m : all_mechs()) with_oracle.insert(mech_name(m));
+  const kvq::ProblemSize size{2, 3, 16, 4, 5};
+  for (const auto& info : kvq::mechanisms()) {
+    SCOPED_TRACE(info.name);
+    EXPECT_TRUE(with_oracle.count(info.name)) << "no float64 oracle in tests/test_utils.h";
+    EXPECT_EQ(info.op.rfind("kvq::", 0), 0u) << "op schema '" << info.op << "'";
+    ASSERT_TRUE(static_cast<bool>(info.forward_flops)) << "no FLOP formula";
+    for (bool causal : {false, true}) EXPECT_GT(info.forward_flops(size, causal, 4), 0.0);
+    EXPECT_EQ(info.family == kvq::Family::LeastSquares, info.uses_alpha);
+    if (info.family == kvq::Family::Softmax) {
+      EXPECT_TRUE(info.has_softmax);
+    }
+    if (info.family == kvq::Family::Linear) {
+      EXPECT_FALSE(info.has_softmax);
+    }
+  }
+}
+
+// The FLOP formula of softmax: 2 n^2 (d + dv) per head, n (n + 1) (d + dv) causal.
+TEST(Registry, SoftmaxFlopFormula) {
+  const auto& info = kvq::find_mechanism("softmax");
+  const kvq::ProblemSize size{2, 3, 10, 4, 5};
+  EXPECT_DOUBLE_EQ(info.forward_flops(size, false, 4), 6 * 2.0 * 100 * 9);
+  EXPECT_DOUBLE_EQ(info.forward_flops(size, true, 4), 6 * 110.0 * 9);
+}
+
 TEST(Registry, ProjectionNamesRoundTrip) {
   for (auto p : {kvq::Projection::QKV, kvq::Projection::KV, kvq::Projection::KVPos}) {
     EXPECT_EQ(kvq::parse_projection(kvq::projection_name(p)), p);

@@ -26,6 +26,23 @@ using MechanismFn = std::function<torch::Tensor(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
     const torch::Tensor& alpha, const functional::AttentionFuncOptions& options)>;
 
+// The column a mechanism belongs to in docs/mechanisms.md ("The grid").
+enum class Family {
+  Softmax,       // softmax mixer over Q K^T (softmax, kv, kv-pos)
+  Linear,        // linear mixer, no solve (linear, linear-identity)
+  LeastSquares,  // least-squares / kernel ridge query transform (the intention mechanisms)
+};
+std::string family_name(Family family);
+
+// One problem of the benchmark and of the FLOP formulas: m = n = length.
+struct ProblemSize {
+  int64_t batch, heads, length, dim, value_dim;
+};
+
+// Analytic forward FLOPs as kvq computes the mechanism (a multiply-add is 2 FLOPs; elementwise
+// work is not counted), all batch elements and heads; chunk = the causal chunk length C.
+using FlopsFn = std::function<double(const ProblemSize& size, bool causal, int64_t chunk)>;
+
 struct MechanismInfo {
   std::string name;
   Projection projection;  // the projection this preset uses by default
@@ -33,6 +50,9 @@ struct MechanismInfo {
   bool has_softmax;       // mixes with a row softmax: dropout and score gain/bias apply
   MechanismFn fn;
   std::string summary;
+  Family family;
+  std::string op;         // its torch.ops.kvq schema, e.g. "kvq::softmax"
+  FlopsFn forward_flops;  // src/registry.cpp gives each formula
 };
 
 // All registered mechanisms, in a fixed order.

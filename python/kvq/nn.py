@@ -47,7 +47,7 @@ class MultiHeadKVQ(nn.Module):
                              f"got embed_dim={embed_dim}, num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MultiHeadKVQ: dropout must be in [0, 1), got {dropout}")
-        default_projection, uses_alpha, has_softmax = ops.mechanism_info(mechanism)
+        default_projection, uses_alpha, has_softmax, _ = ops.mechanism_info(mechanism)
         projection = default_projection if projection is None else projection
         if projection not in _PROJECTIONS:
             raise ValueError(f"MultiHeadKVQ: projection must be one of {', '.join(_PROJECTIONS)}"

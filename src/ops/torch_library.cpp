@@ -89,10 +89,10 @@ Tensor attention_op(const std::string& mechanism, const Tensor& q, const Tensor&
 
 std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
 
-// (default projection, uses alpha, has a softmax) of a registered mechanism.
-std::tuple<std::string, bool, bool> mechanism_info_op(const std::string& name) {
+// (default projection, uses alpha, has a softmax, its op schema) of a registered mechanism.
+std::tuple<std::string, bool, bool, std::string> mechanism_info_op(const std::string& name) {
   const auto& info = find_mechanism(name);
-  return {projection_name(info.projection), info.uses_alpha, info.has_softmax};
+  return {projection_name(info.projection), info.uses_alpha, info.has_softmax, info.op};
 }
 
 // The C++ module itself, for Python code that wants to run or exchange weights with it:
@@ -144,7 +144,7 @@ TORCH_LIBRARY(kvq, m) {
         "bool training=False, int chunk_size=0) -> Tensor",
         &attention_op);
   m.def("mechanism_names() -> str[]", &mechanism_names_op);
-  m.def("mechanism_info(str name) -> (str, bool, bool)", &mechanism_info_op);
+  m.def("mechanism_info(str name) -> (str, bool, bool, str)", &mechanism_info_op);
 
   using Holder = MultiHeadKVQHolder;
   m.class_<Holder>("MultiHeadKVQ")

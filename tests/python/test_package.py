@@ -76,6 +76,13 @@ def test_package_lists_registry_mechanisms():
                                 "intention", "softmax-intention", "kernel-intention"]
 
 
+def test_every_registry_row_has_its_op():
+    for name in kvq.mechanisms():
+        op = kvq.ops.mechanism_info(name)[3]
+        namespace, _, schema = op.partition("::")
+        assert namespace == "kvq" and hasattr(kvq.ops, schema), f"{name}: no op {op}"
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_functional_equals_ops_and_reference(qkv, causal, masked):
