@@ -72,8 +72,8 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const 
                           const AttentionFuncOptions& options) {
   const int64_t heads = q.size(1);
   const double scale = default_scale(options, q.size(3));
-  // The gain multiplies the (m, d) queries rather than the (m, n) scores: same product, one pass over
-  // the score matrix fewer, and the scores need not be kept for the gain's gradient.
+  // The gain multiplies the (m, d) queries rather than the (m, n) scores: same product, one pass
+  // over the score matrix fewer, and the scores need not be kept for the gain's gradient.
   auto q_scaled = q;
   if (options.score_gain().defined()) {
     const auto& gain = options.score_gain();

@@ -16,16 +16,15 @@ using torch::autograd::variable_list;
 torch::Tensor expanded_bias(const torch::Tensor& bias, int64_t B, int64_t H, int64_t m,
                             int64_t n) {
   if (bias.numel() == 0) return bias;
-  TORCH_CHECK(bias.dim() <= 4, "softmax attention: score_bias must be broadcastable to (B, H, m, n) = (",
-              B, ", ", H, ", ", m, ", ", n, "), got ", bias.sizes());
+  const int64_t want[4] = {B, H, m, n};
+  bool fits = bias.dim() <= 4;
+  for (int64_t i = 1; fits && i <= bias.dim(); ++i) {
+    fits = bias.size(-i) == 1 || bias.size(-i) == want[4 - i];
+  }
+  TORCH_CHECK(fits, "softmax attention: score_bias must be broadcastable to (B, H, m, n) = (", B,
+              ", ", H, ", ", m, ", ", n, "), got ", bias.sizes());
   auto b4 = bias;
   while (b4.dim() < 4) b4 = b4.unsqueeze(0);
-  for (int i = 0; i < 4; ++i) {
-    const int64_t want[4] = {B, H, m, n};
-    TORCH_CHECK(b4.size(i) == 1 || b4.size(i) == want[i],
-                "softmax attention: score_bias must be broadcastable to (B, H, m, n) = (", B, ", ",
-                H, ", ", m, ", ", n, "), got ", bias.sizes());
-  }
   return b4.expand({B, H, m, n});
 }
 
@@ -98,7 +97,8 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     if (want_bias) {
       // dS summed over the bias's query / key dimension where it has size 1.
       const size_t dims = bias_sizes.size();
-      const bool rows = dims >= 2 && bias_sizes[dims - 2] != 1, cols = dims >= 1 && bias_sizes[dims - 1] != 1;
+      const bool rows = dims >= 2 && bias_sizes[dims - 2] != 1;
+      const bool cols = dims >= 1 && bias_sizes[dims - 1] != 1;
       grad_bias = torch::empty({B, H, rows ? m : 1, cols ? n : 1}, q.options());
     }
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_backward", [&] {

@@ -157,7 +157,8 @@ TORCH_LIBRARY(kvq, m) {
                                           key_padding_mask ? *key_padding_mask : at::Tensor(),
                                           causal);
            })
-      .def("train", [](const c10::intrusive_ptr<Holder>& self, bool on) { self->module->train(on); })
+      .def("train",
+           [](const c10::intrusive_ptr<Holder>& self, bool on) { self->module->train(on); })
       .def("state_dict",
            [](const c10::intrusive_ptr<Holder>& self) { return nn::state_dict(*self->module); })
       .def("load_state_dict",

@@ -131,7 +131,9 @@ TEST(TiledSoftmax, MatchesOracleAtLength1000) {
 // Cross-attention shapes (m != n), with and without padding.
 TEST(TiledSoftmax, MatchesOracleOnCrossShapes) {
   for (Mech mech : {Mech::Softmax, Mech::SoftmaxIntention}) {
-    for (auto mn : std::vector<std::pair<int64_t, int64_t>>{{65, 17}, {17, 257}, {1, 300}, {130, 1}}) {
+    const std::vector<std::pair<int64_t, int64_t>> shapes = {
+        {65, 17}, {17, 257}, {1, 300}, {130, 1}};
+    for (const auto& mn : shapes) {
       for (Padding pad : {Padding::None, Padding::EmptyRows}) {
         check_tiled(mech, 3, 2, mn.first, mn.second, 6, 7, false, pad);
       }

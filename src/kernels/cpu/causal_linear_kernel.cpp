@@ -90,7 +90,9 @@ template <typename T>
 void causal_linear_forward(const CausalLinearParams<T>& p, const HeadsView<T>& out) {
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch;
-    for (int64_t bh = begin; bh < end; ++bh) forward_head(p, out, bh / p.heads, bh % p.heads, scratch);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      forward_head(p, out, bh / p.heads, bh % p.heads, scratch);
+    }
   });
 }
 

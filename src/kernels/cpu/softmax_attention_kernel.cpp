@@ -121,7 +121,8 @@ void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_
   zero_rows(g.grad_k, b, h, n, d);
   zero_rows(g.grad_v, b, h, n, dv);
   const T* lse = g.lse + (b * p.heads + h) * m;
-  T* grad_bias = g.grad_bias ? g.grad_bias + (b * p.heads + h) * g.bias_rows * g.bias_cols : nullptr;
+  T* grad_bias =
+      g.grad_bias ? g.grad_bias + (b * p.heads + h) * g.bias_rows * g.bias_cols : nullptr;
 
   for (int64_t i0 = 0; i0 < m; i0 += kQueryBlock) {
     const int64_t rows = std::min(kQueryBlock, m - i0);
