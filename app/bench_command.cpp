@@ -143,8 +143,8 @@ Tensor run_ours(const MechanismInfo& info, const Problem& p, bool causal) {
   options.causal(causal);
   if (info.projection == Projection::KVPos) {
     const int64_t length = p.k.size(-2);
-    auto terms = functional::kv_pos_key_terms(p.pos_weight, p.pos_bias, length);
-    options.score_gain(terms.first).score_bias(terms.second);
+    options = functional::with_kv_pos_terms(options, p.pos_weight, p.pos_bias, length,
+                                            p.k.scalar_type());
   }
   return info.fn(p.q, p.k, p.v, p.alpha, options);
 }

@@ -42,8 +42,8 @@ void fwd_bwd(benchmark::State& state, const kvq::MechanismInfo* info) {
     kvq::functional::AttentionFuncOptions options;
     options.causal(causal);
     if (pos_weight.defined()) {
-      auto terms = kvq::functional::kv_pos_key_terms(pos_weight, pos_bias, length);
-      options.score_gain(terms.first).score_bias(terms.second);
+      options = kvq::functional::with_kv_pos_terms(options, pos_weight, pos_bias, length,
+                                                   k.scalar_type());
     }
     auto out = info->fn(q, k, v, alpha, options);
     auto grads = torch::autograd::grad({out}, inputs, {grad_out});

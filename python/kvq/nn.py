@@ -150,10 +150,10 @@ class MultiHeadKVQ(nn.Module):
         length = query.shape[1] if self.batch_first else query.shape[0]
         future = torch.ones(length, length, dtype=torch.bool, device=attn_mask.device).triu(1)
         if tuple(attn_mask.shape) == (length, length):
-            masked = attn_mask if attn_mask.dtype == torch.bool else torch.isneginf(attn_mask)
-            if attn_mask.dtype != torch.bool and not torch.all((attn_mask == 0) | masked):
-                masked = None
-            if masked is not None and torch.equal(masked, future):
+            is_bool = attn_mask.dtype == torch.bool
+            masked = attn_mask if is_bool else torch.isneginf(attn_mask)
+            only_zero_or_masked = is_bool or bool(torch.all((attn_mask == 0) | masked))
+            if only_zero_or_masked and torch.equal(masked, future):
                 return True
         raise ValueError("MultiHeadKVQ: attn_mask supports only the causal mask (True or -inf "
                          "above the diagonal, shape (L, L)); use is_causal=True and "

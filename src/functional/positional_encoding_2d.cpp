@@ -87,5 +87,14 @@ std::pair<torch::Tensor, torch::Tensor> kv_pos_key_terms(const torch::Tensor& po
   return {pos_weight.sum(-1), pos_weight.dim() == 1 ? bias.squeeze(0) : bias};
 }
 
+AttentionFuncOptions with_kv_pos_terms(AttentionFuncOptions options,
+                                       const torch::Tensor& pos_weight,
+                                       const torch::Tensor& pos_bias, int64_t cols,
+                                       torch::ScalarType dtype) {
+  const auto terms = kv_pos_key_terms(pos_weight.to(dtype), pos_bias.to(dtype), cols);
+  options.score_gain(terms.first).score_bias(terms.second);
+  return options;
+}
+
 }  // namespace functional
 }  // namespace kvq

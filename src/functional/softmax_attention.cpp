@@ -86,11 +86,12 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const 
     return tiled_softmax_attention(q_scaled, k, v, options.score_bias(),
                                    options.key_padding_mask(), scale, options.causal());
   }
+  const auto q_times_scale = q_scaled * scale;
 #if TORCH_VERSION_MAJOR >= 2
-  auto fused = fused_cuda_softmax_mix(q_scaled * scale, k, v, options);
+  auto fused = fused_cuda_softmax_mix(q_times_scale, k, v, options);
   if (fused.defined()) return fused;
 #endif
-  return dense_softmax_mix(q_scaled * scale, k, v, options);
+  return dense_softmax_mix(q_times_scale, k, v, options);
 }
 
 }  // namespace detail
@@ -128,10 +129,8 @@ torch::Tensor kv_pos_attention(const torch::Tensor& k, const torch::Tensor& v,
               "kv_pos_attention: pos_bias must have shape ", per_head ? "(H)" : "()",
               " to match pos_weight ", pos_weight.sizes(), ", got ",
               pos_bias.defined() ? pos_bias.sizes() : c10::IntArrayRef{});
-  auto terms = kv_pos_key_terms(pos_weight.to(k.scalar_type()), pos_bias.to(k.scalar_type()), n);
-  auto with_terms = options;
-  with_terms.score_gain(terms.first).score_bias(terms.second);
-  return detail::softmax_mix(k, k, v, with_terms);
+  return detail::softmax_mix(k, k, v,
+                             with_kv_pos_terms(options, pos_weight, pos_bias, n, k.scalar_type()));
 }
 
 }  // namespace functional

@@ -73,7 +73,6 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     });
     ctx->save_for_backward({q, k, v, bias_in, out, lse});
     ctx->saved_data["padding"] = padding;
-    ctx->saved_data["bias_sizes"] = bias_in.sizes().vec();
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["causal"] = causal;
     return out;
@@ -87,13 +86,13 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     const bool causal = ctx->saved_data["causal"].toBool();
     const auto grad_out = rows_contiguous(grads[0]);
     const int64_t B = q.size(0), H = q.size(1), m = q.size(2), n = k.size(2);
+    const auto bias_sizes = saved[3].sizes();
     const auto bias = expanded_bias(saved[3], B, H, m, n);
     auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
     auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
     auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
     torch::Tensor grad_bias;
     const bool want_bias = bias.numel() > 0 && ctx->needs_input_grad(3);
-    const auto bias_sizes = ctx->saved_data["bias_sizes"].toIntVector();
     if (want_bias) {
       // dS summed over the bias's query / key dimension where it has size 1.
       const size_t dims = bias_sizes.size();

@@ -123,9 +123,7 @@ torch::Tensor MultiHeadKVQImpl::forward(const torch::Tensor& query, const torch:
       .chunk_size(options.chunk_size());
   if (mechanism_->has_softmax) fo.dropout(options.dropout()).training(is_training());
   if (projection_ == Projection::KVPos) {
-    auto terms = functional::kv_pos_key_terms(pos_weight.to(q.scalar_type()),
-                                              pos_bias.to(q.scalar_type()), n);
-    fo.score_gain(terms.first).score_bias(terms.second);
+    fo = functional::with_kv_pos_terms(fo, pos_weight, pos_bias, n, q.scalar_type());
   }
   auto heads_out = mechanism_->fn(q, k, v, alpha(), fo);  // (B, H, m, d)
   auto out = out_proj(heads_out.transpose(1, 2).reshape({batch, m, embed}));

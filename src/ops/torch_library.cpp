@@ -80,9 +80,8 @@ Tensor attention_op(const std::string& mechanism, const Tensor& q, const Tensor&
   if (pos_weight) {
     TORCH_CHECK(info.has_softmax, "kvq.attention: pos_weight/pos_bias (kv-pos) add a term to "
                 "softmax scores, and mechanism '", mechanism, "' has none");
-    const auto terms = functional::kv_pos_key_terms(pos_weight->to(q.scalar_type()),
-                                                    pos_bias->to(q.scalar_type()), k.size(2));
-    options.score_gain(terms.first).score_bias(terms.second);
+    options = functional::with_kv_pos_terms(options, *pos_weight, *pos_bias, k.size(2),
+                                            q.scalar_type());
   }
   return info.fn(q, k, v, alpha ? *alpha : Tensor(), options);
 }

@@ -1,6 +1,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "kvq/functional/options.h"
+
 namespace kvq {
 namespace functional {
 
@@ -30,6 +32,13 @@ std::pair<torch::Tensor, torch::Tensor> kv_pos_score_terms(const torch::Tensor& 
 std::pair<torch::Tensor, torch::Tensor> kv_pos_key_terms(const torch::Tensor& pos_weight,
                                                          const torch::Tensor& pos_bias,
                                                          int64_t cols);
+
+// `options` with kv-pos's terms for `cols` keys as score_gain / score_bias (kv_pos_key_terms of
+// pos_weight and pos_bias cast to `dtype`): how the module, the ops and the benchmarks run kv-pos.
+AttentionFuncOptions with_kv_pos_terms(AttentionFuncOptions options,
+                                       const torch::Tensor& pos_weight,
+                                       const torch::Tensor& pos_bias, int64_t cols,
+                                       torch::ScalarType dtype);
 
 }  // namespace functional
 }  // namespace kvq
