@@ -28,6 +28,42 @@ Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, con
   return functional::linear_identity_attention(q, k, v, o);
 }
 
+// Decoding (kvq/functional/decoding.h) behind the registry's uniform signatures.
+using functional::DecodeState;
+using Prefilled = std::pair<Tensor, DecodeState>;
+Prefilled softmax_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                          const AttentionFuncOptions& o) {
+  return functional::softmax_prefill(q, k, v, o);
+}
+Tensor softmax_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                    const Tensor&, const AttentionFuncOptions& o) {
+  return functional::softmax_step(s, q, k, v, o);
+}
+Prefilled linear_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                         const AttentionFuncOptions& o) {
+  return functional::linear_prefill(q, k, v, o);
+}
+Tensor linear_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                   const AttentionFuncOptions& o) {
+  return functional::linear_step(s, q, k, v, o);
+}
+Prefilled linear_identity_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                                  const AttentionFuncOptions& o) {
+  return functional::linear_identity_prefill(q, k, v, o);
+}
+Tensor linear_identity_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor&, const AttentionFuncOptions& o) {
+  return functional::linear_identity_step(s, q, k, v, o);
+}
+Tensor intention_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tensor&, const AttentionFuncOptions& o) {
+  return functional::intention_step(s, q, k, v, o);
+}
+Tensor softmax_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor&, const AttentionFuncOptions& o) {
+  return functional::softmax_intention_step(s, q, k, v, o);
+}
+
 // The FLOP formulas, per (batch, head), with n = T, C = min(chunk, T), N = ceil(n / C):
 //   softmax, kv, kv-pos    non-causal 2 n^2 (d + dv)            Q K^T and P V
 //                          causal     n (n + 1) (d + dv)        only the pairs s <= t (as
@@ -121,32 +157,36 @@ std::string joined(const std::vector<std::string>& names) {
 }  // namespace
 
 const std::vector<MechanismInfo>& mechanisms() {
-  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs.
+  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs,
+  // decoding prefill and step.
   // kv and kv-pos are the softmax mechanism behind Borji's projections.
   static const std::vector<MechanismInfo> table = {
       {"softmax", Projection::QKV, false, true, softmax_fn,
        "softmax(Q K^T scale) V (Vaswani et al. 2017)", Family::Softmax, "kvq::softmax",
-       softmax_flops},
+       softmax_flops, softmax_prefill, softmax_step},
       {"kv", Projection::KV, false, true, softmax_fn,
        "softmax(K K^T scale) V: tied query and key projections (Borji 2023)", Family::Softmax,
-       "kvq::kv", softmax_flops},
+       "kvq::kv", softmax_flops, softmax_prefill, softmax_step},
       {"kv-pos", Projection::KVPos, false, true, softmax_fn,
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
-       Family::Softmax, "kvq::kv_pos", softmax_flops},
+       Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step},
       {"linear", Projection::QKV, false, false, linear_fn,
-       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
-       Family::Linear, "kvq::linear", linear_flops},
+       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)", Family::Linear,
+       "kvq::linear", linear_flops, linear_prefill, linear_step},
       {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
-       "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops},
+       "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops,
+       linear_identity_prefill, linear_identity_step},
       {"intention", Projection::QKV, true, false, functional::intention,
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
-       "kvq::intention", intention_flops},
+       "kvq::intention", intention_flops, functional::intention_prefill, intention_step},
       {"softmax-intention", Projection::QKV, true, true, functional::softmax_intention,
        "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
-       "kvq::softmax_intention", softmax_intention_flops},
+       "kvq::softmax_intention", softmax_intention_flops, functional::softmax_intention_prefill,
+       softmax_intention_step},
       {"kernel-intention", Projection::QKV, true, false, functional::kernel_intention,
        "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)", Family::LeastSquares,
-       "kvq::kernel_intention", kernel_intention_flops},
+       "kvq::kernel_intention", kernel_intention_flops, functional::kernel_intention_prefill,
+       functional::kernel_intention_step},
   };
   return table;
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Umbrella header of the kvq library.
 #include "kvq/functional/cholesky_update.h"
+#include "kvq/functional/decoding.h"
 #include "kvq/functional/intention.h"
 #include "kvq/functional/kernel_intention.h"
 #include "kvq/functional/linear_attention.h"
