@@ -8,6 +8,7 @@
 #include "kvq/functional/options.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/functional/softmax_attention.h"
+#include "kvq/modules/attention_cache.h"
 #include "kvq/modules/multi_head_kvq.h"
 #include "kvq/modules/state_dict.h"
 #include "kvq/registry.h"
