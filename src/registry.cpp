@@ -28,41 +28,24 @@ Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, con
   return functional::linear_identity_attention(q, k, v, o);
 }
 
-// Decoding (kvq/functional/decoding.h) behind the registry's uniform signatures.
+// The decoding functions of the mechanisms whose prefill or step takes no alpha, behind the
+// registry's uniform signatures (kvq/functional/decoding.h).
 using functional::DecodeState;
 using Prefilled = std::pair<Tensor, DecodeState>;
-Prefilled softmax_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
-                          const AttentionFuncOptions& o) {
-  return functional::softmax_prefill(q, k, v, o);
+template <Prefilled (*Prefill)(const Tensor&, const Tensor&, const Tensor&,
+                               const AttentionFuncOptions&)>
+Prefilled prefill_without_alpha(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                                const AttentionFuncOptions& o) {
+  return Prefill(q, k, v, o);
 }
-Tensor softmax_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                    const Tensor&, const AttentionFuncOptions& o) {
-  return functional::softmax_step(s, q, k, v, o);
+template <Tensor (*Step)(DecodeState&, const Tensor&, const Tensor&, const Tensor&,
+                         const AttentionFuncOptions&)>
+Tensor step_without_alpha(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor&, const AttentionFuncOptions& o) {
+  return Step(s, q, k, v, o);
 }
-Prefilled linear_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
-                         const AttentionFuncOptions& o) {
-  return functional::linear_prefill(q, k, v, o);
-}
-Tensor linear_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
-                   const AttentionFuncOptions& o) {
-  return functional::linear_step(s, q, k, v, o);
-}
-Prefilled linear_identity_prefill(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
-                                  const AttentionFuncOptions& o) {
-  return functional::linear_identity_prefill(q, k, v, o);
-}
-Tensor linear_identity_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                            const Tensor&, const AttentionFuncOptions& o) {
-  return functional::linear_identity_step(s, q, k, v, o);
-}
-Tensor intention_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                      const Tensor&, const AttentionFuncOptions& o) {
-  return functional::intention_step(s, q, k, v, o);
-}
-Tensor softmax_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                              const Tensor&, const AttentionFuncOptions& o) {
-  return functional::softmax_intention_step(s, q, k, v, o);
-}
+const auto softmax_prefill = prefill_without_alpha<functional::softmax_prefill>;
+const auto softmax_step = step_without_alpha<functional::softmax_step>;
 
 // The FLOP formulas, per (batch, head), with n = T, C = min(chunk, T), N = ceil(n / C):
 //   softmax, kv, kv-pos    non-causal 2 n^2 (d + dv)            Q K^T and P V
@@ -171,18 +154,22 @@ const std::vector<MechanismInfo>& mechanisms() {
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
        Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step},
       {"linear", Projection::QKV, false, false, linear_fn,
-       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)", Family::Linear,
-       "kvq::linear", linear_flops, linear_prefill, linear_step},
+       "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
+       Family::Linear, "kvq::linear", linear_flops,
+       prefill_without_alpha<functional::linear_prefill>,
+       step_without_alpha<functional::linear_step>},
       {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
        "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops,
-       linear_identity_prefill, linear_identity_step},
+       prefill_without_alpha<functional::linear_identity_prefill>,
+       step_without_alpha<functional::linear_identity_step>},
       {"intention", Projection::QKV, true, false, functional::intention,
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
-       "kvq::intention", intention_flops, functional::intention_prefill, intention_step},
+       "kvq::intention", intention_flops, functional::intention_prefill,
+       step_without_alpha<functional::intention_step>},
       {"softmax-intention", Projection::QKV, true, true, functional::softmax_intention,
        "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
        "kvq::softmax_intention", softmax_intention_flops, functional::softmax_intention_prefill,
-       softmax_intention_step},
+       step_without_alpha<functional::softmax_intention_step>},
       {"kernel-intention", Projection::QKV, true, false, functional::kernel_intention,
        "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)", Family::LeastSquares,
        "kvq::kernel_intention", kernel_intention_flops, functional::kernel_intention_prefill,

@@ -90,7 +90,7 @@ void cache_row(DecodeState& s, const Tensor& k, const Tensor& v) {
   if (v.defined()) s.values.narrow(2, s.length, 1).copy_(v);
 }
 
-// ---- Checks ----
+// ---- States and checks ----
 
 DecodeState new_state(const char* mechanism, const Dims& dims) {
   DecodeState s;
@@ -125,10 +125,9 @@ void check_step(const char* op, const char* mechanism, const DecodeState& s, con
   expect("q", q, s.dim, "(B, H, 1, d)");
   expect("k", k, s.dim, "(B, H, 1, d)");
   expect("v", v, s.value_dim, "(B, H, 1, dv)");
-  const auto device = (s.keys.defined()     ? s.keys
-                       : s.kv_sum.defined() ? s.kv_sum
-                                            : s.factor)
-                          .device();
+  auto held = s.keys;  // every state holds keys, kv_sum or factor
+  if (!held.defined()) held = s.kv_sum.defined() ? s.kv_sum : s.factor;
+  const auto device = held.device();
   for (const auto* x : {&q, &k, &v}) {
     TORCH_CHECK(x->scalar_type() == q.scalar_type() && x->device() == device, op,
                 ": q, k and v must have one dtype and be on the state's device ", device, ", got ",
@@ -304,26 +303,23 @@ Tensor softmax_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, 
 std::pair<Tensor, DecodeState> kernel_intention_prefill(const Tensor& q, const Tensor& k,
                                                         const Tensor& v, const Tensor& alpha,
                                                         const AttentionFuncOptions& options) {
-  const auto o = prefill_options(options);
   const auto dims = check_prefill("kernel_intention_prefill", q, k, v, options);
   check_alpha("kernel_intention_prefill", alpha, dims.heads);
   auto s = new_state("kernel_intention", dims);
   const auto dtype = solve_dtype(q.scalar_type());
   const int64_t capacity = capacity_for(dims.n + 1);
-  Tensor out;
+  CausalKernelParts parts;  // L and Z of the prefix
   if (dims.n == 0) {
-    out = empty_output(q, dims);
-    s.factor = torch::zeros({dims.batch, dims.heads, capacity, capacity}, k.options().dtype(dtype));
-    s.kernel_values =
-        torch::zeros({dims.batch, dims.heads, capacity, dims.dv}, k.options().dtype(dtype));
+    parts.out = empty_output(q, dims);
+    parts.factor = k.new_zeros({dims.batch, dims.heads, 0, 0}, k.options().dtype(dtype));
+    parts.z = k.new_zeros({dims.batch, dims.heads, 0, dims.dv}, k.options().dtype(dtype));
   } else {
-    const auto parts = causal_kernel_intention(kernel_system(q, k, v, alpha, o));
-    out = parts.out.to(q.scalar_type());
-    s.factor = with_capacity(parts.factor, {2, 3}, capacity);
-    s.kernel_values = with_capacity(parts.z, {2}, capacity);
+    parts = causal_kernel_intention(kernel_system(q, k, v, alpha, prefill_options(options)));
   }
+  s.factor = with_capacity(parts.factor, {2, 3}, capacity);
+  s.kernel_values = with_capacity(parts.z, {2}, capacity);
   cache_prefix(s, k.to(dtype), Tensor(), options.key_padding_mask());
-  return {out, std::move(s)};
+  return {parts.out.to(q.scalar_type()), std::move(s)};
 }
 
 Tensor kernel_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -340,8 +336,9 @@ Tensor kernel_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, c
   const auto kappa_keys = [&](const Tensor& x, int64_t rows) {
     auto kappa =
         torch::exp(torch::matmul(leading(s.keys, {2}, rows), (x * scale).transpose(-2, -1)));
-    if (mask.defined())
+    if (mask.defined()) {
       kappa = kappa.masked_fill(mask.narrow(1, 0, rows).view({s.batch, 1, rows, 1}), 0);
+    }
     return kappa;
   };
   // The new row of L: l = L^{-1} c, L_tt = sqrt(kappa(k_t, k_t) + alpha - l . l).
@@ -351,10 +348,9 @@ Tensor kernel_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, c
   const auto pivot = torch::exp(torch::matmul(kd * scale, kd.transpose(-2, -1))) +
                      alpha_for_heads(alpha.to(kd.device(), dtype)) -
                      l.pow(2).sum(2, /*keepdim=*/true);  // (B, H, 1, 1)
-  TORCH_CHECK(pivot.gt(0).all().item<bool>(),
-              "kernel_intention_step: kappa(K, K) + alpha I is not "
-              "numerically positive definite in ",
-              dtype, "; increase alpha relative to the kernel's scale, or compute in float64");
+  TORCH_CHECK(pivot.gt(0).all().item<bool>(), "kernel_intention_step: kappa(K, K) + alpha I is "
+              "not numerically positive definite in ", dtype,
+              "; increase alpha relative to the kernel's scale, or compute in float64");
   const auto diag = pivot.sqrt();
   const auto z = (vd - torch::matmul(l.transpose(-2, -1), leading(s.kernel_values, {2}, t))) / diag;
   auto row = s.factor.narrow(2, t, 1);

@@ -63,11 +63,10 @@ torch::Tensor LanguageModelImpl::embed(const torch::Tensor& tokens, int64_t firs
 }
 
 void LanguageModelImpl::check_window(const char* op, const torch::Tensor& tokens) const {
-  TORCH_CHECK(
-      tokens.dim() == 2 && tokens.size(1) >= 1 && tokens.size(1) <= options.context_length(),
-      "LanguageModel", op,
-      ": sequence length T must be in [1, context_length = ", options.context_length(),
-      "], got tokens of shape ", tokens.sizes());
+  const int64_t context = options.context_length();
+  TORCH_CHECK(tokens.dim() == 2 && tokens.size(1) >= 1 && tokens.size(1) <= context,
+              "LanguageModel", op, ": sequence length T must be in [1, context_length = ", context,
+              "], got tokens of shape ", tokens.sizes());
 }
 
 torch::Tensor LanguageModelImpl::forward(const torch::Tensor& tokens) {
@@ -99,8 +98,8 @@ torch::Tensor LanguageModelImpl::step(const torch::Tensor& tokens, LanguageModel
               tokens.sizes());
   TORCH_CHECK(position < options.context_length(), "LanguageModel::step: the cache holds ",
               position, " tokens, context_length = ", options.context_length(),
-              " already: a new token has no position; slide the window (prefill the last "
-              "context_length tokens)");
+              " already, all its positions: slide the window and run the last context_length "
+              "tokens again (forward or prefill)");
   auto x = embed(tokens, position);
   for (size_t i = 0; i < blocks->size(); ++i) {
     x = blocks->ptr<TransformerBlockImpl>(i)->step(x, cache.layers[i]);
