@@ -1,7 +1,6 @@
 #include "kvq/functional/intention.h"
 
 #include "functional/checks.h"
-#include "functional/chunked_causal.h"
 #include "functional/least_squares.h"
 #include "functional/softmax_mixer.h"
 
@@ -10,6 +9,7 @@ namespace functional {
 namespace detail {
 
 torch::Tensor cholesky_checked(const char* op, const char* what, const torch::Tensor& a) {
+  if (!a.device().is_cpu()) return cholesky_or_nan(a);  // reading info would synchronise
   auto [factor, info] = torch::linalg_cholesky_ex(a);
   TORCH_CHECK(!info.ne(0).any().item<bool>(), op, ": ", what,
               " is not numerically positive definite in ", a.scalar_type(),
@@ -21,49 +21,6 @@ torch::Tensor regularised_gram(const torch::Tensor& k, const torch::Tensor& alph
   auto gram = torch::matmul(k.transpose(-2, -1), k);
   auto eye = torch::eye(k.size(-1), k.options());
   return gram + alpha_for_heads(alpha) * eye;
-}
-
-CausalChunkFactors causal_chunk_factors(const char* op, const torch::Tensor& q,
-                                        const torch::Tensor& k, const torch::Tensor& alpha,
-                                        int64_t chunk) {
-  CausalChunkFactors f;
-  f.length = q.size(2);
-  f.chunk = std::min(chunk, f.length);
-  const int64_t d = q.size(3);
-  f.qc = split_chunks(q, f.chunk);  // (B, H, N, C, d)
-  f.kc = split_chunks(k, f.chunk);
-  auto kct = f.kc.transpose(-2, -1);
-  auto eye_d = torch::eye(d, q.options());
-  auto alpha_chunks = alpha.dim() == 0 ? alpha : alpha.view({1, -1, 1, 1, 1});
-  auto a0 = exclusive_chunk_cumsum(torch::matmul(kct, f.kc)) + alpha_chunks * eye_d;
-  f.a0_factor = cholesky_checked(op, "alpha I + K^T K of the earlier chunks", a0);
-  f.p = torch::cholesky_solve(eye_d.expand_as(a0), f.a0_factor);
-  auto kp = torch::matmul(f.kc, f.p);
-  auto m = torch::matmul(kp, kct) + torch::eye(f.chunk, q.options());
-  f.m_factor = cholesky_checked(op, "I + K_c P K_c^T", m);
-  f.r = torch::linalg_solve_triangular(f.m_factor, kp, /*upper=*/false);
-  return f;
-}
-
-torch::Tensor causal_least_squares_queries(const char* op, const torch::Tensor& q,
-                                           const torch::Tensor& k, const torch::Tensor& alpha,
-                                           int64_t chunk) {
-  const auto f = causal_chunk_factors(op, q, k, alpha, chunk);
-  auto qr = torch::matmul(f.qc, f.r.transpose(-2, -1)).tril();
-  return merge_chunks(torch::matmul(f.qc, f.p) - torch::matmul(qr, f.r), f.length);
-}
-
-torch::Tensor causal_intention_output(const char* op, const torch::Tensor& q,
-                                      const torch::Tensor& k, const torch::Tensor& v,
-                                      const torch::Tensor& alpha, int64_t chunk) {
-  const auto f = causal_chunk_factors(op, q, k, alpha, chunk);
-  auto vc = split_chunks(v, f.chunk);
-  auto b0 = exclusive_chunk_cumsum(torch::matmul(f.kc.transpose(-2, -1), vc));
-  auto w0 = torch::cholesky_solve(b0, f.a0_factor);  // ridge weights at the chunk start
-  auto residual = torch::linalg_solve_triangular(f.m_factor, vc - torch::matmul(f.kc, w0),
-                                                 /*upper=*/false);
-  auto qr = torch::matmul(f.qc, f.r.transpose(-2, -1)).tril();
-  return merge_chunks(torch::matmul(f.qc, w0) + torch::matmul(qr, residual), f.length);
 }
 
 }  // namespace detail
