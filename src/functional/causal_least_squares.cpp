@@ -3,7 +3,7 @@
 #include "functional/chunked_causal.h"
 #include "functional/kernel_views.h"
 #include "functional/least_squares.h"
-#include "kernels/cpu/causal_least_squares_kernel.h"
+#include "kernels/cpu/least_squares_kernel.h"
 
 namespace kvq {
 namespace functional {
@@ -16,7 +16,7 @@ using torch::autograd::variable_list;
 
 int64_t num_chunks(int64_t length, int64_t chunk) { return (length + chunk - 1) / chunk; }
 
-// The saved per-chunk factors of the kernel (see causal_least_squares_kernel.h).
+// The saved per-chunk factors of the kernel (see least_squares_kernel.h).
 struct KernelFactors {
   torch::Tensor p, r, w0, e;
 };
@@ -66,10 +66,7 @@ torch::Tensor kernel_forward(AutogradContext* ctx, const torch::Tensor& q_in,
     failure = cpu::causal_least_squares_forward(kernel_params<scalar_t>(q, k, v, alpha, f, chunk),
                                                 heads_view<scalar_t>(out));
   });
-  TORCH_CHECK(!failure.failed, op, ": ", failure.matrix, " (batch ", failure.batch, ", head ",
-              failure.head, ", chunk ", failure.chunk, ") is not numerically positive definite in ",
-              q.scalar_type(), "; increase alpha relative to the scale of the keys, or compute in "
-              "float64");
+  check_factorisation(op, failure, q.scalar_type(), /*causal=*/true);
   ctx->save_for_backward({q, k, v, alpha, f.p, f.r, f.w0, f.e, v.defined() ? torch::Tensor() : out});
   ctx->saved_data["chunk"] = chunk;
   return out;
@@ -133,6 +130,15 @@ bool takes_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::T
 }
 
 }  // namespace
+
+void check_factorisation(const char* op, const kernels::cpu::FactorFailure& failure,
+                         torch::ScalarType dtype, bool causal) {
+  if (!failure.failed) return;
+  TORCH_CHECK(false, op, ": ", failure.matrix, " (batch ", failure.batch, ", head ", failure.head,
+              causal ? ", chunk " + std::to_string(failure.chunk) : std::string(),
+              ") is not numerically positive definite in ", dtype,
+              "; increase alpha relative to the scale of the keys, or compute in float64");
+}
 
 torch::Tensor cholesky_or_nan(const torch::Tensor& a) {
   auto [factor, info] = torch::linalg_cholesky_ex(a);

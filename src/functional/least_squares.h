@@ -2,6 +2,8 @@
 // Building blocks of the least-squares (intention) mechanisms, without argument checks.
 #include <torch/torch.h>
 
+#include "kernels/cpu/least_squares_kernel.h"
+
 namespace kvq {
 namespace functional {
 namespace detail {
@@ -11,12 +13,22 @@ namespace detail {
 // other devices it is cholesky_or_nan (no host synchronisation).
 torch::Tensor cholesky_checked(const char* op, const char* what, const torch::Tensor& a);
 
+// Raises the error for a kernel's factorisation failure: the op, the matrix, where (batch, head,
+// and chunk when causal), the dtype and the remedy. Does nothing when nothing failed.
+void check_factorisation(const char* op, const kernels::cpu::FactorFailure& failure,
+                         torch::ScalarType dtype, bool causal);
+
 // Lower Cholesky factor of the batch a (..., d, d); the factor of a matrix that is not numerically
 // positive definite is all NaN, so the failure reaches the result without a host synchronisation.
 torch::Tensor cholesky_or_nan(const torch::Tensor& a);
 
 // K^T K + alpha I: k (B, H, n, d), alpha () or (H) -> (B, H, d, d).
 torch::Tensor regularised_gram(const torch::Tensor& k, const torch::Tensor& alpha);
+
+// Non-causal intention Q (K^T K + alpha I)^{-1} K^T V by LibTorch ops with the closed-form
+// backward (docs/mechanisms.md): every device and dtype without the fused CPU kernel.
+torch::Tensor intention_composed(const torch::Tensor& q, const torch::Tensor& k,
+                                 const torch::Tensor& v, const torch::Tensor& alpha);
 
 // Steps 1-4 of the chunk-parallel causal algorithm for chunks of c rows (N chunks):
 //   A0 = alpha I + sum of earlier chunks' K^T K = L0 L0^T, P = A0^{-1},
@@ -39,7 +51,7 @@ CausalChunkFactors causal_chunk_factors(const torch::Tensor& q, const torch::Ten
 //   W0 = A0^{-1} B0,  O_c = Q_c W0 + tril(Q_c R^T) L^{-1} (V_c - K_c W0),
 // algebraically equal to Q~ B0 + tril(Q~ K_c^T) V_c but free of its cancellation (in float32 it is
 // as accurate as per-token solves). q, k (B, H, T, d), v (B, H, T, dv) -> (B, H, T, dv).
-// CPU float32/float64 run the fused kernel (src/kernels/cpu/causal_least_squares_kernel.h) with
+// CPU float32/float64 run the fused kernel (src/kernels/cpu/least_squares_kernel.h) with
 // its analytic backward, reporting a factorisation failure with an error naming `op`; everything
 // else runs causal_intention_composed. chunk is clamped to [1, T].
 torch::Tensor causal_intention_output(const char* op, const torch::Tensor& q,

@@ -1,6 +1,14 @@
 #pragma once
-// Causal least squares on the CPU, fused over chunks (kernel layer: parameter structs, never
-// tensors; binding in src/functional/causal_least_squares.cpp). Per (batch, head), with
+// Least squares (intention) on the CPU (kernel layer: parameter structs, never tensors; bindings
+// in src/functional/intention.cpp and src/functional/causal_least_squares.cpp).
+//
+// Non-causal intention, per (batch, head), one fused call instead of a dozen LibTorch ops (what
+// dominates at short lengths):
+//   forward   A = K^T K + alpha I = L L^T, W = A^{-1} K^T V, O = Q W     (saves L and W)
+//   backward  G = A^{-1} Q^T dO, dQ = dO W^T, dV = K G, dK = V G^T - K (G W^T + W G^T),
+//             dalpha = -sum(G * W)
+//
+// Causal least squares, fused over chunks. Per (batch, head), with
 //   A_t = alpha I + sum_{s<=t} k_s k_s^T,  B_t = sum_{s<=t} k_s v_s^T,  u_t = A_t^{-1} q_t,
 // two outputs are offered:
 //   values   o_t = B_t^T u_t                      causal intention (Garnelo & Czarnecki 2023)
@@ -29,6 +37,14 @@ namespace kvq {
 namespace kernels {
 namespace cpu {
 
+// Where a factorisation failed: the first failing (batch, head), the chunk (causal; 0 otherwise),
+// and which matrix.
+struct FactorFailure {
+  bool failed = false;
+  int64_t batch = 0, head = 0, chunk = 0;
+  const char* matrix = "";
+};
+
 template <typename T>
 struct CausalLeastSquaresParams {
   int64_t batch = 0, heads = 0, length = 0, d = 0;
@@ -42,13 +58,24 @@ struct CausalLeastSquaresParams {
   T *p = nullptr, *r = nullptr, *w0 = nullptr, *e = nullptr;
 };
 
-// Where a factorisation failed: the first (batch, head, chunk) in scan order of the first
-// failing head found, and which matrix.
-struct FactorFailure {
-  bool failed = false;
-  int64_t batch = 0, head = 0, chunk = 0;
-  const char* matrix = "";
+template <typename T>
+struct LeastSquaresParams {
+  int64_t batch = 0, heads = 0, m = 0, n = 0, d = 0, dv = 0;
+  HeadsView<const T> q, k, v;      // (B, H, m, d), (B, H, n, d), (B, H, n, dv)
+  const T* alpha = nullptr;        // alpha of head h at alpha[h * alpha_stride]
+  int64_t alpha_stride = 0;
+  // Saved for the backward, contiguous: L (B, H, d, d) (lower triangle) and W (B, H, d, dv).
+  T *factor = nullptr, *weights = nullptr;
 };
+
+template <typename T>
+FactorFailure intention_forward(const LeastSquaresParams<T>& params, const HeadsView<T>& out);
+
+// Gradients are written (not accumulated); grad_alpha (B * H) receives each head's -sum(G * W).
+template <typename T>
+void intention_backward(const LeastSquaresParams<T>& params, const HeadsView<const T>& grad_out,
+                        const HeadsView<T>& grad_q, const HeadsView<T>& grad_k,
+                        const HeadsView<T>& grad_v, T* grad_alpha);
 
 // values (dv > 0): out (B, H, T, dv) = o; queries (dv == 0): out (B, H, T, d) = u.
 template <typename T>

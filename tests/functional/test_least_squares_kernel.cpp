@@ -1,6 +1,6 @@
-// The fused causal least-squares kernel (src/kernels/cpu/causal_least_squares_kernel.cpp: causal
-// intention and the preconditioner of causal softmax-intention on CPU float32/float64) and its
-// analytic backward: against autograd through the float64 per-token oracle, against the LibTorch
+// The fused least-squares kernels (src/kernels/cpu/least_squares_kernel.cpp: non-causal and causal
+// intention and the preconditioner of causal softmax-intention on CPU float32/float64) and their
+// analytic backwards: against autograd through the float64 per-token oracle, against the LibTorch
 // composition other devices run, in float32 against that composition's accuracy, and its
 // factorisation error.
 #include "functional/least_squares.h"
@@ -191,6 +191,20 @@ TEST(CausalLeastSquaresKernel, MatchesTheComposition) {
            "relerr", err);
     EXPECT_LE(err, kTolSolve64);
   }
+}
+
+// The non-causal fused kernel against the LibTorch closed form, cross-attention with alpha (H).
+TEST(LeastSquaresKernel, NonCausalMatchesTheComposition) {
+  Case c;
+  c.B = 2, c.H = 3, c.m = 9, c.n = 23, c.d = 6, c.dv = 4, c.alpha_per_head = true;
+  c.alpha_base = 0.01;
+  const auto in = make_inputs(c, 12);
+  auto ours = [&](const Inputs& x) { return F::intention(x.q, x.k, x.v, x.alpha, {}); };
+  auto composed = [&](const Inputs& x) { return D::intention_composed(x.q, x.k, x.v, x.alpha); };
+  const double err = worst_rel_err(output_and_grads(ours, in, 5), output_and_grads(composed, in, 5));
+  report("intention fused non-causal vs LibTorch closed form cross(m=9,n=23) alpha(H) fp64 "
+         "out+grads", "relerr", err);
+  EXPECT_LE(err, kTolSolve64);
 }
 
 // float32: the kernel is at least as accurate as the composition's residual form against the fp64

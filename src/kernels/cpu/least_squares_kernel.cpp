@@ -1,4 +1,4 @@
-#include "kernels/cpu/causal_least_squares_kernel.h"
+#include "kernels/cpu/least_squares_kernel.h"
 
 #include <ATen/Parallel.h>
 
@@ -42,6 +42,52 @@ struct ChunkFactors {
   T* W0(int64_t c) const { return p.w0 + index(c) * p.d * p.dv; }
   T* E(int64_t c) const { return p.e + index(c) * p.chunk * p.dv; }
 };
+
+template <typename T>
+FactorFailure intention_head(const LeastSquaresParams<T>& p, const HeadsView<T>& out, int64_t b,
+                             int64_t h) {
+  const int64_t d = p.d, dv = p.dv, bh = b * p.heads + h;
+  const T *Q = p.q.row(b, h, 0), *K = p.k.row(b, h, 0), *V = p.v.row(b, h, 0);
+  const int64_t qs = p.q.row_stride, ks = p.k.row_stride, vs = p.v.row_stride;
+  T *L = p.factor + bh * d * d, *W = p.weights + bh * d * dv;
+  gemm(true, false, d, d, p.n, T(1), K, ks, K, ks, T(0), L, d);
+  const T alpha = p.alpha[h * p.alpha_stride];
+  for (int64_t i = 0; i < d; ++i) L[i * d + i] += alpha;
+  if (!cholesky(d, L, d)) return {true, b, h, 0, "K^T K + alpha I"};
+  gemm(true, false, d, dv, p.n, T(1), K, ks, V, vs, T(0), W, dv);
+  trsm(true, true, false, d, dv, T(1), L, d, W, dv);
+  trsm(true, true, true, d, dv, T(1), L, d, W, dv);
+  gemm(false, false, p.m, dv, d, T(1), Q, qs, W, dv, T(0), out.row(b, h, 0), out.row_stride);
+  return {};
+}
+
+template <typename T>
+void intention_backward_head(const LeastSquaresParams<T>& p, const HeadsView<const T>& grad_out,
+                             const HeadsView<T>& grad_q, const HeadsView<T>& grad_k,
+                             const HeadsView<T>& grad_v, T* grad_alpha, int64_t b, int64_t h,
+                             std::vector<T>& scratch) {
+  const int64_t d = p.d, dv = p.dv, bh = b * p.heads + h;
+  const T *Q = p.q.row(b, h, 0), *K = p.k.row(b, h, 0), *V = p.v.row(b, h, 0);
+  const T* dO = grad_out.row(b, h, 0);
+  const int64_t qs = p.q.row_stride, ks = p.k.row_stride, vs = p.v.row_stride,
+                gs = grad_out.row_stride;
+  const T *L = p.factor + bh * d * d, *W = p.weights + bh * d * dv;
+  scratch.resize(d * dv + d * d);
+  T *G = scratch.data(), *S = G + d * dv;
+  gemm(true, false, d, dv, p.m, T(1), Q, qs, dO, gs, T(0), G, dv);
+  trsm(true, true, false, d, dv, T(1), L, d, G, dv);
+  trsm(true, true, true, d, dv, T(1), L, d, G, dv);
+  gemm(false, true, p.m, d, dv, T(1), dO, gs, W, dv, T(0), grad_q.row(b, h, 0), grad_q.row_stride);
+  gemm(false, false, p.n, dv, d, T(1), K, ks, G, dv, T(0), grad_v.row(b, h, 0), grad_v.row_stride);
+  gemm(false, true, d, d, dv, T(1), G, dv, W, dv, T(0), S, d);
+  gemm(false, true, d, d, dv, T(1), W, dv, G, dv, T(1), S, d);
+  T* dK = grad_k.row(b, h, 0);
+  gemm(false, true, p.n, d, dv, T(1), V, vs, G, dv, T(0), dK, grad_k.row_stride);
+  gemm(false, false, p.n, d, d, T(-1), K, ks, S, d, T(1), dK, grad_k.row_stride);
+  double dalpha = 0;
+  for (int64_t i = 0; i < d * dv; ++i) dalpha -= double(G[i]) * double(W[i]);
+  grad_alpha[bh] = T(dalpha);
+}
 
 template <typename T>
 FactorFailure forward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<T>& out,
@@ -175,7 +221,39 @@ void backward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<const T
   grad_alpha[b * p.heads + h] = T(dalpha);
 }
 
+// The first failure in (batch, head) order.
+FactorFailure first_failure(const std::vector<FactorFailure>& failures) {
+  for (const auto& f : failures) {
+    if (f.failed) return f;
+  }
+  return {};
+}
+
 }  // namespace
+
+template <typename T>
+FactorFailure intention_forward(const LeastSquaresParams<T>& p, const HeadsView<T>& out) {
+  std::vector<FactorFailure> failures(p.batch * p.heads);
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      failures[bh] = intention_head(p, out, bh / p.heads, bh % p.heads);
+    }
+  });
+  return first_failure(failures);
+}
+
+template <typename T>
+void intention_backward(const LeastSquaresParams<T>& p, const HeadsView<const T>& grad_out,
+                        const HeadsView<T>& grad_q, const HeadsView<T>& grad_k,
+                        const HeadsView<T>& grad_v, T* grad_alpha) {
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      intention_backward_head(p, grad_out, grad_q, grad_k, grad_v, grad_alpha, bh / p.heads,
+                              bh % p.heads, scratch);
+    }
+  });
+}
 
 template <typename T>
 FactorFailure causal_least_squares_forward(const CausalLeastSquaresParams<T>& p,
@@ -187,10 +265,7 @@ FactorFailure causal_least_squares_forward(const CausalLeastSquaresParams<T>& p,
       failures[bh] = forward_head(p, out, bh / p.heads, bh % p.heads, scratch);
     }
   });
-  for (const auto& f : failures) {
-    if (f.failed) return f;
-  }
-  return {};
+  return first_failure(failures);
 }
 
 template <typename T>
@@ -208,6 +283,10 @@ void causal_least_squares_backward(const CausalLeastSquaresParams<T>& p,
 }
 
 #define KVQ_INSTANTIATE(T)                                                                       \
+  template FactorFailure intention_forward<T>(const LeastSquaresParams<T>&, const HeadsView<T>&); \
+  template void intention_backward<T>(const LeastSquaresParams<T>&, const HeadsView<const T>&,   \
+                                      const HeadsView<T>&, const HeadsView<T>&,                 \
+                                      const HeadsView<T>&, T*);                                 \
   template FactorFailure causal_least_squares_forward<T>(const CausalLeastSquaresParams<T>&,    \
                                                          const HeadsView<T>&);                  \
   template void causal_least_squares_backward<T>(                                               \
