@@ -1,6 +1,7 @@
 #include "generate_command.h"
 
 #include <CLI/CLI.hpp>
+#include <iomanip>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -26,12 +27,27 @@ void add_run_options(CLI::App* cmd, std::string& run_dir, std::string& checkpoin
       ->capture_default_str();
 }
 
+void add_cache_flag(CLI::App* cmd, bool& no_cache) {
+  cmd->add_flag("--no-cache", no_cache,
+                "Decode without the attention caches: run the whole prefix again for every token "
+                "(the reference path, for comparison; same output)");
+}
+
+// The speed line on stderr, so that stdout holds the text alone.
+void report_speed(const char* what, int64_t tokens, double seconds, bool no_cache) {
+  std::cerr << std::fixed << std::setprecision(2) << what << " " << tokens << " tokens in "
+            << seconds << " s: " << std::setprecision(1)
+            << (seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0) << " tokens/s ("
+            << (no_cache ? "--no-cache" : "cached") << ")" << std::endl;
+}
+
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
   struct Options {
     std::string run_dir, checkpoint = "best", prompt;
     models::GenerateOptions generate = models::GenerateOptions().max_new_tokens(500);
+    bool no_cache = false;
   };
   auto o = std::make_shared<Options>();
   auto* cmd = app.add_subcommand(
@@ -49,11 +65,14 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--seed", o->generate.seed(), "Seed of the sampling")->capture_default_str();
+  add_cache_flag(cmd, o->no_cache);
   cmd->callback([o] {
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
-    std::cout << tasks::generate_from_run(config, run, o->prompt, o->generate, o->checkpoint)
-              << std::endl;
+    o->generate.use_cache(!o->no_cache);
+    const auto out = tasks::generate_from_run(config, run, o->prompt, o->generate, o->checkpoint);
+    std::cout << out.text << std::endl;
+    report_speed("generated", out.new_tokens, out.seconds, o->no_cache);
   });
 }
 
@@ -61,6 +80,7 @@ void add_translate_command(CLI::App& app) {
   struct Options {
     std::string run_dir, checkpoint = "best";
     std::vector<std::string> texts;
+    bool no_cache = false;
   };
   auto o = std::make_shared<Options>();
   auto* cmd = app.add_subcommand(
@@ -68,6 +88,7 @@ void add_translate_command(CLI::App& app) {
       "Translate sentences with a translation run (greedy); without --text, one per stdin line");
   add_run_options(cmd, o->run_dir, o->checkpoint);
   cmd->add_option("--text", o->texts, "Sentence to translate (repeatable)");
+  add_cache_flag(cmd, o->no_cache);
   cmd->callback([o] {
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
@@ -78,10 +99,10 @@ void add_translate_command(CLI::App& app) {
       }
     }
     if (sentences.empty()) throw CLI::ValidationError("translate", "no sentence given");
-    for (const auto& line : tasks::translate_with_run(config, run, sentences, o->checkpoint)) {
-      std::cout << line << "\n";
-    }
+    const auto out = tasks::translate_with_run(config, run, sentences, o->checkpoint, !o->no_cache);
+    for (const auto& line : out.lines) std::cout << line << "\n";
     std::cout.flush();
+    report_speed("decoded", out.tokens, out.seconds, o->no_cache);
   });
 }
 

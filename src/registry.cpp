@@ -28,6 +28,25 @@ Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, con
   return functional::linear_identity_attention(q, k, v, o);
 }
 
+// The decoding functions of the mechanisms whose prefill or step takes no alpha, behind the
+// registry's uniform signatures (kvq/functional/decoding.h).
+using functional::DecodeState;
+using Prefilled = std::pair<Tensor, DecodeState>;
+template <Prefilled (*Prefill)(const Tensor&, const Tensor&, const Tensor&,
+                               const AttentionFuncOptions&)>
+Prefilled prefill_without_alpha(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&,
+                                const AttentionFuncOptions& o) {
+  return Prefill(q, k, v, o);
+}
+template <Tensor (*Step)(DecodeState&, const Tensor&, const Tensor&, const Tensor&,
+                         const AttentionFuncOptions&)>
+Tensor step_without_alpha(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor&, const AttentionFuncOptions& o) {
+  return Step(s, q, k, v, o);
+}
+const auto softmax_prefill = prefill_without_alpha<functional::softmax_prefill>;
+const auto softmax_step = step_without_alpha<functional::softmax_step>;
+
 // The FLOP formulas, per (batch, head), with n = T, C = min(chunk, T), N = ceil(n / C):
 //   softmax, kv, kv-pos    non-causal 2 n^2 (d + dv)            Q K^T and P V
 //                          causal     n (n + 1) (d + dv)        only the pairs s <= t (as
@@ -123,32 +142,40 @@ std::string joined(const std::vector<std::string>& names) {
 }  // namespace
 
 const std::vector<MechanismInfo>& mechanisms() {
-  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs.
+  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs,
+  // decoding prefill and step.
   // kv and kv-pos are the softmax mechanism behind Borji's projections.
   static const std::vector<MechanismInfo> table = {
       {"softmax", Projection::QKV, false, true, softmax_fn,
        "softmax(Q K^T scale) V (Vaswani et al. 2017)", Family::Softmax, "kvq::softmax",
-       softmax_flops},
+       softmax_flops, softmax_prefill, softmax_step},
       {"kv", Projection::KV, false, true, softmax_fn,
        "softmax(K K^T scale) V: tied query and key projections (Borji 2023)", Family::Softmax,
-       "kvq::kv", softmax_flops},
+       "kvq::kv", softmax_flops, softmax_prefill, softmax_step},
       {"kv-pos", Projection::KVPos, false, true, softmax_fn,
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
-       Family::Softmax, "kvq::kv_pos", softmax_flops},
+       Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step},
       {"linear", Projection::QKV, false, false, linear_fn,
        "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
-       Family::Linear, "kvq::linear", linear_flops},
+       Family::Linear, "kvq::linear", linear_flops,
+       prefill_without_alpha<functional::linear_prefill>,
+       step_without_alpha<functional::linear_step>},
       {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
-       "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops},
+       "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops,
+       prefill_without_alpha<functional::linear_identity_prefill>,
+       step_without_alpha<functional::linear_identity_step>},
       {"intention", Projection::QKV, true, false, functional::intention,
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
-       "kvq::intention", intention_flops},
+       "kvq::intention", intention_flops, functional::intention_prefill,
+       step_without_alpha<functional::intention_step>},
       {"softmax-intention", Projection::QKV, true, true, functional::softmax_intention,
        "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
-       "kvq::softmax_intention", softmax_intention_flops},
+       "kvq::softmax_intention", softmax_intention_flops, functional::softmax_intention_prefill,
+       step_without_alpha<functional::softmax_intention_step>},
       {"kernel-intention", Projection::QKV, true, false, functional::kernel_intention,
        "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)", Family::LeastSquares,
-       "kvq::kernel_intention", kernel_intention_flops},
+       "kvq::kernel_intention", kernel_intention_flops, functional::kernel_intention_prefill,
+       functional::kernel_intention_step},
   };
   return table;
 }

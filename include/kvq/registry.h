@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kvq/functional/decoding.h"
 #include "kvq/functional/options.h"
 
 namespace kvq {
@@ -25,6 +26,18 @@ Projection parse_projection(const std::string& name);
 using MechanismFn = std::function<torch::Tensor(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
     const torch::Tensor& alpha, const functional::AttentionFuncOptions& options)>;
+
+// Incremental causal decoding (kvq/functional/decoding.h), the inner mechanism's shapes and
+// options: a prefill of n >= 0 tokens returns the batched causal output (B, H, n, dv) and the state
+// after them; a step takes one token (q, k (B, H, 1, d), v (B, H, 1, dv)), advances the state and
+// returns that token's row (B, H, 1, dv). Prefill + steps equal the batched causal forward.
+using MechanismPrefillFn = std::function<std::pair<torch::Tensor, functional::DecodeState>(
+    const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+    const torch::Tensor& alpha, const functional::AttentionFuncOptions& options)>;
+using MechanismStepFn = std::function<torch::Tensor(
+    functional::DecodeState& state, const torch::Tensor& q, const torch::Tensor& k,
+    const torch::Tensor& v, const torch::Tensor& alpha,
+    const functional::AttentionFuncOptions& options)>;
 
 // The column a mechanism belongs to in docs/mechanisms.md ("The grid").
 enum class Family {
@@ -53,6 +66,8 @@ struct MechanismInfo {
   Family family;
   std::string op;         // its torch.ops.kvq schema, e.g. "kvq::softmax"
   FlopsFn forward_flops;  // src/registry.cpp gives each formula
+  MechanismPrefillFn prefill;
+  MechanismStepFn step;
 };
 
 // All registered mechanisms, in a fixed order.

@@ -12,7 +12,8 @@ float32 and float64 run everywhere; half precision inputs are solved in float32.
 from ._library import ops
 
 __all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "identity_linear",
-           "intention", "softmax_intention", "kernel_intention", "positional_encoding_2d"]
+           "intention", "softmax_intention", "kernel_intention", "positional_encoding_2d",
+           "intention_prefill", "intention_step", "linear_prefill", "linear_step"]
 
 
 def softmax(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
@@ -97,3 +98,46 @@ def positional_encoding_2d(rows, cols, channels):
     """The fixed sinusoidal 2D table of kv-pos, (rows, cols, channels) float32:
     P[i, j] = concat(e(i), e(j))[:channels], e(i) interleaved sin/cos of i * 10000^(-2k/ch)."""
     return ops.positional_encoding_2d(rows, cols, channels)
+
+
+# ---- Incremental causal decoding: the state in, the state out ----
+#
+# prefill(q, k, v, ...) of a prefix of n >= 0 tokens returns the causal output (B, H, n, dv) and
+# the state after them; step(state, q_t, k_t, v_t) takes one token, q_t, k_t (B, H, 1, d) and
+# v_t (B, H, 1, dv), and returns its output (B, H, 1, dv) and the next state. The given state is
+# never modified. Prefill + steps equal the batched causal op. Steps have no backward: call them
+# under torch.no_grad() (or with tensors that do not require gradients).
+
+
+def intention_prefill(q, k, v, alpha):
+    """Causal intention over a prefix and the decoding state (L, B) after it: L (B, H, d, d) the
+    lower Cholesky factor of A = alpha I + K^T K, B (B, H, d, dv) = K^T V.
+
+    For an empty prefix pass k, v with n = 0 rows: then L = sqrt(alpha) I and B = 0.
+    """
+    out, factor, kv_sum = ops.intention_prefill(q, k, v, alpha)
+    return out, (factor, kv_sum)
+
+
+def intention_step(state, q, k, v):
+    """One token of causal intention in O(d^2): L becomes the factor of A + k k^T by a rank-1
+    Cholesky update (stays positive definite), B += k v^T, o = B^T A^{-1} q.
+
+    Returns (o (B, H, 1, dv), (L, B)).
+    """
+    out, factor, kv_sum = ops.intention_step(state[0], state[1], q, k, v)
+    return out, (factor, kv_sum)
+
+
+def linear_prefill(q, k, v, *, eps=1e-6):
+    """Causal linear attention over a prefix and the decoding state (S, z) after it:
+    S (B, H, d, dv) = phi(K)^T V, z (B, H, d) = sum of phi(k), phi = elu + 1."""
+    out, kv_sum, key_sum = ops.linear_prefill(q, k, v, eps)
+    return out, (kv_sum, key_sum)
+
+
+def linear_step(state, q, k, v, *, eps=1e-6):
+    """One token of causal linear attention: S += phi(k) v^T, z += phi(k),
+    o = phi(q)^T S / (phi(q) . z + eps). Returns (o (B, H, 1, dv), (S, z))."""
+    out, kv_sum, key_sum = ops.linear_step(state[0], state[1], q, k, v, eps)
+    return out, (kv_sum, key_sum)

@@ -1,7 +1,10 @@
 #include "kvq/models/layers.h"
 
 #include <cmath>
+#include <functional>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "kvq/registry.h"
 
@@ -49,6 +52,21 @@ void check_block_options(const char* owner, const TransformerBlockOptions& o) {
 
 torch::Tensor activate(const std::string& activation, const torch::Tensor& x) {
   return activation == "gelu" ? torch::gelu(x) : torch::relu(x);
+}
+
+using Branch = std::function<torch::Tensor(const torch::Tensor&)>;
+
+// x with each branch f in a residual: Pre-LN x + drop(f(LN(x))), Post-LN LN(x + drop(f(x))).
+torch::Tensor residual_branches(
+    bool norm_first, const torch::Tensor& x,
+    const std::vector<std::pair<Branch, torch::nn::LayerNorm>>& branches,
+    torch::nn::Dropout& dropout) {
+  auto h = x;
+  for (auto branch : branches) {  // a copy: LayerNorm's call operator is not const
+    auto& [f, norm] = branch;
+    h = norm_first ? h + dropout(f(norm(h))) : norm(h + dropout(f(h)));
+  }
+  return h;
 }
 
 }  // namespace
@@ -115,6 +133,26 @@ kvq::nn::MultiHeadKVQOptions TransformerBlockOptions::attention_options() const 
       .batch_first(true);
 }
 
+namespace {
+
+// Self-attention, then the feed-forward network, each in a residual branch.
+torch::Tensor encoder_block(TransformerBlockImpl& b, const torch::Tensor& x, const Branch& attend) {
+  const Branch ffn = [&b](const torch::Tensor& h) { return b.feed_forward(h); };
+  return residual_branches(b.options.norm_first(), x, {{attend, b.norm1}, {ffn, b.norm2}},
+                           b.dropout);
+}
+
+// Causal self-attention, cross-attention, then the feed-forward network.
+torch::Tensor decoder_block(TransformerDecoderBlockImpl& b, const torch::Tensor& x,
+                            const Branch& self_attend, const Branch& cross_attend) {
+  const Branch ffn = [&b](const torch::Tensor& h) { return b.feed_forward(h); };
+  return residual_branches(b.options.norm_first(), x,
+                           {{self_attend, b.norm1}, {cross_attend, b.norm2}, {ffn, b.norm3}},
+                           b.dropout);
+}
+
+}  // namespace
+
 // ---- TransformerBlock ----
 
 TransformerBlockImpl::TransformerBlockImpl(const TransformerBlockOptions& options_)
@@ -145,12 +183,26 @@ torch::Tensor TransformerBlockImpl::forward(const torch::Tensor& x,
   TORCH_CHECK(x.dim() == 3 && x.size(2) == options.d_model(),
               "TransformerBlock: x must have shape (B, T, d_model) with d_model = ",
               options.d_model(), ", got ", x.sizes());
-  if (options.norm_first()) {
-    auto h = x + dropout(self_attn->forward_self(norm1(x), key_padding_mask, causal));
-    return h + dropout(feed_forward(norm2(h)));
-  }
-  auto h = norm1(x + dropout(self_attn->forward_self(x, key_padding_mask, causal)));
-  return norm2(h + dropout(feed_forward(h)));
+  return encoder_block(*this, x, [&](const torch::Tensor& h) {
+    return self_attn->forward_self(h, key_padding_mask, causal);
+  });
+}
+
+torch::Tensor TransformerBlockImpl::prefill(const torch::Tensor& x, kvq::nn::AttentionCache& cache,
+                                            const torch::Tensor& key_padding_mask) {
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == options.d_model(),
+              "TransformerBlock: x must have shape (B, T, d_model) with d_model = ",
+              options.d_model(), ", got ", x.sizes());
+  return encoder_block(*this, x, [&](const torch::Tensor& h) {
+    auto [out, filled] = self_attn->prefill(h, key_padding_mask);
+    cache = std::move(filled);
+    return out;
+  });
+}
+
+torch::Tensor TransformerBlockImpl::step(const torch::Tensor& x_t, kvq::nn::AttentionCache& cache) {
+  return encoder_block(*this, x_t,
+                       [&](const torch::Tensor& h) { return self_attn->step(h, cache); });
 }
 
 // ---- TransformerDecoderBlock ----
@@ -176,6 +228,17 @@ void TransformerDecoderBlockImpl::reset() {
   dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
 }
 
+void TransformerDecoderBlockImpl::check_decoder_inputs(const torch::Tensor& x,
+                                                       const torch::Tensor& memory) const {
+  const int64_t d = options.d_model();
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == d,
+              "TransformerDecoderBlock: x must have shape (B, T, d_model) with d_model = ", d,
+              ", got ", x.sizes());
+  TORCH_CHECK(memory.dim() == 3 && memory.size(0) == x.size(0) && memory.size(2) == d,
+              "TransformerDecoderBlock: memory must have shape (B, S, d_model) with B = ",
+              x.size(0), " and d_model = ", d, ", got ", memory.sizes());
+}
+
 torch::Tensor TransformerDecoderBlockImpl::feed_forward(const torch::Tensor& x) {
   return linear2(dropout(activate(options.activation(), linear1(x))));
 }
@@ -185,24 +248,37 @@ torch::Tensor TransformerDecoderBlockImpl::forward(const torch::Tensor& x,
                                                    const torch::Tensor& tgt_padding_mask,
                                                    const torch::Tensor& memory_padding_mask,
                                                    bool causal) {
-  const int64_t d = options.d_model();
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == d,
-              "TransformerDecoderBlock: x must have shape (B, T, d_model) with d_model = ", d,
-              ", got ", x.sizes());
-  TORCH_CHECK(memory.dim() == 3 && memory.size(0) == x.size(0) && memory.size(2) == d,
-              "TransformerDecoderBlock: memory must have shape (B, S, d_model) with B = ",
-              x.size(0), " and d_model = ", d, ", got ", memory.sizes());
-  auto cross = [&](const torch::Tensor& q) {
-    return cross_attn->forward(q, memory, memory, memory_padding_mask, /*causal=*/false);
-  };
-  if (options.norm_first()) {
-    auto h = x + dropout(self_attn->forward_self(norm1(x), tgt_padding_mask, causal));
-    h = h + dropout(cross(norm2(h)));
-    return h + dropout(feed_forward(norm3(h)));
-  }
-  auto h = norm1(x + dropout(self_attn->forward_self(x, tgt_padding_mask, causal)));
-  h = norm2(h + dropout(cross(h)));
-  return norm3(h + dropout(feed_forward(h)));
+  check_decoder_inputs(x, memory);
+  return decoder_block(
+      *this, x,
+      [&](const torch::Tensor& h) { return self_attn->forward_self(h, tgt_padding_mask, causal); },
+      [&](const torch::Tensor& h) {
+        return cross_attn->forward(h, memory, memory, memory_padding_mask, /*causal=*/false);
+      });
+}
+
+torch::Tensor TransformerDecoderBlockImpl::prefill(const torch::Tensor& x,
+                                                   const torch::Tensor& memory,
+                                                   DecoderBlockCache& cache,
+                                                   const torch::Tensor& tgt_padding_mask,
+                                                   const torch::Tensor& memory_padding_mask) {
+  check_decoder_inputs(x, memory);
+  cache.memory = cross_attn->project_memory(memory, memory_padding_mask);
+  return decoder_block(
+      *this, x,
+      [&](const torch::Tensor& h) {
+        auto [out, filled] = self_attn->prefill(h, tgt_padding_mask);
+        cache.self = std::move(filled);
+        return out;
+      },
+      [&](const torch::Tensor& h) { return cross_attn->forward_memory(h, cache.memory); });
+}
+
+torch::Tensor TransformerDecoderBlockImpl::step(const torch::Tensor& x_t,
+                                                DecoderBlockCache& cache) {
+  return decoder_block(
+      *this, x_t, [&](const torch::Tensor& h) { return self_attn->step(h, cache.self); },
+      [&](const torch::Tensor& h) { return cross_attn->forward_memory(h, cache.memory); });
 }
 
 }  // namespace models

@@ -74,16 +74,46 @@ torch::Tensor Seq2SeqImpl::encode(const torch::Tensor& src, const torch::Tensor&
   return encoder_norm(x);
 }
 
+torch::Tensor Seq2SeqImpl::embed_target(const torch::Tensor& tgt, int64_t first_position) {
+  check_tokens("Seq2Seq", "tgt", tgt, options.tgt_vocab_size());
+  const int64_t d = options.d_model(), T = tgt.size(1);
+  auto x = tgt_embedding(tgt) * std::sqrt(static_cast<double>(d));
+  auto table = sinusoidal_positional_encoding(first_position + T, d, x.options());
+  return dropout(x + table.narrow(0, first_position, T));
+}
+
 torch::Tensor Seq2SeqImpl::decode(const torch::Tensor& tgt, const torch::Tensor& memory,
                                   const torch::Tensor& src_padding_mask,
                                   const torch::Tensor& tgt_padding_mask) {
-  check_tokens("Seq2Seq", "tgt", tgt, options.tgt_vocab_size());
-  const int64_t d = options.d_model();
-  auto x = tgt_embedding(tgt) * std::sqrt(static_cast<double>(d));
-  x = dropout(x + sinusoidal_positional_encoding(tgt.size(1), d, x.options()));
+  auto x = embed_target(tgt, 0);
   for (size_t i = 0; i < decoder_blocks->size(); ++i) {
     x = decoder_blocks->ptr<TransformerDecoderBlockImpl>(i)->forward(
         x, memory, tgt_padding_mask, src_padding_mask, /*causal=*/true);
+  }
+  return output(decoder_norm(x));
+}
+
+torch::Tensor Seq2SeqImpl::decode_prefill(const torch::Tensor& tgt, const torch::Tensor& memory,
+                                          const torch::Tensor& src_padding_mask,
+                                          Seq2SeqCache& cache) {
+  auto x = embed_target(tgt, 0);
+  cache.layers.assign(decoder_blocks->size(), {});
+  for (size_t i = 0; i < decoder_blocks->size(); ++i) {
+    x = decoder_blocks->ptr<TransformerDecoderBlockImpl>(i)->prefill(x, memory, cache.layers[i], {},
+                                                                     src_padding_mask);
+  }
+  return output(decoder_norm(x));
+}
+
+torch::Tensor Seq2SeqImpl::decode_step(const torch::Tensor& tgt, Seq2SeqCache& cache) {
+  TORCH_CHECK(cache.layers.size() == decoder_blocks->size(), "Seq2Seq::decode_step: the cache has ",
+              cache.layers.size(), " layers, the decoder ", decoder_blocks->size(),
+              "; build it with decode_prefill first");
+  TORCH_CHECK(tgt.dim() == 2 && tgt.size(1) == 1,
+              "Seq2Seq::decode_step: tgt must be one token per row, (B, 1), got ", tgt.sizes());
+  auto x = embed_target(tgt, cache.length());
+  for (size_t i = 0; i < decoder_blocks->size(); ++i) {
+    x = decoder_blocks->ptr<TransformerDecoderBlockImpl>(i)->step(x, cache.layers[i]);
   }
   return output(decoder_norm(x));
 }
@@ -96,7 +126,7 @@ torch::Tensor Seq2SeqImpl::forward(const torch::Tensor& src, const torch::Tensor
 
 torch::Tensor Seq2SeqImpl::greedy_decode(const torch::Tensor& src,
                                          const torch::Tensor& src_padding_mask, int64_t bos,
-                                         int64_t eos, int64_t max_len) {
+                                         int64_t eos, int64_t max_len, bool use_cache) {
   const int64_t vocab = options.tgt_vocab_size();
   TORCH_CHECK(bos >= 0 && bos < vocab, "Seq2Seq::greedy_decode: bos must be in [0, ", vocab,
               "), got ", bos);
@@ -109,9 +139,18 @@ torch::Tensor Seq2SeqImpl::greedy_decode(const torch::Tensor& src,
   const int64_t batch = src.size(0);
   auto ys = torch::full({batch, 1}, bos, src.options());
   auto finished = torch::zeros({batch}, src.options().dtype(torch::kBool));
+  Seq2SeqCache cache;
   while (ys.size(1) < max_len) {
-    // The whole prefix is decoded again at every step (no cache): O(T^2) for these short outputs.
-    auto next = decode(ys, memory, src_padding_mask).select(1, -1).argmax(-1);  // (B)
+    // With the cache: a prefill of bos, then one step per token. Without: the whole prefix again.
+    torch::Tensor logits;
+    if (!use_cache) {
+      logits = decode(ys, memory, src_padding_mask);
+    } else if (cache.layers.empty()) {
+      logits = decode_prefill(ys, memory, src_padding_mask, cache);
+    } else {
+      logits = decode_step(ys.narrow(1, ys.size(1) - 1, 1), cache);
+    }
+    auto next = logits.select(1, -1).argmax(-1);  // (B)
     next = next.masked_fill(finished, eos);
     ys = torch::cat({ys, next.unsqueeze(1)}, 1);
     finished = finished | (next == eos);

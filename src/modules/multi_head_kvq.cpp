@@ -1,7 +1,9 @@
 #include "kvq/modules/multi_head_kvq.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
 #include "kvq/functional/positional_encoding_2d.h"
 
@@ -84,55 +86,153 @@ torch::Tensor MultiHeadKVQImpl::alpha() const {
   return torch::softplus(alpha_raw) + options.alpha_floor();
 }
 
+torch::Tensor MultiHeadKVQImpl::batch_first_input(const char* name, const torch::Tensor& x) const {
+  const int64_t embed = options.embed_dim();
+  TORCH_CHECK(x.defined() && x.dim() == 3 && x.size(2) == embed, "MultiHeadKVQ: ", name,
+              " must have shape ", options.batch_first() ? "(B, T, E)" : "(T, B, E)",
+              " with E = ", embed, ", got ", x.defined() ? x.sizes() : c10::IntArrayRef{});
+  return options.batch_first() ? x : x.transpose(0, 1);
+}
+
+torch::Tensor MultiHeadKVQImpl::split_heads(const torch::Tensor& x) const {
+  const int64_t heads = options.num_heads();
+  return x.view({x.size(0), x.size(1), heads, options.embed_dim() / heads}).transpose(1, 2);
+}
+
+torch::Tensor MultiHeadKVQImpl::project_queries(const torch::Tensor& x_q,
+                                                const torch::Tensor& keys_of_x_q) {
+  if (projection_ == Projection::QKV) return split_heads(q_proj(x_q));
+  // Tied projection. In self-attention q is k itself, so K K^T is exactly symmetric.
+  return keys_of_x_q.defined() ? keys_of_x_q : split_heads(k_proj(x_q));
+}
+
+torch::Tensor MultiHeadKVQImpl::merge_heads(const torch::Tensor& heads_out) {
+  const int64_t batch = heads_out.size(0), m = heads_out.size(2);
+  auto out = out_proj(heads_out.transpose(1, 2).reshape({batch, m, options.embed_dim()}));
+  return options.batch_first() ? out : out.transpose(0, 1);
+}
+
+functional::AttentionFuncOptions MultiHeadKVQImpl::mechanism_options(
+    bool causal, const torch::Tensor& key_padding_mask) const {
+  functional::AttentionFuncOptions fo;
+  fo.causal(causal)
+      .key_padding_mask(key_padding_mask)
+      .scale(options.scale())
+      .chunk_size(options.chunk_size());
+  if (mechanism_->has_softmax) fo.dropout(options.dropout()).training(is_training());
+  return fo;
+}
+
 torch::Tensor MultiHeadKVQImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
                                         const torch::Tensor& value,
                                         const torch::Tensor& key_padding_mask, bool causal) {
-  const int64_t embed = options.embed_dim(), heads = options.num_heads();
-  const char* layout = options.batch_first() ? "(B, T, E)" : "(T, B, E)";
-  for (const auto& [name, x] : {std::pair<const char*, const torch::Tensor&>{"query", query},
-                                {"key", key},
-                                {"value", value}}) {
-    TORCH_CHECK(x.defined() && x.dim() == 3 && x.size(2) == embed, "MultiHeadKVQ: ", name,
-                " must have shape ", layout, " with E = ", embed, ", got ",
-                x.defined() ? x.sizes() : c10::IntArrayRef{});
-  }
-  auto to_batch_first = [&](const torch::Tensor& x) {
-    return options.batch_first() ? x : x.transpose(0, 1);
-  };
-  auto xq = to_batch_first(query), xk = to_batch_first(key), xv = to_batch_first(value);
-  const int64_t batch = xq.size(0), m = xq.size(1), n = xk.size(1);
+  auto xq = batch_first_input("query", query), xk = batch_first_input("key", key),
+       xv = batch_first_input("value", value);
+  const int64_t batch = xq.size(0), n = xk.size(1);
   TORCH_CHECK(xk.size(0) == batch && xv.size(0) == batch && xv.size(1) == n,
               "MultiHeadKVQ: key and value must have the batch size of query and one length, "
-              "got query ", query.sizes(), ", key ", key.sizes(), ", value ", value.sizes());
-
-  auto split_heads = [&](const torch::Tensor& x) {  // (B, T, E) -> (B, H, T, E / H)
-    return x.view({batch, x.size(1), heads, embed / heads}).transpose(1, 2);
-  };
+              "got query ",
+              query.sizes(), ", key ", key.sizes(), ", value ", value.sizes());
   auto k = split_heads(k_proj(xk));
-  torch::Tensor q;
-  if (projection_ == Projection::QKV) {
-    q = split_heads(q_proj(xq));
-  } else {
-    // Tied projection. In self-attention q is k itself, so K K^T is exactly symmetric.
-    q = query.is_same(key) ? k : split_heads(k_proj(xq));
-  }
+  auto q = project_queries(xq, query.is_same(key) ? k : torch::Tensor());
   auto v = split_heads(v_proj(xv));
-
-  functional::AttentionFuncOptions fo;
-  fo.causal(causal).key_padding_mask(key_padding_mask).scale(options.scale())
-      .chunk_size(options.chunk_size());
-  if (mechanism_->has_softmax) fo.dropout(options.dropout()).training(is_training());
+  auto fo = mechanism_options(causal, key_padding_mask);
   if (projection_ == Projection::KVPos) {
     fo = functional::with_kv_pos_terms(fo, pos_weight, pos_bias, n, q.scalar_type());
   }
-  auto heads_out = mechanism_->fn(q, k, v, alpha(), fo);  // (B, H, m, d)
-  auto out = out_proj(heads_out.transpose(1, 2).reshape({batch, m, embed}));
-  return options.batch_first() ? out : out.transpose(0, 1);
+  return merge_heads(mechanism_->fn(q, k, v, alpha(), fo));  // heads (B, H, m, d)
 }
 
 torch::Tensor MultiHeadKVQImpl::forward_self(const torch::Tensor& x,
                                              const torch::Tensor& key_padding_mask, bool causal) {
   return forward(x, x, x, key_padding_mask, causal);
+}
+
+namespace {
+
+// The kv-pos score terms of key positions 0 .. cols - 1 or more in cache (no autograd history).
+void cover_key_positions(AttentionCache& cache, const torch::Tensor& pos_weight,
+                         const torch::Tensor& pos_bias, int64_t cols, torch::ScalarType dtype) {
+  if (cache.key_bias.defined() && cache.key_bias.size(-1) >= cols) return;
+  const int64_t width =
+      std::max<int64_t>({cols, 16, cache.key_bias.defined() ? 2 * cache.key_bias.size(-1) : 0});
+  torch::NoGradGuard no_grad;
+  std::tie(cache.score_gain, cache.key_bias) =
+      functional::kv_pos_key_terms(pos_weight.to(dtype), pos_bias.to(dtype), width);
+}
+
+}  // namespace
+
+std::pair<torch::Tensor, AttentionCache> MultiHeadKVQImpl::prefill(
+    const torch::Tensor& x, const torch::Tensor& key_padding_mask) {
+  auto xb = batch_first_input("x", x);
+  auto k = split_heads(k_proj(xb));
+  auto q = project_queries(xb, k);
+  auto v = split_heads(v_proj(xb));
+  auto fo = mechanism_options(/*causal=*/true, key_padding_mask);
+  AttentionCache cache;
+  if (projection_ == Projection::KVPos) {
+    fo = functional::with_kv_pos_terms(fo, pos_weight, pos_bias, xb.size(1), q.scalar_type());
+    cover_key_positions(cache, pos_weight, pos_bias, xb.size(1) + 1, q.scalar_type());
+  }
+  auto [heads_out, state] = mechanism_->prefill(q, k, v, alpha(), fo);
+  cache.state = std::move(state);
+  return {merge_heads(heads_out), std::move(cache)};
+}
+
+torch::Tensor MultiHeadKVQImpl::step(const torch::Tensor& x_t, AttentionCache& cache) {
+  auto xb = batch_first_input("x_t", x_t);
+  const auto& state = cache.state;
+  TORCH_CHECK(!state.mechanism.empty(),
+              "MultiHeadKVQ::step: the cache is empty; build it with "
+              "prefill (of T >= 0 tokens) first");
+  TORCH_CHECK(xb.size(1) == 1 && xb.size(0) == state.batch,
+              "MultiHeadKVQ::step: x_t must be one "
+              "token of the cache's batch size B = ",
+              state.batch, ": ", options.batch_first() ? "(B, 1, E)" : "(1, B, E)", ", got ",
+              x_t.sizes());
+  TORCH_CHECK(state.heads == options.num_heads(), "MultiHeadKVQ::step: the cache has ", state.heads,
+              " heads, this module ", options.num_heads(), ": it was built by another module");
+  auto k = split_heads(k_proj(xb));
+  auto q = project_queries(xb, k);
+  auto v = split_heads(v_proj(xb));
+  auto fo = mechanism_options(/*causal=*/false, {});
+  if (projection_ == Projection::KVPos) {
+    const int64_t keys = cache.length() + 1;  // the new token is key position length()
+    cover_key_positions(cache, pos_weight, pos_bias, keys, q.scalar_type());
+    fo.score_gain(cache.score_gain).score_bias(cache.key_bias.narrow(-1, 0, keys));
+  }
+  return merge_heads(mechanism_->step(cache.state, q, k, v, alpha(), fo));
+}
+
+MemoryCache MultiHeadKVQImpl::project_memory(const torch::Tensor& memory,
+                                             const torch::Tensor& key_padding_mask) {
+  auto xm = batch_first_input("memory", memory);
+  MemoryCache cache;
+  cache.keys = split_heads(k_proj(xm));
+  cache.values = split_heads(v_proj(xm));
+  cache.key_padding_mask = key_padding_mask;
+  if (projection_ == Projection::KVPos) {
+    std::tie(cache.score_gain, cache.score_bias) = functional::kv_pos_key_terms(
+        pos_weight.to(cache.keys.scalar_type()), pos_bias.to(cache.keys.scalar_type()), xm.size(1));
+  }
+  return cache;
+}
+
+torch::Tensor MultiHeadKVQImpl::forward_memory(const torch::Tensor& query,
+                                               const MemoryCache& memory) {
+  TORCH_CHECK(memory.keys.defined(),
+              "MultiHeadKVQ::forward_memory: the memory cache is empty; "
+              "build it with project_memory");
+  auto xq = batch_first_input("query", query);
+  TORCH_CHECK(xq.size(0) == memory.keys.size(0),
+              "MultiHeadKVQ::forward_memory: query has batch "
+              "size ",
+              xq.size(0), ", the memory ", memory.keys.size(0));
+  auto fo = mechanism_options(/*causal=*/false, memory.key_padding_mask);
+  if (projection_ == Projection::KVPos)
+    fo.score_gain(memory.score_gain).score_bias(memory.score_bias);
+  return merge_heads(mechanism_->fn(project_queries(xq), memory.keys, memory.values, alpha(), fo));
 }
 
 void MultiHeadKVQImpl::pretty_print(std::ostream& stream) const {

@@ -86,6 +86,69 @@ Tensor attention_op(const std::string& mechanism, const Tensor& q, const Tensor&
   return info.fn(q, k, v, alpha ? *alpha : Tensor(), options);
 }
 
+// ---- Decoding (kvq/functional/decoding.h): the state in, the state out ----
+// The states are plain tensors: intention (L, B) with L (B, H, d, d) the lower Cholesky factor of
+// A_t = alpha I + sum k k^T and B (B, H, d, dv) = sum k v^T; linear (S, z) with
+// S (B, H, d, dv) = sum phi(k) v^T and z (B, H, d) = sum phi(k). A step copies the state it is
+// given, so the caller's tensors are never modified.
+
+using StateTuple = std::tuple<Tensor, Tensor, Tensor>;
+
+// A DecodeState over copies of two state tensors: first (B, H, d, first_width) and second
+// (B, H, d, ...) named in errors as the schema does.
+functional::DecodeState state_of(const char* op, const char* mechanism, const char* first_name,
+                                 const Tensor& first, const char* second_name, const Tensor& second,
+                                 int64_t value_dim) {
+  TORCH_CHECK(first.dim() == 4, op, ": ", first_name, " must be 4-D (B, H, d, ...), got ",
+              first.sizes());
+  const int64_t batch = first.size(0), heads = first.size(1), d = first.size(2);
+  TORCH_CHECK(second.dim() >= 3 && second.size(0) == batch && second.size(1) == heads &&
+                  second.size(2) == d,
+              op, ": ", second_name, " must start with (B, H, d) = (", batch, ", ", heads, ", ", d,
+              ") of ", first_name, " ", first.sizes(), ", got ", second.sizes());
+  TORCH_CHECK(first.scalar_type() == second.scalar_type() && first.device() == second.device(), op,
+              ": ", first_name, " and ", second_name, " must have one dtype and device");
+  functional::DecodeState s;
+  s.mechanism = mechanism;
+  s.batch = batch, s.heads = heads, s.dim = d, s.value_dim = value_dim;
+  return s;
+}
+
+StateTuple intention_prefill_op(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& alpha) {
+  auto [out, s] = functional::intention_prefill(q, k, v, alpha);
+  return {out, s.factor, s.kv_sum};
+}
+
+StateTuple intention_step_op(const Tensor& factor, const Tensor& kv_sum, const Tensor& q,
+                             const Tensor& k, const Tensor& v) {
+  TORCH_CHECK(factor.dim() == 4 && factor.size(2) == factor.size(3),
+              "kvq.intention_step: L must be (B, H, d, d), got ", factor.sizes());
+  TORCH_CHECK(kv_sum.dim() == 4, "kvq.intention_step: B must be (B, H, d, dv), got ",
+              kv_sum.sizes());
+  auto s = state_of("kvq.intention_step", "intention", "L", factor, "B", kv_sum, kv_sum.size(3));
+  s.factor = factor.clone(at::MemoryFormat::Contiguous);
+  s.kv_sum = kv_sum.clone();
+  auto out = functional::intention_step(s, q, k, v);
+  return {out, s.factor, s.kv_sum};
+}
+
+StateTuple linear_prefill_op(const Tensor& q, const Tensor& k, const Tensor& v, double eps) {
+  auto [out, s] = functional::linear_prefill(q, k, v, AttentionFuncOptions().eps(eps));
+  return {out, s.kv_sum, s.key_sum};
+}
+
+StateTuple linear_step_op(const Tensor& kv_sum, const Tensor& key_sum, const Tensor& q,
+                          const Tensor& k, const Tensor& v, double eps) {
+  TORCH_CHECK(kv_sum.dim() == 4, "kvq.linear_step: S must be (B, H, d, dv), got ", kv_sum.sizes());
+  TORCH_CHECK(key_sum.dim() == 3, "kvq.linear_step: z must be (B, H, d), got ", key_sum.sizes());
+  auto s = state_of("kvq.linear_step", "linear", "S", kv_sum, "z", key_sum, kv_sum.size(3));
+  s.kv_sum = kv_sum.clone();
+  s.key_sum = key_sum.clone();
+  auto out = functional::linear_step(s, q, k, v, AttentionFuncOptions().eps(eps));
+  return {out, s.kv_sum, s.key_sum};
+}
+
 std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
 
 // (default projection, uses alpha, has a softmax, its op schema) of a registered mechanism.
@@ -142,6 +205,18 @@ TORCH_LIBRARY(kvq, m) {
         "Tensor? key_padding_mask=None, float? scale=None, float dropout=0.0, "
         "bool training=False, int chunk_size=0) -> Tensor",
         &attention_op);
+  m.def("intention_prefill(Tensor q, Tensor k, Tensor v, Tensor alpha) -> (Tensor, Tensor, Tensor)",
+        &intention_prefill_op);
+  m.def(
+      "intention_step(Tensor L, Tensor B, Tensor q, Tensor k, Tensor v) "
+      "-> (Tensor, Tensor, Tensor)",
+      &intention_step_op);
+  m.def("linear_prefill(Tensor q, Tensor k, Tensor v, float eps=1e-6) -> (Tensor, Tensor, Tensor)",
+        &linear_prefill_op);
+  m.def(
+      "linear_step(Tensor S, Tensor z, Tensor q, Tensor k, Tensor v, float eps=1e-6) "
+      "-> (Tensor, Tensor, Tensor)",
+      &linear_step_op);
   m.def("mechanism_names() -> str[]", &mechanism_names_op);
   m.def("mechanism_info(str name) -> (str, bool, bool, str)", &mechanism_info_op);
 

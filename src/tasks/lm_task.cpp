@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <sstream>
@@ -249,9 +250,9 @@ nlohmann::json evaluate_lm_task(const Config& c, const train::RunDir& run,
   return with_checkpoint_info(out, path, options);
 }
 
-std::string generate_from_run(const nlohmann::json& config_json, const train::RunDir& run,
-                              const std::string& prompt, const models::GenerateOptions& options,
-                              const std::string& checkpoint) {
+Generation generate_from_run(const nlohmann::json& config_json, const train::RunDir& run,
+                             const std::string& prompt, const models::GenerateOptions& options,
+                             const std::string& checkpoint) {
   const std::string task = config_json.value("task", "");
   TORCH_CHECK(detail::contains_name(lm_task_names(), task), "generate: ",
               run.config_path().string(), " is a run of task '", task,
@@ -266,7 +267,13 @@ std::string generate_from_run(const nlohmann::json& config_json, const train::Ru
   model->eval();
   const auto start = prompt.empty() ? corpus.val.slice(0, 0, 1) : corpus.encode(prompt);
   TORCH_CHECK(start.numel() >= 1, "generate: --prompt holds no token");
-  return corpus.decode(model->generate(start.unsqueeze(0), options));
+  const auto began = std::chrono::steady_clock::now();
+  const auto tokens = model->generate(start.unsqueeze(0), options);
+  Generation out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  out.new_tokens = options.max_new_tokens();
+  out.text = corpus.decode(tokens);
+  return out;
 }
 
 TaskInfo lm_task_info(const std::string& name) {

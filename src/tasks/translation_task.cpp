@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <chrono>
 #include <iostream>
 
 #include "kvq/data/bleu.h"
@@ -100,15 +101,15 @@ Forced teacher_forced(models::Seq2Seq& model, const torch::Tensor& source,
 // Greedy translations of encoded source rows, as token lists (stopping at <eos>).
 std::vector<std::vector<std::string>> greedy_tokens(models::Seq2Seq& model,
                                                     const torch::Tensor& source,
-                                                    const WordVocab& target_vocab,
-                                                    int64_t max_len, int64_t batch_size) {
+                                                    const WordVocab& target_vocab, int64_t max_len,
+                                                    int64_t batch_size, bool use_cache = true) {
   torch::NoGradGuard no_grad;
   std::vector<std::vector<std::string>> out;
   for (int64_t start = 0; start < source.size(0); start += batch_size) {
     const auto src = trimmed(source.slice(0, start, std::min(source.size(0), start + batch_size)));
     const auto decoded =
         model->greedy_decode(src, src == WordVocab::kPad, WordVocab::kBos, WordVocab::kEos,
-                             max_len)
+                             max_len, use_cache)
             .contiguous();
     for (int64_t i = 0; i < decoded.size(0); ++i) {
       const auto row = decoded[i];
@@ -291,10 +292,9 @@ nlohmann::json evaluate_translation_task(const Config& c, const train::RunDir& r
   return with_checkpoint_info(out, path, options);
 }
 
-std::vector<std::string> translate_with_run(const nlohmann::json& config_json,
-                                            const train::RunDir& run,
-                                            const std::vector<std::string>& sentences,
-                                            const std::string& checkpoint) {
+Translations translate_with_run(const nlohmann::json& config_json, const train::RunDir& run,
+                                const std::vector<std::string>& sentences,
+                                const std::string& checkpoint, bool use_cache) {
   TORCH_CHECK(config_json.value("task", "") == "translation", "translate: ",
               run.config_path().string(), " is a run of task '", config_json.value("task", ""),
               "'; translate needs a translation run");
@@ -309,12 +309,16 @@ std::vector<std::string> translate_with_run(const nlohmann::json& config_json,
   std::vector<data::TextPair> pairs;
   for (const auto& s : sentences) pairs.push_back({s, "-"});
   const auto encoded = data::encode_parallel(pairs, d.source_vocab, d.target_vocab, c.max_tokens);
-  std::vector<std::string> out;
-  for (const auto& tokens :
-       greedy_tokens(model, encoded.source, d.target_vocab, c.max_tokens + 2, c.eval_batch_size)) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto decoded = greedy_tokens(model, encoded.source, d.target_vocab, c.max_tokens + 2,
+                                     c.eval_batch_size, use_cache);
+  Translations out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& tokens : decoded) {
     std::string line;
     for (const auto& t : tokens) line += (line.empty() ? "" : " ") + t;
-    out.push_back(line);
+    out.lines.push_back(line);
+    out.tokens += static_cast<int64_t>(tokens.size()) + 1;  // the words and <eos>
   }
   return out;
 }

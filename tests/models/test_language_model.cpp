@@ -111,6 +111,77 @@ TEST(LanguageModel, TopKOneIsGreedy) {
   EXPECT_TRUE(torch::equal(got, tokens));
 }
 
+// A prefill of a prefix and one step per later token give the forward's logits, for every
+// mechanism (float64, eval); a step past the context length is refused.
+TEST(LanguageModel, PrefillAndStepsGiveTheForwardLogitsForEveryMechanism) {
+  for (const auto& name : kvq::mechanism_names()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(4);
+    M::LanguageModel lm(tiny().mechanism(name));
+    lm->to(torch::kFloat64);
+    lm->eval();
+    auto tokens = torch::randint(0, 11, {2, 12}, torch::kInt64);
+    auto want = lm(tokens);
+    torch::NoGradGuard no_grad;
+    M::LanguageModelCache cache;
+    std::vector<torch::Tensor> rows = {lm->prefill(tokens.narrow(1, 0, 5), cache)};
+    for (int64_t t = 5; t < 12; ++t) rows.push_back(lm->step(tokens.narrow(1, t, 1), cache));
+    EXPECT_LE(max_abs(torch::cat(rows, 1) - want), 1e-10 * max_abs(want));
+    EXPECT_EQ(cache.length(), 12);
+    kvq_test::expect_error_naming([&] { lm->step(tokens.narrow(1, 0, 1), cache); },
+                                  {"context_length"}, "a step past the context");
+  }
+}
+
+// A tiny model trained for 60 steps on a stream where each token is followed by one of two
+// tokens at random: its samples are neither noise nor one repeated token.
+M::LanguageModel trained_tiny(const std::string& mechanism) {
+  torch::manual_seed(9);
+  M::LanguageModel lm(tiny().mechanism(mechanism).dropout(0.0));
+  auto stream = torch::empty({400}, torch::kInt64);
+  auto jumps = torch::randint(0, 2, {400}, torch::kInt64) * 2 + 1;  // +1 or +3
+  int64_t token = 0;
+  for (int64_t i = 0; i < 400; ++i) {
+    stream[i] = token;
+    token = (token + jumps[i].item<int64_t>()) % 11;
+  }
+  const auto offsets = torch::arange(13, torch::kInt64);
+  torch::optim::Adam opt(lm->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int step = 0; step < 60; ++step) {
+    const auto starts = torch::randint(0, 400 - 13, {16, 1}, torch::kInt64);
+    const auto windows = stream.index({starts + offsets});
+    const auto logits = lm(windows.narrow(1, 0, 12));
+    const auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, 11}),
+                                                           windows.narrow(1, 1, 12).reshape({-1}));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  }
+  lm->eval();
+  return lm;
+}
+
+// Sampled and greedy generation give the same tokens with and without the caches, for every
+// mechanism, past the context length (12) too, where the window slides and the caches are rebuilt.
+TEST(LanguageModel, CachedGenerationGivesTheUncachedTokensForEveryMechanism) {
+  for (const auto& name : kvq::mechanism_names()) {
+    SCOPED_TRACE(name);
+    auto lm = trained_tiny(name);
+    auto prompt = torch::tensor({0, 1, 4, 7, 8, 9}, torch::kInt64).view({2, 3});
+    for (int64_t top_k : {0, 1}) {
+      auto opts = M::GenerateOptions().max_new_tokens(25).seed(11).top_k(top_k);
+      auto cached = lm->generate(prompt, opts);
+      auto uncached = lm->generate(prompt, opts.use_cache(false));
+      EXPECT_TRUE(torch::equal(cached, uncached)) << "top_k " << top_k << "\n"
+                                                  << cached << "\n"
+                                                  << uncached;
+      if (top_k == 0) {
+        EXPECT_GE(std::get<0>(at::_unique(cached)).numel(), 5) << "degenerate samples\n" << cached;
+      }
+    }
+  }
+}
+
 TEST(LanguageModel, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
   expect_error_naming([] { M::LanguageModel(tiny().d_model(10).num_heads(3)); }, {"d_model", "num_heads"},

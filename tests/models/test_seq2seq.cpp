@@ -217,6 +217,42 @@ TEST(Seq2Seq, TrainedModelDecodesRowsOfDifferentLengths) {
   EXPECT_TRUE(torch::equal(got, want)) << got << "\n" << want;
 }
 
+// decode_prefill of the first target tokens and one decode_step per later token give decode's
+// logits, for every mechanism (float64, eval, padded source).
+TEST(Seq2Seq, DecodePrefillAndStepsEqualDecodeForEveryMechanism) {
+  for (const auto& name : kvq::mechanism_names()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(6);
+    M::Seq2Seq model(tiny().mechanism(name));
+    model->to(torch::kFloat64);
+    model->eval();
+    auto [src, mask] = padded_source();
+    auto tgt = torch::randint(1, 12, {3, 8}, torch::kInt64);
+    torch::NoGradGuard no_grad;
+    auto memory = model->encode(src, mask);
+    auto want = model->decode(tgt, memory, mask);
+    M::Seq2SeqCache cache;
+    std::vector<torch::Tensor> rows = {
+        model->decode_prefill(tgt.narrow(1, 0, 2), memory, mask, cache)};
+    for (int64_t t = 2; t < 8; ++t) rows.push_back(model->decode_step(tgt.narrow(1, t, 1), cache));
+    EXPECT_LE(max_abs(torch::cat(rows, 1) - want), 1e-10 * max_abs(want));
+    EXPECT_EQ(cache.length(), 8);
+  }
+}
+
+TEST(Seq2Seq, GreedyDecodeIsTheSameWithAndWithoutTheCacheForEveryMechanism) {
+  for (const auto& name : kvq::mechanism_names()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(7);
+    M::Seq2Seq model(tiny().mechanism(name));
+    model->eval();
+    auto [src, mask] = padded_source();
+    auto cached = model->greedy_decode(src, mask, kBos, kEos, 12);
+    auto uncached = model->greedy_decode(src, mask, kBos, kEos, 12, /*use_cache=*/false);
+    EXPECT_TRUE(torch::equal(cached, uncached)) << cached << "\n" << uncached;
+  }
+}
+
 TEST(Seq2Seq, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
   expect_error_naming([] { M::Seq2Seq(tiny().num_encoder_layers(0)); }, {"num_encoder_layers"},

@@ -177,7 +177,12 @@ TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
   const auto run = kvq::train::RunDir::open(out.run_dir);
   const auto lines =
       KT::translate_with_run(run.load_config(), run, {"the red car is big", "a blue tree"});
-  EXPECT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines.lines.size(), 2u);
+  // The decoder caches change nothing but the speed.
+  EXPECT_EQ(KT::translate_with_run(run.load_config(), run, {"the red car is big", "a blue tree"},
+                                   "best", /*use_cache=*/false)
+                .lines,
+            lines.lines);
   kvq_test_files::expect_error(
       [&] { KT::translate_with_run(nlohmann::json{{"task", "sort"}}, run, {"x"}); },
       {"translate needs a translation run"});

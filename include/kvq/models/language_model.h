@@ -53,6 +53,18 @@ struct GenerateOptions {
   TORCH_ARG(int64_t, top_k) = 0;
   /// Seed of the CPU generator used when generate() is given none. Default: 0.
   TORCH_ARG(uint64_t, seed) = 0;
+  /// Decode with the per-layer caches: prefill the prompt, then one step per token (for linear and
+  /// intention constant time per token). false = run the whole window again for every token, the
+  /// reference path. The tokens are the same either way. Default: true.
+  TORCH_ARG(bool, use_cache) = true;
+};
+
+// The decoding state of a LanguageModel: one attention cache per block (kvq/modules/
+// attention_cache.h).
+struct LanguageModelCache {
+  std::vector<kvq::nn::AttentionCache> layers;
+  // Tokens in the cache; the next token has position length().
+  int64_t length() const { return layers.empty() ? 0 : layers.front().length(); }
 };
 
 // tokens (B, T) -> tok_emb + pos_emb(0 .. T-1) -> num_layers Pre-LN causal blocks -> LayerNorm ->
@@ -69,6 +81,13 @@ class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {
 
   torch::Tensor forward(const torch::Tensor& tokens);
 
+  // Incremental decoding. prefill: tokens (B, T), 1 <= T <= context_length -> forward(tokens)
+  // (B, T, V), and `cache` holds the T tokens. step: tokens (B, 1), the token at position
+  // cache.length() < context_length -> its logits (B, 1, V), the last row of forward over all
+  // tokens so far; advances `cache`. Inference only (run under torch::NoGradGuard).
+  torch::Tensor prefill(const torch::Tensor& tokens, LanguageModelCache& cache);
+  torch::Tensor step(const torch::Tensor& tokens, LanguageModelCache& cache);
+
   // Autoregressive sampling: appends max_new_tokens tokens to `prompt` (int64 (B, T0), T0 >= 1),
   // each drawn from softmax(logits_last / temperature) restricted to the top_k logits, conditioning
   // on the last context_length tokens. Draws come from `generator` (a CPU generator, advanced in
@@ -76,6 +95,11 @@ class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {
   // gives the same tokens on any device. Runs without autograd; dropout follows the module's mode,
   // so call eval() first for reproducible output. Returns int64 (B, T0 + max_new_tokens) on the
   // prompt's device.
+  // With options.use_cache (the default) the prompt is prefilled and each new token is one step.
+  // Past context_length tokens the window slides by one token per new token: every token in it
+  // changes position, so nothing cached stays valid, and each new token runs the last
+  // context_length tokens through the model again (a prefill whose state is dropped, since the
+  // next token slides the window again): what the uncached path costs, with the same tokens.
   torch::Tensor generate(const torch::Tensor& prompt, const GenerateOptions& options = {},
                          c10::optional<at::Generator> generator = c10::nullopt);
 
@@ -84,6 +108,12 @@ class LanguageModelImpl : public torch::nn::Cloneable<LanguageModelImpl> {
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm final_norm{nullptr};
   torch::nn::Linear lm_head{nullptr};
+
+ private:
+  // Token plus position embeddings of tokens (B, T) at positions first_position ...
+  torch::Tensor embed(const torch::Tensor& tokens, int64_t first_position);
+  // tokens (B, T) with 1 <= T <= context_length; `op` ("", "::prefill") names the caller.
+  void check_window(const char* op, const torch::Tensor& tokens) const;
 };
 TORCH_MODULE(LanguageModel);
 

@@ -93,6 +93,13 @@ class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
   // The feed-forward branch alone, without dropout on its output: (B, T, d) -> (B, T, d).
   torch::Tensor feed_forward(const torch::Tensor& x);
 
+  // Incremental causal decoding (MultiHeadKVQ::prefill / step): prefill x (B, T, d) returns
+  // forward(x, key_padding_mask, causal=true) and fills `cache`; step x_t (B, 1, d) returns the row
+  // the causal forward over all tokens so far gives the new token, and advances `cache`.
+  torch::Tensor prefill(const torch::Tensor& x, kvq::nn::AttentionCache& cache,
+                        const torch::Tensor& key_padding_mask = {});
+  torch::Tensor step(const torch::Tensor& x_t, kvq::nn::AttentionCache& cache);
+
   TransformerBlockOptions options;
   kvq::nn::MultiHeadKVQ self_attn{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
@@ -100,6 +107,13 @@ class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(TransformerBlock);
+
+// What a decoder block keeps between decoding steps: its causal self-attention cache and its
+// cross-attention's projected memory.
+struct DecoderBlockCache {
+  kvq::nn::AttentionCache self;
+  kvq::nn::MemoryCache memory;
+};
 
 // Decoder block of an encoder-decoder model: causal self-attention, cross-attention over the
 // encoder output (queries from the decoder, keys and values from `memory`), feed-forward.
@@ -122,11 +136,22 @@ class TransformerDecoderBlockImpl : public torch::nn::Cloneable<TransformerDecod
   // The feed-forward branch alone, without dropout on its output: (B, T, d) -> (B, T, d).
   torch::Tensor feed_forward(const torch::Tensor& x);
 
+  // Incremental decoding: prefill returns forward(x, memory, tgt_padding_mask,
+  // memory_padding_mask, causal=true) and fills `cache` (memory projected once); step x_t (B, 1, d)
+  // returns the new token's row and advances `cache`.
+  torch::Tensor prefill(const torch::Tensor& x, const torch::Tensor& memory,
+                        DecoderBlockCache& cache, const torch::Tensor& tgt_padding_mask = {},
+                        const torch::Tensor& memory_padding_mask = {});
+  torch::Tensor step(const torch::Tensor& x_t, DecoderBlockCache& cache);
+
   TransformerBlockOptions options;
   kvq::nn::MultiHeadKVQ self_attn{nullptr}, cross_attn{nullptr};
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
   torch::nn::Linear linear1{nullptr}, linear2{nullptr};
   torch::nn::Dropout dropout{nullptr};
+
+ private:
+  void check_decoder_inputs(const torch::Tensor& x, const torch::Tensor& memory) const;
 };
 TORCH_MODULE(TransformerDecoderBlock);
 

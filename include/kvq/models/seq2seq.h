@@ -49,6 +49,14 @@ struct Seq2SeqOptions {
   TORCH_ARG(bool, learn_alpha) = true;
 };
 
+// The decoding state of a Seq2Seq decoder: per decoder block, its self-attention cache and its
+// cross-attention's projected memory.
+struct Seq2SeqCache {
+  std::vector<DecoderBlockCache> layers;
+  // Target tokens in the cache; the next one has position length().
+  int64_t length() const { return layers.empty() ? 0 : layers.front().self.length(); }
+};
+
 // Encoder: Embedding(src) * sqrt(d) + PE -> dropout -> Pre-LN blocks -> LayerNorm = memory.
 // Decoder: Embedding(tgt) * sqrt(d) + PE -> dropout -> Pre-LN decoder blocks (causal
 // self-attention, cross-attention over memory) -> LayerNorm -> Linear(d, tgt_vocab_size).
@@ -75,12 +83,22 @@ class Seq2SeqImpl : public torch::nn::Cloneable<Seq2SeqImpl> {
                        const torch::Tensor& src_padding_mask = {},
                        const torch::Tensor& tgt_padding_mask = {});
 
+  // Incremental decoding. decode_prefill: decode(tgt, memory, src_padding_mask) (B, T, V_tgt),
+  // and `cache` holds the T target tokens and every layer's projected memory. decode_step: tgt
+  // (B, 1), the token at position cache.length() -> its logits (B, 1, V_tgt), the last row of
+  // decode over all target tokens so far; advances `cache`. Inference only.
+  torch::Tensor decode_prefill(const torch::Tensor& tgt, const torch::Tensor& memory,
+                               const torch::Tensor& src_padding_mask, Seq2SeqCache& cache);
+  torch::Tensor decode_step(const torch::Tensor& tgt, Seq2SeqCache& cache);
+
   // Greedy decoding: starts every row with `bos`, appends argmax tokens, and stops when every row
   // has produced `eos` or the output has max_len tokens (bos included). Tokens after a row's first
   // eos are eos. Runs without autograd; call eval() first so dropout is off.
   // src int64 (B, S) -> int64 (B, T) with 1 <= T <= max_len, on src's device.
+  // use_cache: one decode_step per token (default); false = decode the whole prefix again at
+  // every step, the reference path. The tokens are the same either way.
   torch::Tensor greedy_decode(const torch::Tensor& src, const torch::Tensor& src_padding_mask,
-                              int64_t bos, int64_t eos, int64_t max_len);
+                              int64_t bos, int64_t eos, int64_t max_len, bool use_cache = true);
 
   Seq2SeqOptions options;
   torch::nn::Embedding src_embedding{nullptr}, tgt_embedding{nullptr};
@@ -88,6 +106,10 @@ class Seq2SeqImpl : public torch::nn::Cloneable<Seq2SeqImpl> {
   torch::nn::LayerNorm encoder_norm{nullptr}, decoder_norm{nullptr};
   torch::nn::Linear output{nullptr};
   torch::nn::Dropout dropout{nullptr};
+
+ private:
+  // dropout(Embedding(tgt) * sqrt(d) + PE) for tgt (B, T) at positions first_position ...
+  torch::Tensor embed_target(const torch::Tensor& tgt, int64_t first_position);
 };
 TORCH_MODULE(Seq2Seq);
 

@@ -2,7 +2,9 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <utility>
 
+#include "kvq/modules/attention_cache.h"
 #include "kvq/registry.h"
 
 namespace kvq {
@@ -62,6 +64,24 @@ class MultiHeadKVQImpl : public torch::nn::Cloneable<MultiHeadKVQImpl> {
   torch::Tensor forward_self(const torch::Tensor& x, const torch::Tensor& key_padding_mask = {},
                              bool causal = false);
 
+  // Incremental causal self-attention (decoding; docs/mechanisms.md, "Incremental decoding").
+  // prefill: x (B, T, E) (batch_first; (T, B, E) otherwise), T >= 0, key_padding_mask (B, T) ->
+  // forward_self(x, key_padding_mask, causal=true) and the cache after the T tokens.
+  // step: one more token x_t (B, 1, E) ((1, B, E)) -> its output, the row the batched causal
+  // forward over all tokens so far gives it; advances the cache. The stepped token has position
+  // cache.length() (kv-pos) and is never padding. Inference only: no attention dropout, and the
+  // intention mechanisms' steps have no backward (run under torch::NoGradGuard).
+  std::pair<torch::Tensor, AttentionCache> prefill(const torch::Tensor& x,
+                                                   const torch::Tensor& key_padding_mask = {});
+  torch::Tensor step(const torch::Tensor& x_t, AttentionCache& cache);
+
+  // Cross-attention over a memory that stays fixed while the queries change (a decoder over its
+  // encoder's output): project_memory projects memory (B, S, E) once; forward_memory(query, cache)
+  // then equals forward(query, memory, memory, key_padding_mask) without projecting it again.
+  MemoryCache project_memory(const torch::Tensor& memory,
+                             const torch::Tensor& key_padding_mask = {});
+  torch::Tensor forward_memory(const torch::Tensor& query, const MemoryCache& memory);
+
   // The positive per-head ridge parameter, (H).
   torch::Tensor alpha() const;
 
@@ -72,6 +92,17 @@ class MultiHeadKVQImpl : public torch::nn::Cloneable<MultiHeadKVQImpl> {
   torch::Tensor pos_bias;     // (H), kv-pos only
 
  private:
+  // x (B, T, E) in the module's layout, checked (`name` in errors), as (B, T, E).
+  torch::Tensor batch_first_input(const char* name, const torch::Tensor& x) const;
+  // (B, T, E) -> (B, H, T, E / H).
+  torch::Tensor split_heads(const torch::Tensor& x) const;
+  // Projected queries of x_q (B, m, E); keys_of_x_q = k_proj(x_q) split, when the caller has it.
+  torch::Tensor project_queries(const torch::Tensor& x_q, const torch::Tensor& keys_of_x_q = {});
+  // (B, H, m, d) heads -> out_proj(concat(heads)) in the module's layout.
+  torch::Tensor merge_heads(const torch::Tensor& heads_out);
+  functional::AttentionFuncOptions mechanism_options(bool causal,
+                                                     const torch::Tensor& key_padding_mask) const;
+
   const MechanismInfo* mechanism_ = nullptr;
   Projection projection_ = Projection::QKV;
 };

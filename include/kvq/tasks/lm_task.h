@@ -81,11 +81,15 @@ nlohmann::json evaluate_lm_task(const LmTaskConfig& config, const train::RunDir&
                                 const EvalOptions& options = {});
 
 // `kvq generate`: samples `options.max_new_tokens` tokens after `prompt` (text; "" = the first
-// token of the validation stream) from a run's checkpoint (EvalOptions::checkpoint) and returns
-// the decoded prompt + continuation.
-std::string generate_from_run(const nlohmann::json& config, const train::RunDir& run,
-                              const std::string& prompt, const models::GenerateOptions& options,
-                              const std::string& checkpoint = "best");
+// token of the validation stream) from a run's checkpoint ("best" | "last").
+struct Generation {
+  std::string text;        // the decoded prompt + continuation
+  int64_t new_tokens = 0;  // tokens generated
+  double seconds = 0.0;    // wall-clock time of LanguageModel::generate alone
+};
+Generation generate_from_run(const nlohmann::json& config, const train::RunDir& run,
+                             const std::string& prompt, const models::GenerateOptions& options,
+                             const std::string& checkpoint = "best");
 
 // The registry entry of `name`: char-lm or human-numbers.
 TaskInfo lm_task_info(const std::string& name);

@@ -63,11 +63,16 @@ struct TranslationTaskConfig : CommonTaskConfig {
 const train::ConfigSchema<TranslationTaskConfig>& translation_task_schema();
 
 // `kvq translate`: greedy translations of `sentences` by a run's checkpoint ("best" | "last"),
-// one output string (tokens joined by spaces) per input sentence.
-std::vector<std::string> translate_with_run(const nlohmann::json& config,
-                                            const train::RunDir& run,
-                                            const std::vector<std::string>& sentences,
-                                            const std::string& checkpoint = "best");
+// one output string (tokens joined by spaces) per input sentence. use_cache = false decodes
+// without the decoder caches (the whole prefix again at every token; same output).
+struct Translations {
+  std::vector<std::string> lines;
+  int64_t tokens = 0;    // target tokens produced: the words plus each row's closing <eos>
+  double seconds = 0.0;  // wall-clock time of the decoding alone
+};
+Translations translate_with_run(const nlohmann::json& config, const train::RunDir& run,
+                                const std::vector<std::string>& sentences,
+                                const std::string& checkpoint = "best", bool use_cache = true);
 
 TrainSummary train_translation_task(const TranslationTaskConfig& config, const train::RunDir& run,
                                     const TrainContext& context = {});
