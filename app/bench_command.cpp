@@ -256,6 +256,7 @@ struct Row {
   bool ran = false;     // ours was run (not skipped by a length limit)
   bool failed = false;  // disagreement or error
   Timing ours, naive;
+  Timing ours_forward;  // the forward alone (with autograd recording, as in training)
   double ours_peak_bytes = kNaN, naive_peak_bytes = kNaN;  // peak_extra_bytes of one fwd+bwd
   double result_bytes = kNaN;  // the output and the input gradients, included in the peaks
   std::string naive_form;  // the naive form that was timed or checked; empty = none
@@ -358,6 +359,7 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
   row.result_bytes = double(problem.grad_out.numel()) * element_size;
   for (const auto& leaf : problem.leaves) row.result_bytes += double(leaf.numel()) * element_size;
   row.ours = time_repeated([&] { ours_step(problem); }, o.min_time);
+  row.ours_forward = time_repeated([&] { run_ours(info, problem, causal); }, o.min_time);
   if (chosen && !on_slice) {
     const auto inputs = naive_inputs(problem, *chosen, causal);
     auto naive_step = [&] { forward_backward([&] { return chosen->fn(inputs); }, problem); };
@@ -414,8 +416,9 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << "; gemm (torch::mm " << kGemmSize << "^2 " << o.dtype << ", best of " << kGemmRepeats
       << "): " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s\n\n";
   char line[256];
-  const char* columns_fmt = "%-18s %-6s %5s %10s %10s %7s %8s %6s %8s %9s %9s %8s %8s %8s";
-  std::snprintf(line, sizeof(line), columns_fmt, "mechanism", "causal", "T", "ours ms", "naive ms",
+  const char* columns_fmt = "%-18s %-6s %5s %10s %8s %10s %7s %8s %6s %8s %9s %9s %8s %8s %8s";
+  std::snprintf(line, sizeof(line), columns_fmt, "mechanism", "causal", "T", "ours ms", "fwd ms",
+                "naive ms",
                 "speedup", "GFLOP/s", "%gemm", "Ktok/s", "ours MiB", "naive MiB", "out err",
                 "grad err", "par err");
   out << line << "  notes\n";
@@ -423,6 +426,7 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
     const double speedup = r.naive.min_ms / r.ours.min_ms;
     std::snprintf(line, sizeof(line), columns_fmt, r.mechanism.c_str(), r.causal ? "yes" : "no",
                   std::to_string(r.length).c_str(), format_num(r.ours.min_ms, "%.2f").c_str(),
+                  format_num(r.ours_forward.min_ms, "%.2f").c_str(),
                   format_num(r.naive.min_ms, "%.2f").c_str(), format_num(speedup, "%.2f").c_str(),
                   format_num(r.gflops, "%.1f").c_str(),
                   format_num(100 * r.gemm_fraction, "%.1f").c_str(),
@@ -439,6 +443,8 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
          "input)"
          " over repetitions until --min-time "
       << o.min_time << " s (at least one), after one warm-up run (the verification run).\n"
+      << "fwd ms: the forward alone, timed the same way (autograd recording on, as in training);"
+         " the backward is ours ms - fwd ms.\n"
       << "speedup = naive ms / ours ms. GFLOP/s = 3 x analytic forward FLOPs (fwd+bwd taken as 3x"
          " forward; formulas in src/registry.cpp) / ours time; %gemm = that / the gemm rate.\n"
       << "MiB: peak resident memory of one forward+backward above the level before it (Linux"
@@ -498,6 +504,7 @@ nlohmann::json to_json(const std::vector<Row>& rows, const Context& ctx, double 
                          {"ours_ms", r.ours.min_ms},
                          {"ours_median_ms", r.ours.median_ms},
                          {"ours_reps", r.ours.reps},
+                         {"ours_forward_ms", r.ours_forward.min_ms},
                          {"naive_ms", r.naive.min_ms},
                          {"naive_median_ms", r.naive.median_ms},
                          {"naive_reps", r.naive.reps},

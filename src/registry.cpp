@@ -38,9 +38,10 @@ Tensor linear_identity_fn(const Tensor& q, const Tensor& k, const Tensor& v, con
 //                          causal     4 n d dv' + 2 n C (d + dv')  chunk states + the C x C blocks
 //   intention              non-causal 2 n d^2 + 4 n d dv + d^3/3 + 2 d^2 dv
 //                                     K^T K, K^T V and Q W, Cholesky, cholesky_solve
-//                          causal     per chunk: d^3 (Cholesky + inverse of A0) + C^3/3 (chol M)
-//                                     + 6 C d^2 (K^T K, K P, Q P) + 9 C^2 d (M, R, Q R^T, (.) R,
-//                                     Q~ K^T) + 4 C d dv (K^T V, Q~ B0) + 2 C^2 dv
+//                          causal     per chunk (the fused kernel's forward): d^3 (Cholesky and
+//                                     inverse of A0) + C^3/3 (Cholesky of M) + 2 d^2 dv (W0)
+//                                     + 4 C d^2 (K P, K^T K) + 5 C^2 d (M, R, Q R^T)
+//                                     + 6 C d dv (K W0, Q W0, K^T V) + 2 C^2 dv (E, (.) E)
 //   softmax-intention      non-causal 4 n d^2 + d^3/3 + 2 n^2 (d + dv)   (solve for n queries)
 //                          causal     per chunk d^3 + C^3/3 + 6 C d^2 + 7 C^2 d,
 //                                     plus causal softmax n (n + 1) (d + dv)
@@ -79,7 +80,8 @@ double linear_identity_flops(const ProblemSize& s, bool causal, int64_t chunk) {
 double intention_flops(const ProblemSize& s, bool causal, int64_t chunk) {
   const Terms t(s, chunk);
   const double n = t.n, d = t.d, dv = t.dv, C = t.C;
-  return t.heads * (causal ? t.chunks * (t.chunk_queries() + 2 * C * C * d + 4 * C * d * dv +
+  return t.heads * (causal ? t.chunks * (d * d * d + C * C * C / 3 + 2 * d * d * dv +
+                                         4 * C * d * d + 5 * C * C * d + 6 * C * d * dv +
                                          2 * C * C * dv)
                            : 2 * n * d * d + 4 * n * d * dv + d * d * d / 3 + 2 * d * d * dv);
 }

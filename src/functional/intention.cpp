@@ -1,7 +1,7 @@
 #include "kvq/functional/intention.h"
 
 #include "functional/checks.h"
-#include "functional/chunked_causal.h"
+#include "functional/kernel_views.h"
 #include "functional/least_squares.h"
 #include "functional/softmax_mixer.h"
 
@@ -10,6 +10,7 @@ namespace functional {
 namespace detail {
 
 torch::Tensor cholesky_checked(const char* op, const char* what, const torch::Tensor& a) {
+  if (!a.device().is_cpu()) return cholesky_or_nan(a);  // reading info would synchronise
   auto [factor, info] = torch::linalg_cholesky_ex(a);
   TORCH_CHECK(!info.ne(0).any().item<bool>(), op, ": ", what,
               " is not numerically positive definite in ", a.scalar_type(),
@@ -21,49 +22,6 @@ torch::Tensor regularised_gram(const torch::Tensor& k, const torch::Tensor& alph
   auto gram = torch::matmul(k.transpose(-2, -1), k);
   auto eye = torch::eye(k.size(-1), k.options());
   return gram + alpha_for_heads(alpha) * eye;
-}
-
-CausalChunkFactors causal_chunk_factors(const char* op, const torch::Tensor& q,
-                                        const torch::Tensor& k, const torch::Tensor& alpha,
-                                        int64_t chunk) {
-  CausalChunkFactors f;
-  f.length = q.size(2);
-  f.chunk = std::min(chunk, f.length);
-  const int64_t d = q.size(3);
-  f.qc = split_chunks(q, f.chunk);  // (B, H, N, C, d)
-  f.kc = split_chunks(k, f.chunk);
-  auto kct = f.kc.transpose(-2, -1);
-  auto eye_d = torch::eye(d, q.options());
-  auto alpha_chunks = alpha.dim() == 0 ? alpha : alpha.view({1, -1, 1, 1, 1});
-  auto a0 = exclusive_chunk_cumsum(torch::matmul(kct, f.kc)) + alpha_chunks * eye_d;
-  f.a0_factor = cholesky_checked(op, "alpha I + K^T K of the earlier chunks", a0);
-  f.p = torch::cholesky_solve(eye_d.expand_as(a0), f.a0_factor);
-  auto kp = torch::matmul(f.kc, f.p);
-  auto m = torch::matmul(kp, kct) + torch::eye(f.chunk, q.options());
-  f.m_factor = cholesky_checked(op, "I + K_c P K_c^T", m);
-  f.r = torch::linalg_solve_triangular(f.m_factor, kp, /*upper=*/false);
-  return f;
-}
-
-torch::Tensor causal_least_squares_queries(const char* op, const torch::Tensor& q,
-                                           const torch::Tensor& k, const torch::Tensor& alpha,
-                                           int64_t chunk) {
-  const auto f = causal_chunk_factors(op, q, k, alpha, chunk);
-  auto qr = torch::matmul(f.qc, f.r.transpose(-2, -1)).tril();
-  return merge_chunks(torch::matmul(f.qc, f.p) - torch::matmul(qr, f.r), f.length);
-}
-
-torch::Tensor causal_intention_output(const char* op, const torch::Tensor& q,
-                                      const torch::Tensor& k, const torch::Tensor& v,
-                                      const torch::Tensor& alpha, int64_t chunk) {
-  const auto f = causal_chunk_factors(op, q, k, alpha, chunk);
-  auto vc = split_chunks(v, f.chunk);
-  auto b0 = exclusive_chunk_cumsum(torch::matmul(f.kc.transpose(-2, -1), vc));
-  auto w0 = torch::cholesky_solve(b0, f.a0_factor);  // ridge weights at the chunk start
-  auto residual = torch::linalg_solve_triangular(f.m_factor, vc - torch::matmul(f.kc, w0),
-                                                 /*upper=*/false);
-  auto qr = torch::matmul(f.qc, f.r.transpose(-2, -1)).tril();
-  return merge_chunks(torch::matmul(f.qc, w0) + torch::matmul(qr, residual), f.length);
 }
 
 }  // namespace detail
@@ -104,6 +62,65 @@ class IntentionFunction : public torch::autograd::Function<IntentionFunction> {
   }
 };
 
+// The same closed form as one fused CPU kernel per (batch, head)
+// (src/kernels/cpu/least_squares_kernel.h): CPU float32/float64.
+class FusedIntentionFunction : public torch::autograd::Function<FusedIntentionFunction> {
+ public:
+  template <typename T>
+  static kernels::cpu::LeastSquaresParams<T> params(const torch::Tensor& q, const torch::Tensor& k,
+                                                    const torch::Tensor& v,
+                                                    const torch::Tensor& alpha,
+                                                    const torch::Tensor& factor,
+                                                    const torch::Tensor& weights) {
+    kernels::cpu::LeastSquaresParams<T> p;
+    p.batch = q.size(0), p.heads = q.size(1), p.m = q.size(2), p.n = k.size(2);
+    p.d = q.size(3), p.dv = v.size(3);
+    p.q = heads_view<const T>(q), p.k = heads_view<const T>(k), p.v = heads_view<const T>(v);
+    p.alpha = alpha.data_ptr<T>(), p.alpha_stride = alpha.dim() == 1 ? 1 : 0;
+    p.factor = factor.data_ptr<T>(), p.weights = weights.data_ptr<T>();
+    return p;
+  }
+
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q_in,
+                               const torch::Tensor& k_in, const torch::Tensor& v_in,
+                               const torch::Tensor& alpha_in) {
+    const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
+    const auto alpha = alpha_in.contiguous();
+    const int64_t B = q.size(0), H = q.size(1), d = q.size(3), dv = v.size(3);
+    auto factor = torch::empty({B, H, d, d}, q.options());
+    auto weights = torch::empty({B, H, d, dv}, q.options());
+    auto out = torch::empty({B, H, q.size(2), dv}, q.options());
+    kernels::cpu::FactorFailure failure;
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "intention_forward", [&] {
+      failure = kernels::cpu::intention_forward(
+          params<scalar_t>(q, k, v, alpha, factor, weights), heads_view<scalar_t>(out));
+    });
+    check_factorisation("intention", failure, q.scalar_type(), /*causal=*/false);
+    ctx->save_for_backward({q, k, v, alpha, factor, weights});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const auto &q = s[0], &k = s[1], &v = s[2], &alpha = s[3];
+    const auto grad_out = rows_contiguous(grads[0]);
+    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
+    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
+    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
+    auto grad_alpha = torch::empty({q.size(0), q.size(1)}, q.options());
+    AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "intention_backward", [&] {
+      kernels::cpu::intention_backward(params<scalar_t>(q, k, v, alpha, s[4], s[5]),
+                                       heads_view<const scalar_t>(grad_out),
+                                       heads_view<scalar_t>(grad_q), heads_view<scalar_t>(grad_k),
+                                       heads_view<scalar_t>(grad_v),
+                                       grad_alpha.data_ptr<scalar_t>());
+    });
+    grad_alpha = alpha.dim() == 1 ? grad_alpha.sum(0) : grad_alpha.sum();
+    return {grad_q, grad_k, grad_v, grad_alpha};
+  }
+};
+
 // Inputs in the dtype the solves run in (float32 for half precision), padded keys zeroed.
 struct SolveInputs {
   torch::Tensor q, k, v, alpha;
@@ -115,6 +132,14 @@ SolveInputs prepare(const torch::Tensor& q, const torch::Tensor& k, const torch:
   const auto& mask = options.key_padding_mask();
   return {q.to(dtype), zero_padded_keys(k.to(dtype), mask), zero_padded_keys(v.to(dtype), mask),
           alpha.to(q.device(), dtype)};
+}
+
+// Non-causal intention: the fused kernel on the CPU, the LibTorch closed form elsewhere.
+torch::Tensor global_intention(const SolveInputs& in) {
+  if (cpu_kernel_dtypes({in.q, in.k, in.v, in.alpha}) && in.q.size(3) > 0) {
+    return FusedIntentionFunction::apply(in.q, in.k, in.v, in.alpha);
+  }
+  return intention_composed(in.q, in.k, in.v, in.alpha);
 }
 
 // Q A^{-1}, A = K^T K + alpha I (global) or A_t (causal).
@@ -129,6 +154,11 @@ torch::Tensor ls_queries(const char* op, const SolveInputs& in,
 
 }  // namespace
 
+torch::Tensor detail::intention_composed(const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v, const torch::Tensor& alpha) {
+  return IntentionFunction::apply(q, k, v, alpha);
+}
+
 torch::Tensor intention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& alpha, const AttentionFuncOptions& options) {
   const auto dims = check_qkv("intention", q, k, v, options);
@@ -136,7 +166,7 @@ torch::Tensor intention(const torch::Tensor& q, const torch::Tensor& k, const to
   const auto in = prepare(q, k, v, alpha, options);
   auto out = options.causal() ? causal_intention_output("intention", in.q, in.k, in.v, in.alpha,
                                                         chunk_length(options, in.q.size(-1)))
-                              : IntentionFunction::apply(in.q, in.k, in.v, in.alpha);
+                              : global_intention(in);
   return out.to(q.scalar_type());
 }
 

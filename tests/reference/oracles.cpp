@@ -243,6 +243,79 @@ torch::Tensor least_squares_queries(const torch::Tensor& q_in, const torch::Tens
   return stack_bh(out);
 }
 
+namespace {
+
+using Extended = long double;
+using ExtendedMatrix = std::vector<std::vector<Extended>>;
+
+// x = A^{-1} b for the symmetric positive definite A, by Cholesky in long double.
+std::vector<Extended> extended_spd_solve(const ExtendedMatrix& A, std::vector<Extended> b) {
+  const size_t d = b.size();
+  ExtendedMatrix L(d, std::vector<Extended>(d, 0));
+  for (size_t j = 0; j < d; ++j) {
+    Extended diag = A[j][j];
+    for (size_t p = 0; p < j; ++p) diag -= L[j][p] * L[j][p];
+    L[j][j] = std::sqrt(diag);
+    for (size_t i = j + 1; i < d; ++i) {
+      Extended x = A[i][j];
+      for (size_t p = 0; p < j; ++p) x -= L[i][p] * L[j][p];
+      L[i][j] = x / L[j][j];
+    }
+  }
+  for (size_t i = 0; i < d; ++i) {  // L y = b
+    for (size_t p = 0; p < i; ++p) b[i] -= L[i][p] * b[p];
+    b[i] /= L[i][i];
+  }
+  for (size_t i = d; i-- > 0;) {  // L^T x = y
+    for (size_t p = i + 1; p < d; ++p) b[i] -= L[p][i] * b[p];
+    b[i] /= L[i][i];
+  }
+  return b;
+}
+
+}  // namespace
+
+torch::Tensor causal_least_squares_grad_alpha(const torch::Tensor& q_in, const torch::Tensor& k_in,
+                                              const torch::Tensor& v_in,
+                                              const torch::Tensor& alpha_in,
+                                              const torch::Tensor& key_padding_mask,
+                                              const torch::Tensor& grad_in) {
+  const auto q = f64(q_in).contiguous(), k = f64(k_in).contiguous(), g = f64(grad_in).contiguous();
+  const auto v = v_in.defined() ? f64(v_in).contiguous() : v_in;
+  const auto alpha = f64(alpha_in);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
+  const int64_t dv = v.defined() ? v.size(3) : 0, gw = g.size(3);
+  auto grad = torch::zeros({H}, torch::kFloat64);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const double* Q = q[b][h].data_ptr<double>();
+      const double* K = k[b][h].data_ptr<double>();
+      const double* V = v.defined() ? v[b][h].data_ptr<double>() : nullptr;
+      const double* G = g[b][h].data_ptr<double>();
+      ExtendedMatrix A(d, std::vector<Extended>(d, 0)), Bt(d, std::vector<Extended>(dv, 0));
+      for (int64_t i = 0; i < d; ++i) A[i][i] = per_head(alpha, h).item<double>();
+      Extended sum = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (!key_padding_mask.defined() || !key_padding_mask[b][t].item<bool>()) {
+          for (int64_t i = 0; i < d; ++i) {
+            for (int64_t j = 0; j < d; ++j) A[i][j] += Extended(K[t * d + i]) * K[t * d + j];
+            for (int64_t j = 0; j < dv; ++j) Bt[i][j] += Extended(K[t * d + i]) * V[t * dv + j];
+          }
+        }
+        std::vector<Extended> qt(Q + t * d, Q + (t + 1) * d), x(d, 0);
+        for (int64_t i = 0; i < d; ++i) {
+          if (dv == 0) x[i] = G[t * gw + i];
+          for (int64_t j = 0; j < dv; ++j) x[i] += Bt[i][j] * G[t * gw + j];
+        }
+        const auto u = extended_spd_solve(A, qt), dq = extended_spd_solve(A, x);
+        for (int64_t i = 0; i < d; ++i) sum -= u[i] * dq[i];
+      }
+      grad[h] += double(sum);
+    }
+  }
+  return alpha.dim() == 1 ? grad : grad.sum();
+}
+
 torch::Tensor softmax_intention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, const torch::Tensor& alpha, bool causal,
                                 const torch::Tensor& key_padding_mask, double scale) {

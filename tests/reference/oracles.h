@@ -66,6 +66,17 @@ torch::Tensor least_squares_queries(const torch::Tensor& q, const torch::Tensor&
                                     const torch::Tensor& alpha, bool causal,
                                     const torch::Tensor& key_padding_mask);
 
+// d<out, grad_out>/d alpha of causal intention (v defined, out (B, H, T, dv)) or of the causal
+// least-squares queries (v undefined, out (B, H, T, d)), per token in long double (64-bit
+// mantissa): -sum_t u_t . dq_t with u_t = A_t^{-1} q_t and dq_t = A_t^{-1} B_t g_t (intention) or
+// A_t^{-1} g_t (queries). For small alpha this sum cancels (u_t is O(1/alpha) off the span of the
+// keys): autograd through the float64 solves is then accurate only to ~cond(A_t) * 1e-16, and
+// this reference is the one to compare with. Returns alpha's shape, () or (H).
+torch::Tensor causal_least_squares_grad_alpha(const torch::Tensor& q, const torch::Tensor& k,
+                                              const torch::Tensor& v, const torch::Tensor& alpha,
+                                              const torch::Tensor& key_padding_mask,
+                                              const torch::Tensor& grad_out);
+
 // softmax(q~ K^T * scale + mask) V with q~ from least_squares_queries.
 torch::Tensor softmax_intention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, const torch::Tensor& alpha, bool causal,
