@@ -1,5 +1,7 @@
 // kvq: the command-line tool. Each subcommand lives in app/<name>_command.{h,cpp} and registers
 // itself with add_<name>_command(CLI::App&); its callback does the work and throws on failure.
+// Exit status: 0 success, 1 error (one line on stderr), 3 a training run stopped on a numerical
+// fault (the message says how to resume it), CLI11's own codes for usage errors.
 #include <malloc.h>
 #include <torch/torch.h>
 
@@ -15,6 +17,7 @@
 #include "compare_command.h"
 #include "eval_command.h"
 #include "generate_command.h"
+#include "kvq/tasks/training_loop.h"
 #include "train_command.h"
 
 namespace {
@@ -74,6 +77,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const kvq::tasks::NumericalFault& e) {
+    // Several lines: the fault, the checkpoint that survives, the commands that resume.
+    std::cerr << "kvq: " << e.what_without_backtrace() << std::endl;
+    return 3;
   } catch (const c10::Error& e) {
     std::cerr << "kvq: error: " << first_line(e.what_without_backtrace()) << "\n"
               << help_hint(app) << std::endl;

@@ -27,6 +27,7 @@ struct TrainArgs {
   bool quiet = false;
   bool dry_run = false;
   bool show_keys = false;
+  int64_t nan_loss_at_step = -1;
 };
 
 void print_summary(const tasks::TrainOutcome& outcome) {
@@ -64,10 +65,15 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--resume", args->resume,
                 "Continue the run in --run-dir from its checkpoint (its saved config; --task "
-                "may be left out)");
+                "may be left out; --set may change only " +
+                    train::join_names(tasks::resume_changeable_keys()) + ")");
   cmd->add_flag("--quiet", args->quiet, "No progress bar");
   cmd->add_flag("--dry-run", args->dry_run, "Print the resolved config and exit");
   cmd->add_flag("--keys", args->show_keys, "List the task's config keys and exit");
+  // Not in --help: a debugging aid that exercises the fault handling (TrainContext).
+  cmd->add_option("--debug-nan-loss-at-step", args->nan_loss_at_step,
+                  "Make the loss of update N NaN (fault injection)")
+      ->group("");
 
   cmd->callback([args, seed] {
     std::string task = args->task;
@@ -99,6 +105,7 @@ void add_train_command(CLI::App& app) {
     options.run_root = args->run_root;
     options.resume = args->resume;
     options.context.quiet = args->quiet;
+    options.context.nan_loss_at_step = args->nan_loss_at_step;
     print_summary(tasks::train_task(task, options));
   });
 }

@@ -81,6 +81,10 @@ void check_alpha(const char* op, const torch::Tensor& alpha, int64_t heads) {
   TORCH_CHECK(alpha.dim() == 0 || (alpha.dim() == 1 && alpha.size(0) == heads), op,
               ": alpha must be a scalar tensor () or one value per head (H) = (", heads,
               "), got ", shape_of(alpha));
+  // Any device with values will do (alpha is moved to the inputs' device); meta has none.
+  TORCH_CHECK(!alpha.device().is_meta(), op,
+              ": alpha is on the meta device; it needs values (put it on the inputs' device or "
+              "the CPU)");
   TORCH_CHECK(alpha.gt(0).all().item<bool>(), op,
               ": alpha must be > 0 (it makes K^T K + alpha I positive definite), got ",
               alpha.detach().cpu());

@@ -22,7 +22,8 @@ Dims check_qkv(const char* op, const torch::Tensor& q, const torch::Tensor& k,
 void check_heads_tensor(const char* op, const char* name, const char* layout,
                         const torch::Tensor& t);
 
-// alpha: floating, () or (H), every entry > 0.
+// alpha: floating, () or (H), every entry > 0, on any device but meta (the mechanisms move it
+// to the inputs' device).
 void check_alpha(const char* op, const torch::Tensor& alpha, int64_t heads);
 
 // alpha reshaped to broadcast against (B, H, x, y): () stays (), (H) becomes (1, H, 1, 1).

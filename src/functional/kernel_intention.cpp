@@ -1,5 +1,8 @@
 #include "kvq/functional/kernel_intention.h"
 
+#include <algorithm>
+#include <limits>
+
 #include "functional/checks.h"
 #include "functional/kernel_ridge.h"
 #include "functional/least_squares.h"
@@ -46,6 +49,12 @@ torch::Tensor kernel_intention(const torch::Tensor& q, const torch::Tensor& k,
                                const AttentionFuncOptions& options) {
   const auto dims = detail::check_qkv("kernel_intention", q, k, v, options);
   detail::check_alpha("kernel_intention", alpha, dims.heads);
+  // LAPACK's 32-bit integers address one n x n system as a[i + j * n]: past 2^31 - 1 entries
+  // the index wraps. (Long before that the O(n^3) solve is impractical.)
+  TORCH_CHECK(dims.n <= std::numeric_limits<int>::max() / std::max<int64_t>(dims.n, 1),
+              "kernel_intention: n = ", dims.n, " keys make ", dims.n, " x ", dims.n,
+              " kernel systems, more entries than LAPACK's 32-bit indices address (2^31 - 1); "
+              "kernel intention is O(n^3), use intention (O(n d^2)) for long sequences");
   const auto s = detail::kernel_system(q, k, v, alpha, options);
   torch::Tensor out;
   if (options.causal()) {

@@ -2,15 +2,25 @@
 // Unpacking tensors for the kernel layer (src/kernels/cpu/): the bindings' shared helpers.
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "kernels/cpu/heads_view.h"
 
 namespace kvq {
 namespace functional {
 namespace detail {
 
-// x itself when its last dimension is contiguous (what HeadsView needs), else a contiguous copy.
+// x itself when its rows are what HeadsView and the BLAS tile products need, else a contiguous
+// copy: a contiguous last dimension, and a row stride that BLAS takes as a leading dimension
+// (>= the row width, and within its 32-bit integers). Batch and head strides may be anything,
+// 0 included (an input expanded over B or H is read in place); an input expanded over the rows
+// (row stride 0), or a gradient that arrives that way (from out.sum(2)), is copied.
 inline torch::Tensor rows_contiguous(const torch::Tensor& x) {
-  return x.stride(-1) == 1 ? x : x.contiguous();
+  const int64_t width = std::max<int64_t>(1, x.size(-1)), row_stride = x.stride(-2);
+  const bool blas_rows = row_stride >= width && row_stride <= std::numeric_limits<int>::max();
+  // clone, not contiguous(): a tensor with one row counts as contiguous whatever its row stride.
+  return x.stride(-1) == 1 && blas_rows ? x : x.clone(at::MemoryFormat::Contiguous);
 }
 
 // A (B, H, rows, width) tensor with a contiguous last dimension as a kernel view; T is the

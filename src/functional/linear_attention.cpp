@@ -23,9 +23,12 @@ torch::Tensor linear_attention(const torch::Tensor& q, const torch::Tensor& k,
   detail::check_qkv("linear_attention", q, k, v, options);
   TORCH_CHECK(options.eps() >= 0, "linear_attention: eps must be >= 0, got ", options.eps());
   auto phi_q = torch::elu(q) + 1;
-  auto phi_k = detail::zero_padded_keys(torch::elu(k) + 1, options.key_padding_mask());
-  // One pass gives numerator and denominator: append a column of ones to V.
-  auto v_ones = torch::cat({v, torch::ones_like(v.narrow(-1, 0, 1))}, -1);
+  const auto& mask = options.key_padding_mask();
+  auto phi_k = detail::zero_padded_keys(torch::elu(k) + 1, mask);
+  // One pass gives numerator and denominator: append a column of ones to V. Padded values are
+  // zeroed too: 0 * NaN would leak a NaN there into every output.
+  auto v_ones =
+      torch::cat({detail::zero_padded_keys(v, mask), torch::ones_like(v.narrow(-1, 0, 1))}, -1);
   auto both = linear_product(phi_q, phi_k, v_ones, options);
   const int64_t dv = v.size(-1);
   return both.narrow(-1, 0, dv) / (both.narrow(-1, dv, 1) + options.eps());
@@ -35,8 +38,9 @@ torch::Tensor linear_identity_attention(const torch::Tensor& q, const torch::Ten
                                         const torch::Tensor& v,
                                         const AttentionFuncOptions& options) {
   detail::check_qkv("linear_identity_attention", q, k, v, options);
-  return linear_product(q, detail::zero_padded_keys(k, options.key_padding_mask()), v,
-                                options);
+  const auto& mask = options.key_padding_mask();
+  return linear_product(q, detail::zero_padded_keys(k, mask), detail::zero_padded_keys(v, mask),
+                        options);
 }
 
 }  // namespace functional

@@ -91,6 +91,11 @@ AttentionFuncOptions with_kv_pos_terms(AttentionFuncOptions options,
                                        const torch::Tensor& pos_weight,
                                        const torch::Tensor& pos_bias, int64_t cols,
                                        torch::ScalarType dtype) {
+  TORCH_CHECK(pos_weight.defined() && pos_bias.defined() &&
+                  pos_weight.device() == pos_bias.device(),
+              "kv-pos: pos_weight and pos_bias must be defined and on one device, got ",
+              pos_weight.defined() ? pos_weight.device().str() : "undefined", " and ",
+              pos_bias.defined() ? pos_bias.device().str() : "undefined");
   const auto terms = kv_pos_key_terms(pos_weight.to(dtype), pos_bias.to(dtype), cols);
   options.score_gain(terms.first).score_bias(terms.second);
   return options;

@@ -68,10 +68,16 @@ torch::Tensor fused_cuda_softmax_mix(const torch::Tensor& q_scaled, const torch:
 
 }  // namespace
 
-torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const AttentionFuncOptions& options) {
+torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k,
+                          const torch::Tensor& v_in, const AttentionFuncOptions& options) {
   const int64_t heads = q.size(1);
   const double scale = default_scale(options, q.size(3));
+  for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor&>{
+                                    "score_gain (pos_weight)", options.score_gain()},
+                                {"score_bias (pos_weight, pos_bias)", options.score_bias()}}) {
+    TORCH_CHECK(!t.defined() || t.device() == q.device(), "softmax attention: ", name,
+                " must be on the device of the inputs, ", q.device(), ", got ", t.device());
+  }
   // The gain multiplies the (m, d) queries rather than the (m, n) scores: same product, one pass
   // over the score matrix fewer, and the scores need not be kept for the gain's gradient.
   auto q_scaled = q;
@@ -81,6 +87,9 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k, const 
                 "score_gain must be () or (H) = (", heads, "), got ", gain.sizes());
     q_scaled = q * (gain.dim() == 0 ? gain : gain.view({1, heads, 1, 1}));
   }
+  // A padded key has weight 0, but 0 * NaN is NaN: its value row is zeroed so that a NaN or an
+  // infinity there cannot leak into any output (its gradient is zero either way).
+  const auto v = zero_padded_keys(v_in, options.key_padding_mask());
   const bool dropout = options.dropout() > 0.0 && options.training();
   if (!dropout && tiled_softmax_supports(q_scaled, k, v)) {
     return tiled_softmax_attention(q_scaled, k, v, options.score_bias(),
@@ -129,6 +138,9 @@ torch::Tensor kv_pos_attention(const torch::Tensor& k, const torch::Tensor& v,
               "kv_pos_attention: pos_bias must have shape ", per_head ? "(H)" : "()",
               " to match pos_weight ", pos_weight.sizes(), ", got ",
               pos_bias.defined() ? pos_bias.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(pos_weight.device() == k.device() && pos_bias.device() == k.device(),
+              "kv_pos_attention: pos_weight and pos_bias must be on the device of k, ", k.device(),
+              ", got ", pos_weight.device(), " and ", pos_bias.device());
   return detail::softmax_mix(k, k, v,
                              with_kv_pos_terms(options, pos_weight, pos_bias, n, k.scalar_type()));
 }

@@ -139,7 +139,10 @@ const train::ConfigSchema<Config>& distill_task_schema() {
                [](const Config& c) {
                  return c.train_levels >= 1 && c.val_levels >= 1 && c.test_levels >= 1;
                })
-        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
+        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
+        // models::GridPolicyOptions has no alpha_floor yet: refuse a value it would ignore.
+        .check("alpha_floor cannot be changed for the grid policy (its floor is 1e-4)",
+               [](const Config& c) { return c.alpha_floor == CommonTaskConfig().alpha_floor; });
     return schema;
   }();
   return schema;

@@ -125,7 +125,8 @@ models::FewShotClassifier make_few_shot_model(const Config& c) {
                                        .dropout(c.dropout)
                                        .mechanism(c.mechanism)
                                        .projection(c.projection)
-                                       .alpha_init(c.alpha_init));
+                                       .alpha_init(c.alpha_init)
+                                       .alpha_floor(c.alpha_floor));
 }
 
 TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,

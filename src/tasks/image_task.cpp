@@ -181,7 +181,8 @@ models::ViT make_image_model(const Config& c) {
           .dropout(c.dropout)
           .mechanism(c.mechanism)
           .projection(c.projection)
-          .alpha_init(c.alpha_init));
+          .alpha_init(c.alpha_init)
+          .alpha_floor(c.alpha_floor));
 }
 
 nlohmann::json evaluate_image_model(models::ViT& model, const torch::Tensor& images,

@@ -160,7 +160,8 @@ models::LanguageModel make_lm_model(const Config& c, int64_t vocab_size) {
                                    .dropout(c.dropout)
                                    .mechanism(c.mechanism)
                                    .projection(c.projection)
-                                   .alpha_init(c.alpha_init));
+                                   .alpha_init(c.alpha_init)
+                                   .alpha_floor(c.alpha_floor));
 }
 
 nlohmann::json evaluate_lm_model(models::LanguageModel& model, const torch::Tensor& stream,

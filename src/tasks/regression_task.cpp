@@ -177,7 +177,8 @@ models::InContextRegressor make_regression_model(const Config& c) {
                                         .dropout(c.dropout)
                                         .mechanism(c.mechanism)
                                         .projection(c.projection)
-                                        .alpha_init(c.alpha_init));
+                                        .alpha_init(c.alpha_init)
+                                        .alpha_floor(c.alpha_floor));
 }
 
 TrainSummary train_regression_task(const Config& c, const train::RunDir& run,

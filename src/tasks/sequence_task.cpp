@@ -93,6 +93,7 @@ models::SequenceTagger make_sequence_model(const Config& c) {
                                     .mechanism(c.mechanism)
                                     .projection(c.projection)
                                     .alpha_init(c.alpha_init)
+                                    .alpha_floor(c.alpha_floor)
                                     .norm_first(c.norm_first));
 }
 

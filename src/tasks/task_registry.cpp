@@ -2,10 +2,14 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <memory>
 #include <set>
+#include <sstream>
 
 #include "kvq/data/synthetic_tasks.h"
 #include "kvq/tasks/distill_task.h"
@@ -14,6 +18,7 @@
 #include "kvq/tasks/lm_task.h"
 #include "kvq/tasks/regression_task.h"
 #include "kvq/tasks/sequence_task.h"
+#include "kvq/tasks/training_loop.h"
 #include "kvq/tasks/translation_task.h"
 
 namespace kvq {
@@ -49,9 +54,81 @@ std::vector<TaskInfo> all_tasks() {
   return out;
 }
 
+// Whether `dir` holds anything besides the lock file of train_task.
 bool has_entries(const fs::path& dir) {
   std::error_code ec;
-  return fs::directory_iterator(dir, ec) != fs::directory_iterator();
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != train::RunLock::kFileName) return true;
+  }
+  return false;
+}
+
+std::string number_text(double x) {
+  std::ostringstream out;
+  out << std::setprecision(6) << x;
+  return out.str();
+}
+
+// The lines NumericalFault's message ends with: command lines that resume the run at `run_dir`
+// with one recovery key changed, derived from the run's resolved `config`. Only changes that
+// the task's config accepts are offered.
+std::string resume_hints(const TaskInfo& task, const nlohmann::json& config,
+                         const train::RunDir& run) {
+  struct Hint {
+    std::vector<std::string> sets;
+    std::string why;
+  };
+  std::vector<Hint> hints;
+  const auto number = [&](const char* key) {
+    return config.contains(key) && config.at(key).is_number() ? config.at(key).get<double>()
+                                                               : std::nan("");
+  };
+  if (!std::isnan(number("lr"))) {
+    const double lr = number("lr") / 2;
+    Hint h{{"lr=" + number_text(lr)}, "half the learning rate"};
+    if (number("min_lr") > lr) h.sets.push_back("min_lr=" + number_text(lr));
+    hints.push_back(h);
+  }
+  if (!std::isnan(number("grad_clip"))) {
+    const double clip = number("grad_clip");
+    hints.push_back({{"grad_clip=" + number_text(clip > 0 ? clip / 2 : 1.0)},
+                     clip > 0 ? "clip the gradient norm harder" : "clip the gradient norm"});
+  }
+  // The registry contract: every task config has a valid "mechanism".
+  if (!std::isnan(number("alpha_floor")) &&
+      find_mechanism(config.at("mechanism").get<std::string>()).uses_alpha) {
+    hints.push_back({{"alpha_floor=" + number_text(number("alpha_floor") * 10)},
+                     "a larger lower bound of alpha keeps K^T K + alpha I definite"});
+  }
+  if (!std::isnan(number("max_skipped_steps"))) {
+    const auto more = static_cast<int64_t>(number("max_skipped_steps")) + 3;
+    hints.push_back({{"max_skipped_steps=" + std::to_string(more)},
+                     "skip a few more faulty updates (a rare bad batch)"});
+  }
+  std::ostringstream out;
+  out << "\n  to resume from there, change what caused the fault (each changes the run):";
+  for (const auto& h : hints) {
+    try {
+      task.resolve({"", run.config_path().string(), h.sets});
+    } catch (const c10::Error&) {
+      continue;  // a value this task's config refuses
+    }
+    out << "\n    kvq train --resume --run-dir " << run.path().string();
+    for (const auto& set : h.sets) out << " --set " << set;
+    out << "    # " << h.why;
+  }
+  return out.str();
+}
+
+// Which of `changes` ("key: saved -> given", ConfigSchemaBase::diff) a resume may not make.
+std::vector<std::string> forbidden_changes(const std::vector<std::string>& changes) {
+  const auto& allowed = resume_changeable_keys();
+  std::vector<std::string> out;
+  for (const auto& change : changes) {
+    const std::string key = change.substr(0, change.find(':'));
+    if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) out.push_back(change);
+  }
+  return out;
 }
 
 nlohmann::json load_saved_config(const train::RunDir& run) {
@@ -90,6 +167,12 @@ const TaskInfo& find_task(const std::string& name) {
   C10_THROW_ERROR(Error, "unknown task '" + name + "'; valid tasks: " + train::join_names(task_names()));
 }
 
+const std::vector<std::string>& resume_changeable_keys() {
+  static const std::vector<std::string> keys = {"lr", "min_lr", "grad_clip", "alpha_floor",
+                                                "max_skipped_steps"};
+  return keys;
+}
+
 std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_dir) {
   const auto run = train::RunDir::open(run_dir);
   auto config = load_saved_config(run);
@@ -106,12 +189,15 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
 
   nlohmann::json config;
   bool resume = false;
+  std::vector<std::string> resume_changes;
   std::unique_ptr<train::RunDir> run;
+  std::unique_ptr<train::RunLock> lock;
   if (options.run_dir.empty()) {
     TORCH_CHECK(!options.resume, "train: --resume needs --run-dir (the run to continue)");
     config = task.resolve(sources);
     run = std::make_unique<train::RunDir>(train::RunDir::create(
         train::RunDirOptions().root(options.run_root).task(task.name)));
+    lock = std::make_unique<train::RunLock>(run->path(), "train");
   } else {
     const fs::path dir(options.run_dir);
     std::error_code ec;
@@ -121,43 +207,71 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
     if (options.resume) {
       TORCH_CHECK(exists && fs::exists(dir / "config.json", ec), "train: --resume: ",
                   (dir / "config.json").string(), " does not exist; nothing to resume");
+      // Before anything is read: a run still writing would change it under us.
+      lock = std::make_unique<train::RunLock>(dir, "train");
       run = std::make_unique<train::RunDir>(train::RunDir::open(dir.string()));
       const auto saved = load_saved_config(*run);
       TORCH_CHECK(saved["task"] == task.name, "train: --resume: ", run->config_path().string(),
                   " is a run of task ", saved["task"].dump(), ", not '", task.name, "'");
-      // Keys added to the task after the run was saved take their defaults.
-      const auto saved_resolved = task.resolve({"", run->config_path().string(), {}});
-      config = any_source ? task.resolve(sources) : saved_resolved;
-      const auto changes = task.schema->diff(saved_resolved, config);
-      if (!changes.empty()) {
+      // Keys added to the task after the run was saved take their defaults. Plain --set
+      // overrides apply to the saved config; a preset or config file restates the whole config.
+      const std::string saved_path = run->config_path().string();
+      const auto saved_resolved = task.resolve({"", saved_path, {}});
+      if (!any_source) {
+        config = saved_resolved;
+      } else if (sources.preset.empty() && sources.file.empty()) {
+        config = task.resolve({"", saved_path, sources.sets});
+      } else {
+        config = task.resolve(sources);
+      }
+      resume_changes = task.schema->diff(saved_resolved, config);
+      const auto forbidden = forbidden_changes(resume_changes);
+      if (!forbidden.empty()) {
         std::string list;
-        for (const auto& c : changes) list += (list.empty() ? "" : "; ") + c;
-        TORCH_CHECK(false, "train: --resume: the config differs from ",
-                    run->config_path().string(), " (saved -> given): ", list,
-                    "; resume with the saved config (give no --preset/--config/--set/--seed)");
+        for (const auto& c : forbidden) list += (list.empty() ? "" : "; ") + c;
+        TORCH_CHECK(false, "train: --resume: the config differs from ", saved_path,
+                    " (saved -> given): ", list, "; a resume may change only ",
+                    train::join_names(resume_changeable_keys()),
+                    " (resume with the saved config: give no --preset/--config/--set/--seed)");
       }
       resume = true;
     } else {
+      // A run in progress there is named as such, not as a mere non-empty directory.
+      if (exists) lock = std::make_unique<train::RunLock>(dir, "train");
       TORCH_CHECK(!exists || !has_entries(dir), "train: --run-dir ", dir.string(),
                   " already exists and is not empty; add --resume to continue it or choose "
                   "another directory");
       config = task.resolve(sources);
       fs::create_directories(dir, ec);
       TORCH_CHECK(!ec, "train: --run-dir ", dir.string(), ": cannot create: ", ec.message());
+      // Checked again under the lock: another run may have started in between.
+      if (!lock) lock = std::make_unique<train::RunLock>(dir, "train");
+      TORCH_CHECK(!has_entries(dir), "train: --run-dir ", dir.string(),
+                  " already exists and is not empty; add --resume to continue it or choose "
+                  "another directory");
       run = std::make_unique<train::RunDir>(train::RunDir::open(dir.string()));
     }
   }
-  if (!resume) task.save_config(config, *run);
+  if (!resume || !resume_changes.empty()) task.save_config(config, *run);
   if (options.print_config) {
-    std::cout << (resume ? "resuming " : "run ") << run->path().string() << "\n"
-              << task.format(config) << std::flush;
+    std::cout << (resume ? "resuming " : "run ") << run->path().string() << "\n";
+    for (const auto& change : resume_changes) {
+      std::cout << "changed on resume: " << change << "\n";
+    }
+    std::cout << task.format(config) << std::flush;
   }
   TrainContext context = options.context;
   context.resume = resume;
+  context.resume_changes = resume_changes;
   TrainOutcome out;
   out.run_dir = run->path().string();
   out.config = config;
-  out.summary = task.train(config, *run, context);
+  try {
+    out.summary = task.train(config, *run, context);
+  } catch (const NumericalFault& fault) {
+    throw NumericalFault(fault.msg() + resume_hints(task, config, *run), fault.step(),
+                         fault.checkpoint_step());
+  }
   return out;
 }
 

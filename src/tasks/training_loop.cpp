@@ -3,6 +3,8 @@
 #include <c10/util/Exception.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -59,6 +61,55 @@ nlohmann::json record(int64_t step, const std::string& split, const nlohmann::js
   return r;
 }
 
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Whether `e` is a numerical failure of a factorisation or solve (the inputs were fine, the
+// numbers were not): LibTorch's linalg errors (c10::LinAlgError: not positive-definite,
+// singular) and kvq's Cholesky check (functional/least_squares.h).
+bool is_factorisation_error(const c10::Error& e) {
+  if (dynamic_cast<const c10::LinAlgError*>(&e) != nullptr) return true;
+  const std::string message = e.what_without_backtrace();
+  return message.find("not numerically positive definite") != std::string::npos;
+}
+
+// One numerical fault of an update or an evaluation.
+struct Fault {
+  std::string quantity;  // "loss", "gradient of <parameter>", "factorisation"
+  std::string where;     // "forward", "backward", "validation", "test"
+  std::string message;   // the op's message (factorisation), else empty
+  std::string describe() const {
+    std::string out = quantity == "loss" ? "non-finite loss" : quantity;
+    out += " (" + where + ")";
+    if (!message.empty()) out += ": " + message;
+    return out;
+  }
+};
+
+// The loss value of a finished backward and whether it and every gradient are finite, with one
+// host synchronisation: [loss, isfinite(grad_0).all(), ...] is reduced on the device and copied
+// once. Returns the fault (if any) naming the loss or the first parameter, by module path, whose
+// gradient holds a NaN or an infinity; parameters without a gradient are skipped.
+c10::optional<Fault> check_update(const torch::Tensor& loss, const torch::nn::Module& model,
+                                  double& loss_value) {
+  const auto params = model.named_parameters(/*recurse=*/true);
+  std::vector<torch::Tensor> flags = {loss.detach().reshape({1}).to(torch::kFloat64)};
+  std::vector<std::string> names;
+  for (const auto& item : params) {
+    const auto& grad = item.value().grad();
+    if (!grad.defined()) continue;
+    flags.push_back(grad.isfinite().all().reshape({1}).to(torch::kFloat64));
+    names.push_back(item.key());
+  }
+  const auto host = torch::cat(flags).to(torch::kCPU);
+  const double* values = host.data_ptr<double>();
+  loss_value = values[0];
+  if (!std::isfinite(loss_value)) return Fault{"loss", "forward", ""};
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (values[i + 1] == 0.0) return Fault{"gradient of " + names[i], "backward", ""};
+  }
+  return c10::nullopt;
+}
+
 void check_loop(const TrainingLoop& loop) {
   TORCH_CHECK(loop.model != nullptr && loop.optimizer != nullptr,
               "run_training_loop: model and optimizer must be set");
@@ -67,9 +118,9 @@ void check_loop(const TrainingLoop& loop) {
   TORCH_CHECK(loop.total_steps >= 1, "run_training_loop: total_steps must be >= 1, got ",
               loop.total_steps);
   TORCH_CHECK(loop.steps_per_epoch >= 0 && loop.log_every >= 1 && loop.eval_every >= 0 &&
-                  loop.checkpoint_every >= 0,
-              "run_training_loop: steps_per_epoch, eval_every and checkpoint_every must be >= 0 "
-              "and log_every >= 1");
+                  loop.checkpoint_every >= 0 && loop.max_skipped_steps >= 0,
+              "run_training_loop: steps_per_epoch, eval_every, checkpoint_every and "
+              "max_skipped_steps must be >= 0 and log_every >= 1");
 }
 
 }  // namespace
@@ -105,12 +156,25 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
   state.extra = {{"window", Window{}.to_json()},
                  {"best_val", nullptr},
                  {"best_step", -1},
-                 {"train_seconds", 0.0}};
+                 {"train_seconds", 0.0},
+                 {"skipped", 0}};
+  int64_t checkpoint_step = -1;  // the step of the checkpoint on disk; -1 = none
   if (context.resume && run.has_checkpoint()) {
     state = train::load_checkpoint(checkpoint_path, model, optimizer);
-    TORCH_CHECK(state.schedule == train::to_json(loop.schedule), "resume: ", checkpoint_path,
-                " was written with schedule ", state.schedule.dump(), ", the config gives ",
-                train::to_json(loop.schedule).dump());
+    checkpoint_step = state.step;
+    // A resume that changes the learning rate (train_task allows it, see TrainContext) changes
+    // the schedule's rates, not its shape.
+    const auto wanted = train::to_json(loop.schedule);
+    auto saved_shape = state.schedule, wanted_shape = wanted;
+    for (const char* rate : {"base_lr", "min_lr", "factor"}) {
+      saved_shape.erase(rate);
+      wanted_shape.erase(rate);
+    }
+    TORCH_CHECK(state.schedule == wanted ||
+                    (!context.resume_changes.empty() && saved_shape == wanted_shape),
+                "resume: ", checkpoint_path, " was written with schedule ",
+                state.schedule.dump(), ", the config gives ", wanted.dump());
+    state.schedule = wanted;
     if (loop.sampler != nullptr) loop.sampler->load_state(state.data);
     std::error_code ec;
     if (state.step >= total && std::filesystem::exists(results_path, ec)) {
@@ -125,12 +189,14 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
   nlohmann::json best = state.extra.at("best_val");
   int64_t best_step = state.extra.at("best_step").get<int64_t>();
   double train_seconds = state.extra.at("train_seconds").get<double>();
+  int64_t skipped = state.extra.value("skipped", int64_t{0});
   const auto sync_state = [&] {
     state.data = loop.sampler != nullptr ? loop.sampler->state() : nlohmann::json();
     state.extra = {{"window", window.to_json()},
                    {"best_val", best},
                    {"best_step", best_step},
-                   {"train_seconds", train_seconds}};
+                   {"train_seconds", train_seconds},
+                   {"skipped", skipped}};
   };
 
   std::unique_ptr<train::ProgressBar> bar;
@@ -142,7 +208,86 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
             .unit(loop.unit),
         start_step);
   }
+  const auto note = [&](const std::string& text) {
+    if (bar) {
+      bar->note(text);
+    } else if (!context.quiet) {
+      std::cerr << text << "\n";
+    }
+  };
   train::MetricsWriter metrics(metrics_path);
+  // A checkpoint that cannot be written stops the run; the file it would have replaced is intact.
+  const auto save = [&](const std::string& path) {
+    sync_state();
+    try {
+      train::save_checkpoint(path, model, optimizer, state);
+    } catch (const c10::Error& e) {
+      if (bar) bar->finish();
+      TORCH_CHECK(false, "train: step ", state.step, ": cannot save ", path, ": ",
+                  first_line(e.what_without_backtrace()), "; the run stops here. ",
+                  checkpoint_step >= 0 ? "The checkpoint of step " + std::to_string(checkpoint_step)
+                                       : std::string("No checkpoint"),
+                  " is what --resume continues from, once the directory is writable and has "
+                  "space again");
+    }
+    if (path == checkpoint_path) checkpoint_step = state.step;
+  };
+  // Records the fault at `step` (updates counted from 1, as in the metrics), then either counts
+  // a skipped update or stops with NumericalFault. Faults outside an update always stop.
+  const auto record_fault = [&](const Fault& fault, int64_t step, const char* action) {
+    metrics.write({{"step", step},
+                   {"split", "fault"},
+                   {"quantity", fault.quantity},
+                   {"where", fault.where},
+                   {"action", action},
+                   {"message", fault.message}});
+  };
+  const auto handle_fault = [&](const Fault& fault, int64_t step, bool in_update) {
+    const bool skip = in_update && skipped < loop.max_skipped_steps;
+    record_fault(fault, step, skip ? "skipped" : "stopped");
+    const std::string at = (in_update ? "step " : "evaluation after step ") +
+                           std::to_string(step) + "/" + std::to_string(total);
+    if (skip) {
+      ++skipped;
+      note(at + ": " + fault.describe() + "; update skipped (" + std::to_string(skipped) +
+           " of at most max_skipped_steps = " + std::to_string(loop.max_skipped_steps) + ")");
+      return;
+    }
+    if (bar) bar->finish();
+    std::ostringstream out;
+    out << "train: numerical fault at " << at << ": " << fault.describe() << "\n  ";
+    if (in_update) {
+      out << skipped << " update(s) skipped before, max_skipped_steps = "
+          << loop.max_skipped_steps << ": the run stops\n  ";
+    }
+    if (checkpoint_step >= 0) {
+      out << "the last good checkpoint " << checkpoint_path << " (step " << checkpoint_step
+          << ") is intact";
+    } else {
+      out << "no checkpoint was written yet: a resume starts again at step 0";
+    }
+    throw NumericalFault(out.str(), step, checkpoint_step);
+  };
+  // The metrics of a split. A factorisation that fails stops the run (there are no metrics); a
+  // non-finite loss is reported and kept (it is the model's score; best.pt never takes it).
+  const auto evaluate = [&](const std::string& split) {
+    nlohmann::json result;
+    try {
+      result = loop.evaluate(split);
+    } catch (const c10::Error& e) {
+      if (!is_factorisation_error(e)) throw;
+      handle_fault({"factorisation", split, first_line(e.what_without_backtrace())}, state.step,
+                   false);
+    }
+    model.train();
+    const auto loss = result.find("loss");
+    if (loss != result.end() && loss->is_number() && !std::isfinite(loss->get<double>())) {
+      const Fault fault{"loss", split, ""};
+      record_fault(fault, state.step, "reported");
+      note("evaluation after step " + std::to_string(state.step) + ": " + fault.describe());
+    }
+    return result;
+  };
   model.train();
   auto segment_start = Clock::now();
   auto window_start = segment_start;
@@ -156,19 +301,38 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
     train::set_learning_rate(optimizer, lr);
     const torch::Tensor index = loop.sampler != nullptr ? loop.sampler->next() : torch::Tensor();
     optimizer.zero_grad();
-    const BatchLoss batch = loop.loss(index, state.step);
-    batch.loss.backward();
-    if (loop.grad_clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), loop.grad_clip);
-    optimizer.step();
+    BatchLoss batch;
+    c10::optional<Fault> fault;
+    double loss_value = 0;
+    const char* stage = "forward";
+    try {
+      batch = loop.loss(index, state.step);
+      if (state.step + 1 == context.nan_loss_at_step) {
+        batch.loss = batch.loss * std::numeric_limits<double>::quiet_NaN();
+      }
+      stage = "backward";
+      batch.loss.backward();
+      fault = check_update(batch.loss, model, loss_value);
+    } catch (const c10::Error& e) {
+      if (!is_factorisation_error(e)) throw;
+      fault = Fault{"factorisation", stage, first_line(e.what_without_backtrace())};
+    }
+    if (fault) {
+      handle_fault(*fault, state.step + 1, true);
+      optimizer.zero_grad();
+    } else {
+      if (loop.grad_clip > 0) {
+        torch::nn::utils::clip_grad_norm_(model.parameters(), loop.grad_clip);
+      }
+      optimizer.step();
+      window.loss_sum += loss_value;
+      window.correct += std::max<int64_t>(batch.correct, 0);
+      window.items += batch.items;
+      window.steps += 1;
+    }
     ++state.step;
     if (loop.sampler != nullptr) state.epoch = loop.sampler->epoch();
-
-    const double loss_value = batch.loss.item<double>();
-    window.loss_sum += loss_value;
-    window.correct += std::max<int64_t>(batch.correct, 0);
-    window.items += batch.items;
-    window.steps += 1;
-    if (bar) bar->update(state.step, loss_value, batch.items);
+    if (bar) bar->update(state.step, fault ? std::nan("") : loss_value, fault ? 0 : batch.items);
 
     const bool last = state.step == total;
     const bool epoch_end = loop.steps_per_epoch > 0 && state.step % loop.steps_per_epoch == 0;
@@ -178,42 +342,41 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
       if (loop.steps_per_epoch > 0) {
         r["epoch"] = static_cast<double>(state.step) / static_cast<double>(loop.steps_per_epoch);
       }
-      r["loss"] = window.loss_sum / static_cast<double>(window.steps);
+      // A window whose updates were all skipped has no loss.
+      if (window.steps > 0) r["loss"] = window.loss_sum / static_cast<double>(window.steps);
       if (batch.correct >= 0 && window.items > 0) {
         r[loop.accuracy_key] =
             static_cast<double>(window.correct) / static_cast<double>(window.items);
       }
       r["lr"] = lr;
       r[loop.unit + "_per_s"] = seconds > 0 ? static_cast<double>(window.items) / seconds : 0.0;
+      r["skipped"] = skipped;
       metrics.write(r);
       window = Window{};
       window_start = Clock::now();
     }
     if (last || epoch_end || (loop.eval_every > 0 && state.step % loop.eval_every == 0)) {
-      const auto val = loop.evaluate("val");
-      model.train();
+      const auto val = evaluate("val");
       metrics.write(record(state.step, "val", val));
-      if (bar) {
-        bar->note("step " + std::to_string(state.step) + "/" + std::to_string(total) + " " +
-                  describe_metrics("val", val));
-      }
+      note("step " + std::to_string(state.step) + "/" + std::to_string(total) + " " +
+           describe_metrics("val", val));
       TORCH_CHECK(val.contains(loop.best_metric), "run_training_loop: the validation metrics ",
                   val.dump(), " have no '", loop.best_metric, "'");
       const double score = val.at(loop.best_metric).get<double>();
-      if (best.is_null() || (loop.maximize ? score > best.get<double>()
-                                           : score < best.get<double>())) {
+      // A non-finite score is never best (nor would anything replace it).
+      if (std::isfinite(score) &&
+          (best.is_null() ||
+           (loop.maximize ? score > best.get<double>() : score < best.get<double>()))) {
         best = score;
         best_step = state.step;
-        sync_state();
-        train::save_checkpoint(best_path, model, optimizer, state);
+        save(best_path);
       }
     }
     if (last || epoch_end ||
         (loop.checkpoint_every > 0 && state.step % loop.checkpoint_every == 0)) {
       train_seconds += elapsed(segment_start);
       segment_start = Clock::now();
-      sync_state();
-      train::save_checkpoint(checkpoint_path, model, optimizer, state);
+      save(checkpoint_path);
     }
   }
   if (bar) bar->finish();
@@ -222,7 +385,7 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
     return summary;
   }
 
-  const auto test = loop.evaluate("test");
+  const auto test = evaluate("test");
   if (!has_test_record(metrics_path)) metrics.write(record(state.step, "test", test));
   if (!context.quiet) std::cerr << describe_metrics("test", test) << "\n";
 
@@ -247,6 +410,7 @@ TrainingLoop training_loop_for(const CommonTaskConfig& c, torch::nn::Module& mod
   loop.eval_every = c.eval_every;
   loop.checkpoint_every = c.checkpoint_every;
   loop.grad_clip = c.grad_clip;
+  loop.max_skipped_steps = c.max_skipped_steps;
   loop.label = c.task + "/" + c.mechanism;
   return loop;
 }

@@ -83,7 +83,8 @@ models::Seq2Seq make_model(const Config& c, const TranslationData& d) {
                              .dropout(c.dropout)
                              .mechanism(c.mechanism)
                              .projection(c.projection)
-                             .alpha_init(c.alpha_init));
+                             .alpha_init(c.alpha_init)
+                             .alpha_floor(c.alpha_floor));
 }
 
 // Teacher-forced logits and targets of a batch of padded rows.

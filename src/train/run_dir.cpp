@@ -1,9 +1,15 @@
 #include "kvq/train/run_dir.h"
 
 #include <c10/util/Exception.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
+#include <utility>
 
 #include "kvq/train/atomic_file.h"
 
@@ -68,6 +74,48 @@ RunDir RunDir::open(const std::string& dir) {
   std::error_code ec;
   TORCH_CHECK(fs::is_directory(dir, ec), "run directory: ", dir, ": no such directory");
   return RunDir(fs::path(dir), true);
+}
+
+RunLock::RunLock(const fs::path& dir, const std::string& who) : path_(dir / kFileName) {
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  TORCH_CHECK(fd_ >= 0, who, ": cannot open the lock file ", path_.string(), ": ",
+              std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int lock_errno = errno;
+    char holder[32] = {0};
+    const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
+    std::string pid = n > 0 ? std::string(holder, static_cast<size_t>(n)) : "";
+    while (!pid.empty() && std::isspace(static_cast<unsigned char>(pid.back()))) pid.pop_back();
+    ::close(fd_);
+    fd_ = -1;
+    TORCH_CHECK(lock_errno != EWOULDBLOCK, who, ": run directory ", dir.string(),
+                " is in use by another kvq process (pid ", pid.empty() ? "unknown" : pid,
+                ", lock file ", path_.string(),
+                "); wait for it to end or choose another directory");
+    TORCH_CHECK(false, who, ": cannot lock ", path_.string(), ": ", std::strerror(lock_errno));
+  }
+  // The holder's pid, for the message of the next one that tries (best effort).
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) == 0) {
+    const ssize_t written = ::pwrite(fd_, pid.data(), pid.size(), 0);
+    (void)written;
+  }
+}
+
+RunLock::~RunLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the lock
+}
+
+RunLock::RunLock(RunLock&& other) noexcept
+    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
+
+RunLock& RunLock::operator=(RunLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
 }
 
 bool RunDir::has_checkpoint() const {

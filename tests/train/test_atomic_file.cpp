@@ -42,4 +42,19 @@ TEST(TrainAtomicFile, ReplacesContentAndLeavesNoTemporaryFile) {
   fs::remove_all(dir);
 }
 
+// A full device: the temporary file is /dev/full (a symlink under its name), where every write
+// fails with ENOSPC. The error names the file and the reason; the old content and no temporary
+// file remain.
+TEST(TrainAtomicFile, FullDeviceLeavesTheOldContent) {
+  kvq_test_files::TempDir dir;
+  const std::string path = dir.file("state.bin");
+  T::write_file_atomic(path, "good", "test");
+  fs::create_symlink("/dev/full", T::temp_path_for(path));
+  const auto message = error_of([&] { T::write_file_atomic(path, "new", "writer"); });
+  EXPECT_HAS(message, "writer: writing " + T::temp_path_for(path) + " (temporary file for " +
+                          path + ") failed: No space left on device; " + path + " is unchanged");
+  EXPECT_EQ(T::read_file(path, "test"), "good");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(T::temp_path_for(path))));
+}
+
 }  // namespace

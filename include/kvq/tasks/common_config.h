@@ -26,6 +26,7 @@ struct CommonTaskConfig {
   std::string mechanism = "softmax";   // a name in kvq::mechanism_names()
   std::string projection = "";         // qkv | kv | kv-pos; "" = the mechanism's own
   double alpha_init = 1.0;             // initial ridge alpha (intention mechanisms)
+  double alpha_floor = 1e-4;           // alpha = softplus(theta) + alpha_floor (intention)
   int64_t d_model = 64;                // model width d
   int64_t num_heads = 2;               // attention heads
   int64_t num_layers = 2;              // blocks
@@ -45,6 +46,8 @@ struct CommonTaskConfig {
   int64_t eval_every = 0;              // validate every N updates (and each epoch end); 0 = epochs
   int64_t checkpoint_every = 0;        // checkpoint every N updates (and each epoch end)
   int64_t log_every = 20;              // train metrics record every N updates
+  int64_t max_skipped_steps = 3;       // updates with a numerical fault skipped before the run
+                                       // stops (TrainingLoop); 0 = stop at the first
   int64_t eval_batch_size = 500;       // batch of validation and test
 };
 
@@ -74,6 +77,8 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
              "qkv | kv | kv-pos; \"\" = the mechanism's own")
       .field("alpha_init", member<Config>(&C::alpha_init),
              "initial ridge alpha (intention mechanisms)")
+      .field("alpha_floor", member<Config>(&C::alpha_floor),
+             "lower bound of alpha = softplus(theta) + alpha_floor (intention mechanisms)")
       .field("d_model", member<Config>(&C::d_model), "model width d")
       .field("num_heads", member<Config>(&C::num_heads), "attention heads")
       .field("num_layers", member<Config>(&C::num_layers), "Transformer blocks")
@@ -96,6 +101,9 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .field("checkpoint_every", member<Config>(&C::checkpoint_every),
              "checkpoint every N updates (and each epoch end); 0 = epoch ends only")
       .field("log_every", member<Config>(&C::log_every), "train metrics record every N updates")
+      .field("max_skipped_steps", member<Config>(&C::max_skipped_steps),
+             "updates with a non-finite loss or gradient or a failed factorisation skipped "
+             "before the run stops; 0 = stop at the first")
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
       .check("mechanism must be one of: " + train::join_names(mechanisms),
@@ -107,7 +115,8 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
                return detail::contains_name({"", "qkv", "kv", "kv-pos"}, c.projection);
              })
       .check("seed must be >= 0", [](const Config& c) { return c.seed >= 0; })
-      .check("alpha_init must be > 0", [](const Config& c) { return c.alpha_init > 0; })
+      .check("alpha_floor must be in (0, alpha_init)",
+             [](const Config& c) { return c.alpha_floor > 0 && c.alpha_floor < c.alpha_init; })
       .check("d_model must be a positive multiple of num_heads",
              [](const Config& c) {
                return c.d_model > 0 && c.num_heads > 0 && c.d_model % c.num_heads == 0;
@@ -137,6 +146,8 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .check("eval_every and checkpoint_every must be >= 0",
              [](const Config& c) { return c.eval_every >= 0 && c.checkpoint_every >= 0; })
       .check("log_every must be >= 1", [](const Config& c) { return c.log_every >= 1; })
+      .check("max_skipped_steps must be >= 0",
+             [](const Config& c) { return c.max_skipped_steps >= 0; })
       .check("eval_batch_size must be >= 1",
              [](const Config& c) { return c.eval_batch_size >= 1; });
   return schema;

@@ -43,6 +43,13 @@ struct TrainContext {
   /// Stop right after this many optimiser updates, as if the process had been killed there
   /// (no final test, no results.json); -1 = train to the end. For tests of resuming. Default: -1.
   int64_t stop_after_step = -1;
+  /// Fault injection, a debugging aid for the fault handling of the training loop: the loss of
+  /// update N (counted from 1, as the metrics count) is made NaN after the loss callback, as if
+  /// the forward had diverged there; -1 = off. Default: -1.
+  int64_t nan_loss_at_step = -1;
+  /// Set by train_task: the recovery keys (resume_changeable_keys()) a resume changed, as
+  /// "key: saved -> given"; the loop then accepts a checkpoint whose schedule has other rates.
+  std::vector<std::string> resume_changes;
 };
 
 // What a finished training run reports; also written to <run>/results.json.
@@ -176,10 +183,19 @@ struct TrainOptions {
 //   new run:  run_dir must not exist or be empty (else an error naming it and --resume); the
 //             resolved config is written to config.json.
 //   --resume: run_dir must hold a config.json. With no preset, file, --set or --seed given, the
-//             saved config is used; otherwise the resolved config must equal the saved one (the
-//             error lists "key: saved -> given" for each difference), so a resumed run continues
-//             to the result the uninterrupted run would have reached. A run without a checkpoint
-//             starts from step 0.
+//             saved config is used; otherwise the resolved config may differ from the saved one
+//             only in the recovery keys (resume_changeable_keys(): learning rate, clipping,
+//             alpha floor, fault budget), which are the way out of a numerical fault; any other
+//             difference is an error listing "key: saved -> given", so a resumed run continues
+//             to the result the uninterrupted run would have reached. Accepted changes are noted
+//             on stdout and written to config.json. A run without a checkpoint starts from step 0.
+// One writer per run directory: train_task holds an exclusive lock on <run_dir>/train.lock
+// (train::RunLock) from before it checks or writes anything until it returns; a second train or
+// --resume on the same directory fails at once naming the directory and the holder's pid. The
+// lock dies with its process, so a killed run can be resumed right away.
+// A run that stops on a numerical fault throws NumericalFault (training_loop.h) whose message
+// ends with the command lines that resume it with a smaller learning rate, clipping, a larger
+// alpha floor or a larger fault budget.
 // Returns the run directory and the task's summary.
 struct TrainOutcome {
   std::string run_dir;
@@ -187,6 +203,10 @@ struct TrainOutcome {
   TrainSummary summary;
 };
 TrainOutcome train_task(const std::string& task, const TrainOptions& options);
+
+// The config keys a --resume may change (the ways out of a numerical fault): lr, min_lr,
+// grad_clip, alpha_floor, max_skipped_steps. A task config has those it declares.
+const std::vector<std::string>& resume_changeable_keys();
 
 // The task named in <run_dir>/config.json ("task"), and that config. Errors name the file.
 std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_dir);

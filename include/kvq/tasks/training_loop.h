@@ -6,8 +6,11 @@
 // one training batch and the metrics of a split.
 //
 // Files in the run directory (kvq::train::RunDir):
-//   metrics.jsonl  {"step","split":"train","epoch","loss",<accuracy_key>,"lr",<unit>_per_s}
-//                  every log_every updates and at the end; {"step","split":"val"|"test",<metrics>}
+//   metrics.jsonl  {"step","split":"train","epoch","loss",<accuracy_key>,"lr",<unit>_per_s,
+//                  "skipped"} every log_every updates and at the end ("skipped": updates skipped
+//                  so far); {"step","split":"val"|"test",<metrics>}; {"step","split":"fault",
+//                  "quantity","where","action" (skipped | stopped | reported),"message"} for
+//                  every numerical fault
 //   checkpoint.pt  every checkpoint_every updates, at every epoch end and at the end (atomic)
 //   best.pt        the checkpoint of the best validation score so far
 //   results.json   the summary (TrainSummary) of a finished run
@@ -53,6 +56,9 @@ struct TrainingLoop {
   int64_t eval_every = 0;        // 0 = epoch ends and the end only
   int64_t checkpoint_every = 0;  // 0 = epoch ends and the end only
   double grad_clip = 0.0;        // 0 = off
+  // Updates with a numerical fault the run may skip in all before it stops (counted over the
+  // whole run, across resumes); 0 = stop at the first fault.
+  int64_t max_skipped_steps = 0;
   // The loss of the batch `index` (from the sampler) at update `step` (0-based), model in train
   // mode, gradients enabled.
   std::function<BatchLoss(const torch::Tensor& index, int64_t step)> loss;
@@ -71,12 +77,42 @@ struct TrainingLoop {
   std::string unit = "items";
 };
 
+// What run_training_loop throws when it stops on a numerical fault (non-finite loss or gradient,
+// failed factorisation): a c10::Error whose message is several lines: what happened, at which
+// step, where; the last good checkpoint; and how to resume (train_task adds the command line).
+class NumericalFault : public c10::Error {
+ public:
+  NumericalFault(std::string message, int64_t step, int64_t checkpoint_step)
+      : c10::Error(std::move(message), ""), step_(step), checkpoint_step_(checkpoint_step) {}
+  // The step of the fault (updates counted from 1, as in the metrics) and of the last
+  // checkpoint on disk (-1: none yet, the run restarts from step 0).
+  int64_t step() const { return step_; }
+  int64_t checkpoint_step() const { return checkpoint_step_; }
+
+ private:
+  int64_t step_, checkpoint_step_;
+};
+
 // Runs (or, with context.resume and a checkpoint in `run`, continues) `loop`, then evaluates the
 // test split and writes results.json: `summary` (task-specific fields: task, mechanism, seed,
 // params, ...) plus "steps", "train_seconds", "threads", "test" (the test metrics) and
 // "best_val" {best_metric: value, "step"}. A resumed run whose results.json exists returns it.
 // With context.stop_after_step the loop stops there and returns {"stopped_at": step} merged into
 // `summary` (no test, no results.json).
+//
+// Numerical faults. Each update checks, with one host synchronisation, that the loss and every
+// gradient are finite; a factorisation that fails in the forward or backward (an op's
+// c10::LinAlgError, or kvq's "not numerically positive definite" error) is caught as well. A
+// fault is reported on stderr and as a "fault" metrics record naming the step (updates counted
+// from 1), the quantity (the loss, the first parameter whose gradient is not finite, by module
+// path, or "factorisation" with the op's message) and where (forward, backward, val, test). The
+// update is then skipped (no optimiser step; the batch is consumed and the step counts) while
+// fewer than loop.max_skipped_steps updates have been skipped in the run; otherwise the loop
+// throws NumericalFault: nothing is saved for the faulty step and the last good checkpoint stays
+// as it was. While evaluating, a failed factorisation always stops (there are no metrics); a
+// non-finite loss is reported (action "reported") and kept as the split's metric. A checkpoint
+// that cannot be written stops the run with an error naming the file and the reason; the
+// previous file stays intact (atomic_file.h).
 TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& run,
                                const TrainContext& context, nlohmann::json summary);
 

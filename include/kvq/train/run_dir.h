@@ -63,6 +63,30 @@ class RunDir {
   bool resumed_ = false;
 };
 
+// One writer per run directory: an exclusive lock (flock) on <dir>/train.lock, held while the
+// object lives. Taking it never waits: when another process, or another RunLock of this process,
+// holds it, the constructor throws "<who>: run directory <dir> is in use by another kvq process
+// (pid N, lock file <dir>/train.lock); wait for it to end or choose another directory". The
+// operating system drops the lock when the process ends in any way (kill -9 included), so a
+// leftover train.lock never blocks a later run; it holds the pid of its last holder.
+class RunLock {
+ public:
+  static constexpr const char* kFileName = "train.lock";
+  // Locks `dir`, which must exist.
+  RunLock(const std::filesystem::path& dir, const std::string& who);
+  ~RunLock();
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  RunLock(RunLock&& other) noexcept;
+  RunLock& operator=(RunLock&& other) noexcept;
+
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;
+};
+
 // Throws unless `name` is a usable path component: non-empty, not "." or "..", and only
 // letters, digits and . _ - + = ,. `what` names the option in the error ("task", "run name").
 void check_run_name(const std::string& name, const std::string& what);
