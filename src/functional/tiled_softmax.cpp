@@ -1,6 +1,5 @@
 #include "functional/tiled_softmax.h"
 
-#include <limits>
 
 #include "functional/kernel_views.h"
 #include "kernels/cpu/softmax_attention_kernel.h"
@@ -28,52 +27,6 @@ torch::Tensor expanded_bias(const torch::Tensor& bias, int64_t B, int64_t H, int
   auto b4 = bias;
   while (b4.dim() < 4) b4 = b4.unsqueeze(0);
   return b4.expand({B, H, m, n});
-}
-
-bool all_finite(const torch::Tensor& x) {
-  return x.numel() == 0 || torch::isfinite(x).all().item<bool>();
-}
-
-// NaN or +inf in a score bias poisons the score; -inf masks it.
-torch::Tensor bad_bias(const torch::Tensor& bias) {
-  return torch::isnan(bias).logical_or(torch::isposinf(bias));
-}
-
-// The rows (B, H, m) whose output the math makes NaN: a non-finite entry in the query row, in a
-// visible key or value row, or a NaN or +inf visible score bias. Undefined when there are none
-// (the common case costs one pass over each input). The kernel cannot tell these rows from rows
-// without visible keys (a NaN sum is not > 0) and would give them zeros; a silent zero would hide
-// a diverged training step.
-torch::Tensor non_finite_rows(const torch::Tensor& q, const torch::Tensor& k,
-                              const torch::Tensor& v, const torch::Tensor& bias,
-                              const torch::Tensor& padding, bool causal) {
-  if (all_finite(q) && all_finite(k) && all_finite(v) &&
-      (bias.numel() == 0 || !bad_bias(bias).any().item<bool>())) {
-    return {};
-  }
-  const int64_t B = q.size(0), H = q.size(1), m = q.size(2), n = k.size(2);
-  auto bad_key = torch::isfinite(k).all(-1).logical_and(torch::isfinite(v).all(-1)).logical_not();
-  torch::Tensor bad_cell;  // (.., m, n) from a bias with a query dimension
-  if (bias.numel() > 0) {
-    auto b = bad_bias(bias);
-    while (b.dim() < 4) b = b.unsqueeze(0);
-    if (b.size(2) == 1) {
-      bad_key = bad_key.logical_or(b.squeeze(2));  // a per-key bias: (.., 1, n) -> (.., n)
-    } else {
-      bad_cell = causal ? b.logical_and(torch::ones({m, n}, b.options()).tril()) : b;
-    }
-  }
-  if (padding.numel() > 0) {
-    const auto visible = padding.logical_not();
-    bad_key = bad_key.logical_and(visible.view({B, 1, n}));
-    if (bad_cell.defined()) bad_cell = bad_cell.logical_and(visible.view({B, 1, 1, n}));
-  }
-  // Causal: row t sees the keys s <= t, so it is bad when any of them is (a running maximum).
-  auto rows = causal ? std::get<0>(bad_key.to(torch::kInt).cummax(-1)).to(torch::kBool)
-                     : bad_key.any(-1, /*keepdim=*/true).expand({B, H, m});
-  rows = rows.logical_or(torch::isfinite(q).all(-1).logical_not());
-  if (bad_cell.defined()) rows = rows.logical_or(bad_cell.any(-1));
-  return rows;
 }
 
 template <typename T>
@@ -119,12 +72,6 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
       cpu::softmax_attention_forward(make_params<scalar_t>(q, k, v, bias, padding, scale, causal),
                                      o);
     });
-    const auto nan_rows = non_finite_rows(q, k, v, bias_in, padding, causal);
-    if (nan_rows.defined()) {
-      // NaN output, and a NaN log-sum-exp so that the backward gives them NaN gradients.
-      out.masked_fill_(nan_rows.unsqueeze(-1), std::numeric_limits<double>::quiet_NaN());
-      lse.masked_fill_(nan_rows, std::numeric_limits<double>::quiet_NaN());
-    }
     ctx->save_for_backward({q, k, v, bias_in, out, lse});
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["scale"] = scale;

@@ -76,7 +76,10 @@ void forward_block(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionFor
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * kKeyBlock;
       const T new_max = std::max(row_max[r], max_of(s, cols));
-      if (new_max == -kInf<T>) {  // no visible key so far
+      if (new_max == -kInf<T>) {  // no visible key so far, or only NaN scores (max_of skips NaN)
+        if (std::any_of(s, s + cols, [](T x) { return std::isnan(x); })) {
+          row_max[r] = row_sum[r] = std::numeric_limits<T>::quiet_NaN();  // stays NaN
+        }
         std::fill(s, s + cols, T(0));
         continue;
       }
@@ -91,7 +94,9 @@ void forward_block(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionFor
   T* lse = o.lse + (b * p.heads + h) * p.m + i0;
   for (int64_t r = 0; r < rows; ++r) {
     T* out = o.out.row(b, h, i0 + r);
-    if (row_sum[r] > T(0)) {
+    // A row that saw a key has row_sum >= 1, or NaN when a score or value was NaN (or a score
+    // +inf): NaN then reaches its output and, through the log-sum-exp, its gradients.
+    if (row_max[r] != -kInf<T>) {
       const T inv = T(1) / row_sum[r];
       for (int64_t c = 0; c < dv; ++c) out[c] = acc[r * dv + c] * inv;
       lse[r] = row_max[r] + std::log(row_sum[r]);
