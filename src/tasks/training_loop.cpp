@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -86,26 +87,30 @@ struct Fault {
 };
 
 // The loss value of a finished backward and whether it and every gradient are finite, with one
-// host synchronisation: [loss, isfinite(grad_0).all(), ...] is reduced on the device and copied
-// once. Returns the fault (if any) naming the loss or the first parameter, by module path, whose
-// gradient holds a NaN or an infinity; parameters without a gradient are skipped.
+// host synchronisation: [loss, sum(grad_0), ...] is stacked on the device and copied once (a sum
+// is non-finite when any entry is NaN or infinite). Only then are the gradients scanned one by
+// one, to name the first parameter, by module path, whose gradient holds a NaN or an infinity;
+// parameters without a gradient are skipped.
 c10::optional<Fault> check_update(const torch::Tensor& loss, const torch::nn::Module& model,
                                   double& loss_value) {
   const auto params = model.named_parameters(/*recurse=*/true);
-  std::vector<torch::Tensor> flags = {loss.detach().reshape({1}).to(torch::kFloat64)};
-  std::vector<std::string> names;
+  std::vector<torch::Tensor> sums = {loss.detach().reshape({}).to(torch::kFloat64)};
   for (const auto& item : params) {
     const auto& grad = item.value().grad();
-    if (!grad.defined()) continue;
-    flags.push_back(grad.isfinite().all().reshape({1}).to(torch::kFloat64));
-    names.push_back(item.key());
+    if (grad.defined()) sums.push_back(grad.sum().to(torch::kFloat64));
   }
-  const auto host = torch::cat(flags).to(torch::kCPU);
+  const auto host = torch::stack(sums).to(torch::kCPU);
   const double* values = host.data_ptr<double>();
   loss_value = values[0];
   if (!std::isfinite(loss_value)) return Fault{"loss", "forward", ""};
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (values[i + 1] == 0.0) return Fault{"gradient of " + names[i], "backward", ""};
+  if (std::all_of(values, values + host.numel(), [](double x) { return std::isfinite(x); })) {
+    return c10::nullopt;
+  }
+  for (const auto& item : params) {  // a sum can also overflow: check the entries themselves
+    const auto& grad = item.value().grad();
+    if (grad.defined() && !grad.isfinite().all().item<bool>()) {
+      return Fault{"gradient of " + item.key(), "backward", ""};
+    }
   }
   return c10::nullopt;
 }
