@@ -18,7 +18,7 @@
 #include "config_options.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/run_dir.h"
 
@@ -213,7 +213,7 @@ std::string draw_plot(const PlotSpec& spec, const fs::path& dir) {
   const fs::path dat = fs::absolute(dir / (spec.stem + ".dat")),
                  png = fs::absolute(dir / spec.png),
                  script = fs::absolute(dir / (spec.stem + ".gp"));
-  train::write_file_atomic(dat.string(), data.str(), "compare");
+  util::write_file_atomic(dat.string(), data.str(), "compare");
 
   std::ostringstream gp;
   gp << "# kvq compare; run: gnuplot " << script.filename().string() << "\n"
@@ -238,7 +238,7 @@ std::string draw_plot(const PlotSpec& spec, const fs::path& dir) {
     }
     gp << "\n";
   }
-  train::write_file_atomic(script.string(), gp.str(), "compare");
+  util::write_file_atomic(script.string(), gp.str(), "compare");
 
   if (plotted.empty()) return "nothing to plot in " + png.filename().string();
   if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
@@ -446,7 +446,7 @@ void add_compare_command(CLI::App& app) {
                              {"seeds", args->seeds},      {"first_seed", args->first_seed},
                              {"preset", args->sources.preset},
                              {"config", args->sources.file},    {"sets", args->sources.sets}};
-    train::write_file_atomic((dir / "compare.json").string(), record.dump(2) + "\n", "compare");
+    util::write_file_atomic((dir / "compare.json").string(), record.dump(2) + "\n", "compare");
     std::cout << "comparison " << dir.string() << ": task " << task.name << ", "
               << train::join_names(args->mechanisms) << ", " << args->seeds
               << (args->seeds == 1 ? " seed" : " seeds") << "\n";
@@ -481,10 +481,10 @@ void add_compare_command(CLI::App& app) {
     const auto columns = metric_columns(task, runs);
     const auto rows = aggregate(args->mechanisms, columns, runs);
     const std::string table = markdown_table(task, columns, rows, args->seeds);
-    train::write_file_atomic((dir / "summary.md").string(), table, "compare");
-    train::write_file_atomic((dir / "summary.csv").string(), summary_csv(columns, rows),
+    util::write_file_atomic((dir / "summary.md").string(), table, "compare");
+    util::write_file_atomic((dir / "summary.csv").string(), summary_csv(columns, rows),
                              "compare");
-    train::write_file_atomic((dir / "runs.csv").string(), runs_csv(columns, runs), "compare");
+    util::write_file_atomic((dir / "runs.csv").string(), runs_csv(columns, runs), "compare");
     std::string plot = plot_curves(task, args->mechanisms, runs, args->seeds, dir);
     if (!task.context_curve.metric_prefix.empty()) {
       plot += "\n" + plot_context_curve(task, args->mechanisms, runs, args->seeds, dir);

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "kvq/data/io.h"
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace data {
@@ -142,7 +142,7 @@ std::string CharVocab::decode(const torch::Tensor& ids) const {
 CharCorpus load_char_corpus(const std::string& path, double val_fraction) {
   TORCH_CHECK(val_fraction >= 0.0 && val_fraction < 1.0,
               "load_char_corpus: val_fraction must be in [0, 1), got ", val_fraction);
-  const std::string bytes = train::read_file(path, "load_char_corpus");
+  const std::string bytes = util::read_file(path, "load_char_corpus");
   TORCH_CHECK(!bytes.empty(), "load_char_corpus: ", path, ": empty file, no text to learn from");
   std::u32string text = decode_utf8(bytes, "load_char_corpus: " + path);
   if (text[0] == U'\uFEFF') text.erase(0, 1);
@@ -183,7 +183,7 @@ std::string ensure_kjv_text(const std::string& cache_path) {
                   result.output.find(kKjvLastVerse) != std::string::npos,
               who, ": `bible 'Gen1:1-Rev22:21'` did not print the whole King James Bible (is ",
               "bible-kjv-text installed?); it printed: ", result.output.substr(0, 200));
-  train::write_file_atomic(cache_path, result.output, who);
+  util::write_file_atomic(cache_path, result.output, who);
   return cache_path;
 }
 

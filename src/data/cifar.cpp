@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "kvq/data/io.h"
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace data {
@@ -15,7 +15,7 @@ constexpr int64_t kPixels = 3 * 32 * 32;
 // label_bytes = 1 (CIFAR-10: fine) or 2 (CIFAR-100: coarse, fine).
 CifarData read_batch(const std::string& who, const std::string& path, int64_t label_bytes,
                      int64_t num_fine, int64_t num_coarse) {
-  const std::string bytes = train::read_file(path, who);
+  const std::string bytes = util::read_file(path, who);
   const int64_t record = label_bytes + kPixels;
   const int64_t size = static_cast<int64_t>(bytes.size());
   TORCH_CHECK(size > 0, who, ": ", path, ": empty file");

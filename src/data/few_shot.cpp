@@ -4,7 +4,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 
 namespace kvq {
 namespace data {
@@ -21,7 +21,7 @@ std::vector<int64_t> sample_distinct(std::mt19937_64& engine, int64_t n, int64_t
   std::vector<int64_t> out(static_cast<size_t>(k));
   for (int64_t i = 0; i < k; ++i) {
     const int64_t j =
-        i + static_cast<int64_t>(kvq::train::uniform_below(engine, static_cast<uint64_t>(n - i)));
+        i + static_cast<int64_t>(kvq::util::uniform_below(engine, static_cast<uint64_t>(n - i)));
     const int64_t value_i = at(i);
     out[static_cast<size_t>(i)] = at(j);
     swapped[j] = value_i;
@@ -262,10 +262,10 @@ EpisodeBatch EpisodeSampler::next(int64_t num_episodes) {
   return batch;
 }
 
-std::string EpisodeSampler::state() const { return kvq::train::rng_state(engine_); }
+std::string EpisodeSampler::state() const { return kvq::util::rng_state(engine_); }
 
 void EpisodeSampler::load_state(const std::string& state) {
-  engine_ = kvq::train::rng_from_state(state, "EpisodeSampler::load_state");
+  engine_ = kvq::util::rng_from_state(state, "EpisodeSampler::load_state");
 }
 
 EpisodeBatch sample_episodes(const EpisodePool& pool, const EpisodeOptions& options,

@@ -9,8 +9,8 @@
 
 #include "kvq/data/char_corpus.h"
 #include "kvq/data/io.h"
-#include "kvq/train/atomic_file.h"
-#include "kvq/train/sampler.h"
+#include "kvq/util/atomic_file.h"
+#include "kvq/util/sampler.h"
 
 namespace kvq {
 namespace data {
@@ -43,7 +43,7 @@ char32_t to_lower(char32_t c) {
   return c;
 }
 
-using train::uniform_below;
+using util::uniform_below;
 
 bool has_forbidden_tsv_char(const std::string& s) {
   return s.find_first_of("\t\r\n") != std::string::npos;
@@ -207,7 +207,7 @@ std::string package_version(const std::string& package) {
 
 std::vector<TextPair> read_parallel_tsv(const std::string& path, bool ignore_extra_columns) {
   const std::string who = "read_parallel_tsv";
-  std::string bytes = train::read_file(path, who);
+  std::string bytes = util::read_file(path, who);
   if (bytes.compare(0, 3, "\xEF\xBB\xBF") == 0) bytes.erase(0, 3);
   std::vector<TextPair> pairs;
   std::istringstream in(bytes);
@@ -246,7 +246,7 @@ void write_parallel_tsv(const std::string& path, const std::vector<TextPair>& pa
                 " has an empty field or a TAB/CR/LF inside a field");
     bytes += p.source + '\t' + p.target + '\n';
   }
-  train::write_file_atomic(path, bytes, "write_parallel_tsv");
+  util::write_file_atomic(path, bytes, "write_parallel_tsv");
 }
 
 // ---- Tokens ----
@@ -601,7 +601,7 @@ std::vector<GettextCatalogReport> build_gettext_en_de_corpus(
              << r.kept << '\t' << r.added << '\n';
   }
   write_parallel_tsv(cache_path, corpus);
-  train::write_file_atomic(cache_path + ".manifest", manifest.str(), who);
+  util::write_file_atomic(cache_path + ".manifest", manifest.str(), who);
   return reports;
 }
 

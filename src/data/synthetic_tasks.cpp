@@ -3,7 +3,7 @@
 #include <random>
 #include <sstream>
 
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 
 namespace kvq {
 namespace data {
@@ -12,7 +12,7 @@ namespace {
 static_assert(kSyntheticTaskNames.size() == static_cast<size_t>(SyntheticTask::Swap) + 1,
               "kSyntheticTaskNames and SyntheticTask must list the same tasks");
 
-using train::uniform_below;
+using util::uniform_below;
 
 torch::Tensor draw_inputs(std::mt19937_64& engine, int64_t num_samples, int64_t length,
                           int64_t vocab_size) {

@@ -6,7 +6,7 @@
 #include <random>
 #include <sstream>
 
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 
 namespace kvq {
 namespace env {
@@ -16,7 +16,7 @@ constexpr int kMaxDraws = 100;
 constexpr int64_t kRowStep[kNumActions] = {-1, 1, 0, 0};
 constexpr int64_t kColStep[kNumActions] = {0, 0, -1, 1};
 
-using train::uniform_below;
+using util::uniform_below;
 
 char cell_char(Cell cell) {
   switch (cell) {

@@ -67,7 +67,8 @@ torch::Tensor kernel_forward(AutogradContext* ctx, const torch::Tensor& q_in,
                                                 heads_view<scalar_t>(out));
   });
   check_factorisation(op, failure, q.scalar_type(), /*causal=*/true);
-  ctx->save_for_backward({q, k, v, alpha, f.p, f.r, f.w0, f.e, v.defined() ? torch::Tensor() : out});
+  ctx->save_for_backward(
+      {q, k, v, alpha, f.p, f.r, f.w0, f.e, v.defined() ? torch::Tensor() : out});
   ctx->saved_data["chunk"] = chunk;
   return out;
 }
@@ -99,9 +100,9 @@ variable_list kernel_backward(AutogradContext* ctx, const torch::Tensor& grad) {
 // LibTorch 1.13's autograd functions take no undefined tensor inputs: one function per output.
 class CausalIntentionFunction : public torch::autograd::Function<CausalIntentionFunction> {
  public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q,
-                               const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& alpha, int64_t chunk, const char* op) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& alpha, int64_t chunk,
+                               const char* op) {
     return kernel_forward(ctx, q, k, v, alpha, chunk, op);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -112,9 +113,8 @@ class CausalIntentionFunction : public torch::autograd::Function<CausalIntention
 
 class CausalQueriesFunction : public torch::autograd::Function<CausalQueriesFunction> {
  public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q,
-                               const torch::Tensor& k, const torch::Tensor& alpha, int64_t chunk,
-                               const char* op) {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& alpha, int64_t chunk, const char* op) {
     return kernel_forward(ctx, q, k, torch::Tensor(), alpha, chunk, op);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -125,7 +125,8 @@ class CausalQueriesFunction : public torch::autograd::Function<CausalQueriesFunc
 
 bool takes_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                   const torch::Tensor& alpha) {
-  const bool ok = v.defined() ? cpu_kernel_dtypes({q, k, v, alpha}) : cpu_kernel_dtypes({q, k, alpha});
+  const bool ok =
+      v.defined() ? cpu_kernel_dtypes({q, k, v, alpha}) : cpu_kernel_dtypes({q, k, alpha});
   return ok && q.size(2) > 0 && q.size(3) > 0;
 }
 

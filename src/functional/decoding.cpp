@@ -348,10 +348,12 @@ Tensor kernel_intention_step(DecodeState& s, const Tensor& q, const Tensor& k, c
   const auto pivot = torch::exp(torch::matmul(kd * scale, kd.transpose(-2, -1))) +
                      alpha_for_heads(alpha.to(kd.device(), dtype)) -
                      l.pow(2).sum(2, /*keepdim=*/true);  // (B, H, 1, 1)
-  // As cholesky_checked: an error on the CPU; elsewhere a NaN pivot, without a host synchronisation.
+  // As cholesky_checked: an error on the CPU; elsewhere a NaN pivot, without a host
+  // synchronisation.
   TORCH_CHECK(!pivot.device().is_cpu() || pivot.gt(0).all().item<bool>(),
               "kernel_intention_step: kappa(K, K) + alpha I is not numerically positive definite "
-              "in ", dtype, "; increase alpha relative to the kernel's scale, or compute in float64");
+              "in ", dtype,
+              "; increase alpha relative to the kernel's scale, or compute in float64");
   const auto diag = pivot.sqrt();
   const auto z = (vd - torch::matmul(l.transpose(-2, -1), leading(s.kernel_values, {2}, t))) / diag;
   auto row = s.factor.narrow(2, t, 1);

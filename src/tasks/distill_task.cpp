@@ -171,7 +171,7 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
               " training states are fewer than batch_size = ", c.batch_size);
   auto model = make_distill_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  train::BatchSampler sampler(states, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(states, c.batch_size, sampler_seed(c));
   const int64_t total = c.epochs * sampler.batches_per_epoch();
 
   auto loop = training_loop_for(c, *model, *optimizer, total, "distill");

@@ -219,7 +219,7 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
   const int64_t num_train = splits.train.images.size(0);
   TORCH_CHECK(num_train >= c.batch_size, "config ", c.task, ": ", num_train,
               " training images are fewer than batch_size = ", c.batch_size);
-  train::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
 
   auto loop = training_loop_for(c, *model, *optimizer, total_steps(c, num_train), c.task);
   loop.sampler = &sampler;

@@ -205,7 +205,7 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
               corpus.train.size(0), " tokens, too few for batch_size windows of context + 1");
   auto model = make_lm_model(c, corpus.vocab_size);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  train::BatchSampler sampler(num_starts, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_starts, c.batch_size, sampler_seed(c));
   const auto unigram = unigram_log_probs(corpus.train, corpus.vocab_size);
   const auto val_starts = window_starts(corpus.val.size(0), c.context, c.eval_windows);
   const auto test_starts = window_starts(corpus.val.size(0), c.context, 0);

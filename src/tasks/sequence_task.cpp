@@ -136,7 +136,7 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   const auto splits = make_data(c);
   auto model = make_sequence_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  train::BatchSampler sampler(c.num_train, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(c.num_train, c.batch_size, sampler_seed(c));
   const int64_t classes = model->options.num_classes();
 
   auto loop = training_loop_for(c, *model, *optimizer, sequence_task_total_steps(c),

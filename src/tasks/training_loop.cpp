@@ -12,7 +12,7 @@
 #include <memory>
 #include <sstream>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 #include "kvq/train/checkpoint.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/progress.h"
@@ -183,7 +183,7 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
     if (loop.sampler != nullptr) loop.sampler->load_state(state.data);
     std::error_code ec;
     if (state.step >= total && std::filesystem::exists(results_path, ec)) {
-      return nlohmann::json::parse(train::read_file(results_path, "resume"));
+      return nlohmann::json::parse(util::read_file(results_path, "resume"));
     }
   }
   // Records past the checkpoint belong to the interrupted continuation (none for a new run).
@@ -399,7 +399,7 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
   summary["threads"] = at::get_num_threads();
   summary["test"] = test;
   summary["best_val"] = {{loop.best_metric, best}, {"step", best_step}};
-  train::write_file_atomic(results_path, summary.dump(2) + "\n", "results");
+  util::write_file_atomic(results_path, summary.dump(2) + "\n", "results");
   return summary;
 }
 

@@ -244,7 +244,7 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
               " training pairs are fewer than batch_size = ", c.batch_size);
   auto model = make_model(c, d);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  train::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
   const auto unigram = target_unigram(d);
 
   auto loop =

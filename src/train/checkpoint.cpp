@@ -12,7 +12,7 @@
 #include <sstream>
 #include <vector>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace train {
@@ -264,7 +264,7 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
     TORCH_CHECK(false, who, ": ", path, ": cannot serialise the training state (",
                 reason.substr(0, reason.find('\n')), ")");
   }
-  write_file_atomic(path, bytes, who);
+  util::write_file_atomic(path, bytes, who);
 }
 
 TrainingState load_checkpoint(const std::string& path, torch::nn::Module& model,

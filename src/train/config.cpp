@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace train {
@@ -320,7 +320,7 @@ void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& pat
   const std::string source = "file " + path;
   std::string text;
   try {
-    text = read_file(path, "config " + name_);
+    text = util::read_file(path, "config " + name_);
   } catch (const c10::Error& e) {
     fail(source, "cannot read it (" + std::string(e.what_without_backtrace()) + ")");
   }
@@ -406,7 +406,7 @@ std::vector<std::string> ConfigSchemaBase::diff(const nlohmann::json& before,
 }
 
 void save_config_text(const std::string& path, const std::string& text) {
-  write_file_atomic(path, text, "save config");
+  util::write_file_atomic(path, text, "save config");
 }
 
 }  // namespace train

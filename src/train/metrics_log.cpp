@@ -11,7 +11,7 @@
 #include <filesystem>
 #include <limits>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace train {
@@ -124,7 +124,7 @@ void MetricsWriter::write(const nlohmann::json& record) {
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& path) {
-  const std::string text = read_file(path, "read_metrics");
+  const std::string text = util::read_file(path, "read_metrics");
   std::vector<nlohmann::json> records;
   size_t start = 0;
   int64_t line_number = 0;
@@ -162,7 +162,7 @@ int64_t truncate_metrics(const std::string& path, int64_t max_step, const std::s
     }
     kept += encode_non_finite(r).dump() + "\n";
   }
-  write_file_atomic(path, kept, "truncate_metrics");
+  util::write_file_atomic(path, kept, "truncate_metrics");
   return dropped;
 }
 

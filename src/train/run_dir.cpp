@@ -11,7 +11,7 @@
 #include <ctime>
 #include <utility>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 namespace kvq {
 namespace train {
@@ -125,7 +125,7 @@ bool RunDir::has_checkpoint() const {
 
 nlohmann::json RunDir::load_config() const {
   const std::string path = config_path().string();
-  const std::string text = read_file(path, "run directory");
+  const std::string text = util::read_file(path, "run directory");
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {

@@ -16,9 +16,12 @@ enum class Output { Intention, SoftmaxIntention, Queries };
 
 std::string output_name(Output o) {
   switch (o) {
-    case Output::Intention: return "intention";
-    case Output::SoftmaxIntention: return "softmax-intention";
-    default: return "least_squares_queries";
+    case Output::Intention:
+      return "intention";
+    case Output::SoftmaxIntention:
+      return "softmax-intention";
+    default:
+      return "least_squares_queries";
   }
 }
 
@@ -29,14 +32,18 @@ enum class Path { Kernel, Composition, Oracle };
 torch::Tensor run_output(Output o, const Inputs& in, int64_t chunk, Path path) {
   if (path == Path::Oracle) {
     switch (o) {
-      case Output::Intention: return run_oracle(Mech::Intention, in, true, in.mask);
-      case Output::SoftmaxIntention: return run_oracle(Mech::SoftmaxIntention, in, true, in.mask);
-      default: return kvq_ref::least_squares_queries(in.q, in.k, in.alpha, true, in.mask);
+      case Output::Intention:
+        return run_oracle(Mech::Intention, in, true, in.mask);
+      case Output::SoftmaxIntention:
+        return run_oracle(Mech::SoftmaxIntention, in, true, in.mask);
+      default:
+        return kvq_ref::least_squares_queries(in.q, in.k, in.alpha, true, in.mask);
     }
   }
   if (path == Path::Kernel) {
     switch (o) {
-      case Output::Intention: return run_impl(Mech::Intention, in, make_options(true, in.mask, chunk));
+      case Output::Intention:
+        return run_impl(Mech::Intention, in, make_options(true, in.mask, chunk));
       case Output::SoftmaxIntention:
         return run_impl(Mech::SoftmaxIntention, in, make_options(true, in.mask, chunk));
       default:
@@ -52,7 +59,8 @@ torch::Tensor run_output(Output o, const Inputs& in, int64_t chunk, Path path) {
     return D::causal_intention_composed(in.q, k, zero_padded(in.v), in.alpha, chunk);
   }
   const auto u = D::causal_least_squares_queries_composed(in.q, k, in.alpha, chunk);
-  return o == Output::Queries ? u : F::softmax_attention(u, in.k, in.v, make_options(true, in.mask));
+  return o == Output::Queries ? u
+                              : F::softmax_attention(u, in.k, in.v, make_options(true, in.mask));
 }
 
 // The output and the gradients of <out, W> w.r.t. q, k, v (zeros when unused) and alpha.
@@ -75,7 +83,8 @@ std::vector<torch::Tensor> output_and_grads(const std::function<torch::Tensor(co
   return grads;
 }
 
-double worst_rel_err(const std::vector<torch::Tensor>& got, const std::vector<torch::Tensor>& want) {
+double worst_rel_err(const std::vector<torch::Tensor>& got,
+                     const std::vector<torch::Tensor>& want) {
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, max_rel_err(got[i], want[i]));
   return worst;
@@ -101,11 +110,13 @@ std::string case_label(Output o, const Case& c) {
 // softmax-intention, dL/dq~ comes from autograd through the oracle's softmax mixer.
 torch::Tensor extended_grad_alpha(Output o, const Inputs& in, const torch::Tensor& weights) {
   if (o != Output::SoftmaxIntention) {
-    return kvq_ref::causal_least_squares_grad_alpha(in.q, in.k, o == Output::Intention ? in.v : torch::Tensor(),
-                                                    in.alpha, in.mask, weights);
+    return kvq_ref::causal_least_squares_grad_alpha(
+        in.q, in.k, o == Output::Intention ? in.v : torch::Tensor(), in.alpha, in.mask, weights);
   }
-  auto qt = kvq_ref::least_squares_queries(in.q, in.k, in.alpha, true, in.mask).requires_grad_(true);
-  const auto out = kvq_ref::softmax_attention(qt, in.k, in.v, true, in.mask, 1.0 / std::sqrt(double(in.q.size(3))));
+  auto qt =
+      kvq_ref::least_squares_queries(in.q, in.k, in.alpha, true, in.mask).requires_grad_(true);
+  const auto out = kvq_ref::softmax_attention(qt, in.k, in.v, true, in.mask,
+                                              1.0 / std::sqrt(double(in.q.size(3))));
   const auto grad_qt = torch::autograd::grad({(out * weights).sum()}, {qt})[0];
   return kvq_ref::causal_least_squares_grad_alpha(in.q, in.k, {}, in.alpha, in.mask, grad_qt);
 }
@@ -129,8 +140,8 @@ TEST(CausalLeastSquaresKernel, MatchesOracleAndItsGradients) {
           const auto c = kernel_case(T, chunk, alpha, T % 2 == 1, alpha == 1e-2);
           const auto in = make_inputs(c, 300 + uint64_t(T));
           auto results = [&](Path path) {
-            auto r = output_and_grads([&](const Inputs& x) { return run_output(o, x, chunk, path); },
-                                      in, 7);
+            auto r = output_and_grads(
+                [&](const Inputs& x) { return run_output(o, x, chunk, path); }, in, 7);
             return r;
           };
           const auto got = results(Path::Kernel);
@@ -143,7 +154,8 @@ TEST(CausalLeastSquaresKernel, MatchesOracleAndItsGradients) {
           std::vector<double> composed_errs(errs.size(), 0);
           if (ill) {
             const auto composed = results(Path::Composition);
-            for (size_t i = 0; i < got.size(); ++i) composed_errs[i] = max_rel_err(composed[i], want[i]);
+            for (size_t i = 0; i < got.size(); ++i)
+              composed_errs[i] = max_rel_err(composed[i], want[i]);
           }
           for (size_t i = 0; i < errs.size(); ++i) {
             const bool is_alpha = i + 1 == errs.size();
@@ -161,7 +173,8 @@ TEST(CausalLeastSquaresKernel, MatchesOracleAndItsGradients) {
         }
       }
     }
-    const std::string label = output_name(o) + " fused causal vs oracle, T in {1,17,65,130}, chunk in "
+    const std::string label = output_name(o) +
+                              " fused causal vs oracle, T in {1,17,65,130}, chunk in "
                               "{1,5,64}, alpha in {1e-4,1e-2,1}, fp64";
     report(label + " out+grads(q,k,v)", "relerr", worst);
     report(label + " dalpha vs long double", "relerr", worst_alpha);
@@ -179,14 +192,17 @@ TEST(CausalLeastSquaresKernel, MatchesTheComposition) {
     const auto c = kernel_case(150, 32, 0.5, true, false);
     auto in = make_inputs(c, 11);
     auto ours = [&](const Inputs& x) {
-      return o == Output::Intention ? D::causal_intention_output("test", x.q, x.k, x.v, x.alpha, 32)
-                                    : D::causal_least_squares_queries("test", x.q, x.k, x.alpha, 32);
+      return o == Output::Intention
+                 ? D::causal_intention_output("test", x.q, x.k, x.v, x.alpha, 32)
+                 : D::causal_least_squares_queries("test", x.q, x.k, x.alpha, 32);
     };
     auto composed = [&](const Inputs& x) {
-      return o == Output::Intention ? D::causal_intention_composed(x.q, x.k, x.v, x.alpha, 32)
-                                    : D::causal_least_squares_queries_composed(x.q, x.k, x.alpha, 32);
+      return o == Output::Intention
+                 ? D::causal_intention_composed(x.q, x.k, x.v, x.alpha, 32)
+                 : D::causal_least_squares_queries_composed(x.q, x.k, x.alpha, 32);
     };
-    const double err = worst_rel_err(output_and_grads(ours, in, 3), output_and_grads(composed, in, 3));
+    const double err =
+        worst_rel_err(output_and_grads(ours, in, 3), output_and_grads(composed, in, 3));
     report(output_name(o) + " fused causal vs LibTorch composition T=150 chunk=32 fp64 out+grads",
            "relerr", err);
     EXPECT_LE(err, kTolSolve64);
@@ -201,9 +217,12 @@ TEST(LeastSquaresKernel, NonCausalMatchesTheComposition) {
   const auto in = make_inputs(c, 12);
   auto ours = [&](const Inputs& x) { return F::intention(x.q, x.k, x.v, x.alpha, {}); };
   auto composed = [&](const Inputs& x) { return D::intention_composed(x.q, x.k, x.v, x.alpha); };
-  const double err = worst_rel_err(output_and_grads(ours, in, 5), output_and_grads(composed, in, 5));
-  report("intention fused non-causal vs LibTorch closed form cross(m=9,n=23) alpha(H) fp64 "
-         "out+grads", "relerr", err);
+  const double err =
+      worst_rel_err(output_and_grads(ours, in, 5), output_and_grads(composed, in, 5));
+  report(
+      "intention fused non-causal vs LibTorch closed form cross(m=9,n=23) alpha(H) fp64 "
+      "out+grads",
+      "relerr", err);
   EXPECT_LE(err, kTolSolve64);
 }
 
@@ -230,8 +249,8 @@ TEST(CausalLeastSquaresKernel, Float32AtLeastAsAccurateAsTheComposition) {
         composed = D::causal_least_squares_queries_composed(in32.q, in32.k, in32.alpha, 32);
       }
       const double err = nrmse(ours, ref), base = nrmse(composed, ref);
-      const std::string label = output_name(o) + " fp32 T=512 d=32 chunk=32 alpha=" +
-                                std::to_string(alpha);
+      const std::string label =
+          output_name(o) + " fp32 T=512 d=32 chunk=32 alpha=" + std::to_string(alpha);
       report(label + " fused", "nrmse", err);
       report(label + " composition", "nrmse", base);
       EXPECT_LE(err, 1.25 * base) << label;

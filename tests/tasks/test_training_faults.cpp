@@ -20,7 +20,7 @@
 #include "kvq/functional/intention.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/tasks/training_loop.h"
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 #include "kvq/train/checkpoint.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/run_dir.h"
@@ -319,7 +319,7 @@ TEST(TrainingFaults, FailedCheckpointWriteStopsAndKeepsThePreviousOne) {
     // is /dev/full, where every write fails with ENOSPC.
     if (step == 2) {
       at_checkpoint = snapshot(*r.model);
-      fs::create_symlink("/dev/full", T::temp_path_for(path));
+      fs::create_symlink("/dev/full", kvq::util::temp_path_for(path));
     }
     return loss(index, step);
   };
@@ -328,7 +328,7 @@ TEST(TrainingFaults, FailedCheckpointWriteStopsAndKeepsThePreviousOne) {
   EXPECT_HAS(message, "train: step 4: cannot save " + path);
   EXPECT_HAS(message, "No space left on device");
   EXPECT_HAS(message, "The checkpoint of step 2 is what --resume continues from");
-  EXPECT_FALSE(fs::exists(fs::symlink_status(T::temp_path_for(path))));  // cleaned up
+  EXPECT_FALSE(fs::exists(fs::symlink_status(kvq::util::temp_path_for(path))));  // cleaned up
   // The previous checkpoint is intact: step 2, loadable, with the parameters of step 2.
   EXPECT_EQ(checkpoint_step(r.tmp.dir()), 2);
   Tiny reader;

@@ -14,9 +14,9 @@
 #include <iterator>
 #include <string>
 
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 #include "kvq/train/checkpoint.h"
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 #include "kvq/train/schedules.h"
 
 #include "test_files.h"
@@ -79,7 +79,7 @@ T::LrSchedule schedule() {
 struct Trainer {
   Net net;
   torch::optim::Adam opt;
-  T::BatchSampler sampler;
+  kvq::util::BatchSampler sampler;
   T::TrainingState state;
   explicit Trainer(uint64_t init_seed, uint64_t data_seed = 99, int64_t hidden = 16)
       : net((torch::manual_seed(init_seed), Net(hidden))),
@@ -233,7 +233,7 @@ TEST(TrainCheckpoint, StaleTempFileNeverCorruptsTheLastGoodCheckpoint) {
 
   // A save interrupted half-way left its temporary file behind (here: half a checkpoint, under
   // the name this process writes and under another process's name).
-  for (const auto& stale : {T::temp_path_for(path), path + ".tmp-1"}) {
+  for (const auto& stale : {kvq::util::temp_path_for(path), path + ".tmp-1"}) {
     std::ofstream(stale, std::ios::binary) << good.substr(0, good.size() / 2);
   }
   Trainer reader(8);
@@ -244,7 +244,7 @@ TEST(TrainCheckpoint, StaleTempFileNeverCorruptsTheLastGoodCheckpoint) {
   // The next save replaces the stale temporary file and the checkpoint, and loads fine.
   run.train_until(5, d);
   run.save(path);
-  EXPECT_FALSE(fs::exists(T::temp_path_for(path)));
+  EXPECT_FALSE(fs::exists(kvq::util::temp_path_for(path)));
   Trainer reader2(9);
   reader2.load(path);
   EXPECT_EQ(reader2.state.step, 5);
@@ -261,12 +261,12 @@ TEST(TrainCheckpoint, FailedSaveLeavesThePreviousCheckpointIntact) {
   const auto good = bytes_of(path);
 
   // Make the temporary file impossible to create: a directory holds its name.
-  fs::create_directories(T::temp_path_for(path));
+  fs::create_directories(kvq::util::temp_path_for(path));
   run.train_until(5, d);
   const auto message = error_of([&] { run.save(path); });
-  EXPECT_HAS(message, "save_checkpoint: cannot write " + T::temp_path_for(path));
+  EXPECT_HAS(message, "save_checkpoint: cannot write " + kvq::util::temp_path_for(path));
   EXPECT_EQ(bytes_of(path), good);
-  fs::remove_all(T::temp_path_for(path));
+  fs::remove_all(kvq::util::temp_path_for(path));
 
   Trainer reader(8);
   reader.load(path);

@@ -95,7 +95,7 @@ struct EpisodeBatch {
 };
 
 // N-way K-shot episodes from a pool, drawn from the sampler's own std::mt19937_64 (never torch's
-// global generator) with portable draws (kvq::train::uniform_below), so a seed gives the same
+// global generator) with portable draws (kvq::util::uniform_below), so a seed gives the same
 // episodes with every compiler. Episodes are drawn one after another from one stream: next(2)
 // followed by next(3) gives the episodes of next(5). Per episode, in this order:
 //   1. N distinct classes, uniformly, in a uniformly random order: episode label j = j-th pick;
@@ -109,7 +109,7 @@ class EpisodeSampler {
   // The next num_episodes (>= 1) episodes.
   EpisodeBatch next(int64_t num_episodes);
 
-  // The engine's state (kvq::train::rng_state), for a checkpoint; load_state restores it, so the
+  // The engine's state (kvq::util::rng_state), for a checkpoint; load_state restores it, so the
   // episodes that followed it are drawn again.
   std::string state() const;
   void load_state(const std::string& state);

@@ -1,6 +1,6 @@
 #pragma once
-// Process helpers shared by the data loaders (files: kvq/train/atomic_file.h). Every error names the calling function
-// (`who`) and the path or command.
+// Process helpers shared by the data loaders (files: kvq/util/atomic_file.h). Every error names
+// the calling function (`who`) and the path or command.
 #include <string>
 
 namespace kvq {

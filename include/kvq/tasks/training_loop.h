@@ -29,7 +29,7 @@
 #include "kvq/tasks/common_config.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/run_dir.h"
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 #include "kvq/train/schedules.h"
 
 namespace kvq {
@@ -48,7 +48,7 @@ struct TrainingLoop {
   train::LrSchedule schedule;
   // Batch order; its state goes into every checkpoint. Null = the loss callback needs none (it
   // then receives an undefined index tensor, and draws batches from the step number alone).
-  train::BatchSampler* sampler = nullptr;
+  util::BatchSampler* sampler = nullptr;
   int64_t total_steps = 0;
   // Updates per epoch: validation and a checkpoint at every epoch end; 0 = no epochs.
   int64_t steps_per_epoch = 0;

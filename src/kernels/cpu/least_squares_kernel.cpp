@@ -25,7 +25,8 @@ void keep_upper(T* A, int64_t rows, int64_t ld) {
 
 template <typename T>
 void copy_rows(const T* src, int64_t src_ld, int64_t rows, int64_t cols, T* dst, int64_t dst_ld) {
-  for (int64_t i = 0; i < rows; ++i) std::copy(src + i * src_ld, src + i * src_ld + cols, dst + i * dst_ld);
+  for (int64_t i = 0; i < rows; ++i)
+    std::copy(src + i * src_ld, src + i * src_ld + cols, dst + i * dst_ld);
 }
 
 // The per-chunk saved factors of one (batch, head).
@@ -35,7 +36,9 @@ struct ChunkFactors {
   int64_t bh, num_chunks;
 
   ChunkFactors(const CausalLeastSquaresParams<T>& params, int64_t b, int64_t h)
-      : p(params), bh(b * params.heads + h), num_chunks((params.length + params.chunk - 1) / params.chunk) {}
+      : p(params),
+        bh(b * params.heads + h),
+        num_chunks((params.length + params.chunk - 1) / params.chunk) {}
   int64_t index(int64_t c) const { return bh * num_chunks + c; }
   T* P(int64_t c) const { return p.p + index(c) * p.d * p.d; }
   T* R(int64_t c) const { return p.r + index(c) * p.chunk * p.d; }
@@ -90,8 +93,8 @@ void intention_backward_head(const LeastSquaresParams<T>& p, const HeadsView<con
 }
 
 template <typename T>
-FactorFailure forward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<T>& out,
-                           int64_t b, int64_t h, std::vector<T>& scratch) {
+FactorFailure forward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<T>& out, int64_t b,
+                           int64_t h, std::vector<T>& scratch) {
   const int64_t C = p.chunk, d = p.d, dv = p.dv;
   const bool values = dv > 0;
   const ChunkFactors<T> saved(p, b, h);
@@ -147,8 +150,8 @@ FactorFailure forward_head(const CausalLeastSquaresParams<T>& p, const HeadsView
 template <typename T>
 void backward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<const T>& grad_out,
                    const HeadsView<const T>& u_in, const HeadsView<T>& grad_q,
-                   const HeadsView<T>& grad_k, const HeadsView<T>& grad_v, T* grad_alpha,
-                   int64_t b, int64_t h, std::vector<T>& scratch) {
+                   const HeadsView<T>& grad_k, const HeadsView<T>& grad_v, T* grad_alpha, int64_t b,
+                   int64_t h, std::vector<T>& scratch) {
   const int64_t C = p.chunk, d = p.d, dv = p.dv;
   const bool values = dv > 0;
   const ChunkFactors<T> saved(p, b, h);
@@ -156,9 +159,9 @@ void backward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<const T
   T* GB = scratch.data();  // sum over later chunks of U^T dO
   T* SA = GB + d * dv;     // -sum over later chunks of (U^T dQ + dQ^T U)
   T* Ubuf = SA + d * d;
-  T* X = Ubuf + C * d;     // tril(Q R^T), then tril(dO E^T) or tril(dU R^T)
-  T* KU = X + C * C;       // triu(K U^T)
-  T* Z = KU + C * C;       // triu(V dO^T - K dQ^T)
+  T* X = Ubuf + C * d;  // tril(Q R^T), then tril(dO E^T) or tril(dU R^T)
+  T* KU = X + C * C;    // triu(K U^T)
+  T* Z = KU + C * C;    // triu(V dO^T - K dQ^T)
   const int64_t qs = p.q.row_stride, ks = p.k.row_stride, vs = p.v.row_stride,
                 gs = grad_out.row_stride, dqs = grad_q.row_stride, dks = grad_k.row_stride,
                 dvs = grad_v.row_stride;
@@ -276,21 +279,21 @@ void causal_least_squares_backward(const CausalLeastSquaresParams<T>& p,
   at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch;
     for (int64_t bh = begin; bh < end; ++bh) {
-      backward_head(p, grad_out, u, grad_q, grad_k, grad_v, grad_alpha, bh / p.heads,
-                    bh % p.heads, scratch);
+      backward_head(p, grad_out, u, grad_q, grad_k, grad_v, grad_alpha, bh / p.heads, bh % p.heads,
+                    scratch);
     }
   });
 }
 
-#define KVQ_INSTANTIATE(T)                                                                       \
+#define KVQ_INSTANTIATE(T)                                                                        \
   template FactorFailure intention_forward<T>(const LeastSquaresParams<T>&, const HeadsView<T>&); \
-  template void intention_backward<T>(const LeastSquaresParams<T>&, const HeadsView<const T>&,   \
-                                      const HeadsView<T>&, const HeadsView<T>&,                 \
-                                      const HeadsView<T>&, T*);                                 \
-  template FactorFailure causal_least_squares_forward<T>(const CausalLeastSquaresParams<T>&,    \
-                                                         const HeadsView<T>&);                  \
-  template void causal_least_squares_backward<T>(                                               \
-      const CausalLeastSquaresParams<T>&, const HeadsView<const T>&, const HeadsView<const T>&, \
+  template void intention_backward<T>(const LeastSquaresParams<T>&, const HeadsView<const T>&,    \
+                                      const HeadsView<T>&, const HeadsView<T>&,                   \
+                                      const HeadsView<T>&, T*);                                   \
+  template FactorFailure causal_least_squares_forward<T>(const CausalLeastSquaresParams<T>&,      \
+                                                         const HeadsView<T>&);                    \
+  template void causal_least_squares_backward<T>(                                                 \
+      const CausalLeastSquaresParams<T>&, const HeadsView<const T>&, const HeadsView<const T>&,   \
       const HeadsView<T>&, const HeadsView<T>&, const HeadsView<T>&, T*);
 KVQ_INSTANTIATE(float)
 KVQ_INSTANTIATE(double)

@@ -48,11 +48,11 @@ struct FactorFailure {
 template <typename T>
 struct CausalLeastSquaresParams {
   int64_t batch = 0, heads = 0, length = 0, d = 0;
-  int64_t dv = 0;                  // 0 for the queries output (v unused)
-  int64_t chunk = 64;              // C >= 1
-  HeadsView<const T> q, k, v;      // (B, H, T, d), (B, H, T, d), (B, H, T, dv)
-  const T* alpha = nullptr;        // alpha of head h at alpha[h * alpha_stride]
-  int64_t alpha_stride = 0;        // 0 for one alpha shared by every head
+  int64_t dv = 0;              // 0 for the queries output (v unused)
+  int64_t chunk = 64;          // C >= 1
+  HeadsView<const T> q, k, v;  // (B, H, T, d), (B, H, T, d), (B, H, T, dv)
+  const T* alpha = nullptr;    // alpha of head h at alpha[h * alpha_stride]
+  int64_t alpha_stride = 0;    // 0 for one alpha shared by every head
   // Saved per chunk for the backward, contiguous (B, H, ceil(T / C), ...): P (d x d), R (C x d),
   // and for values W0 (d x dv), E (C x dv). Written by the forward, read by the backward.
   T *p = nullptr, *r = nullptr, *w0 = nullptr, *e = nullptr;
@@ -61,8 +61,8 @@ struct CausalLeastSquaresParams {
 template <typename T>
 struct LeastSquaresParams {
   int64_t batch = 0, heads = 0, m = 0, n = 0, d = 0, dv = 0;
-  HeadsView<const T> q, k, v;      // (B, H, m, d), (B, H, n, d), (B, H, n, dv)
-  const T* alpha = nullptr;        // alpha of head h at alpha[h * alpha_stride]
+  HeadsView<const T> q, k, v;  // (B, H, m, d), (B, H, n, d), (B, H, n, dv)
+  const T* alpha = nullptr;    // alpha of head h at alpha[h * alpha_stride]
   int64_t alpha_stride = 0;
   // Saved for the backward, contiguous: L (B, H, d, d) (lower triangle) and W (B, H, d, dv).
   T *factor = nullptr, *weights = nullptr;

@@ -5,7 +5,7 @@
 #include <string>
 
 namespace kvq {
-namespace train {
+namespace util {
 
 // The temporary file that write_file_atomic(path, ...) writes before renaming it over `path`:
 // "<path>.tmp-<pid>", in the same directory (rename is atomic only within one file system).
@@ -21,5 +21,5 @@ void write_file_atomic(const std::string& path, const std::string& bytes, const 
 // The whole file as bytes. Throws "<who>: <path>: no such file" / "cannot open" / "read error".
 std::string read_file(const std::string& path, const std::string& who);
 
-}  // namespace train
+}  // namespace util
 }  // namespace kvq

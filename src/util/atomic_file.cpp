@@ -1,4 +1,4 @@
-#include "kvq/train/atomic_file.h"
+#include "kvq/util/atomic_file.h"
 
 #include <c10/util/Exception.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 #include <iterator>
 
 namespace kvq {
-namespace train {
+namespace util {
 
 namespace {
 
@@ -88,5 +88,5 @@ std::string read_file(const std::string& path, const std::string& who) {
   return bytes;
 }
 
-}  // namespace train
+}  // namespace util
 }  // namespace kvq

@@ -1,11 +1,11 @@
-#include "kvq/train/sampler.h"
+#include "kvq/util/sampler.h"
 
 #include <c10/util/Exception.h>
 
 #include <sstream>
 
 namespace kvq {
-namespace train {
+namespace util {
 
 std::string rng_state(const std::mt19937_64& engine) {
   std::ostringstream out;
@@ -121,5 +121,5 @@ void BatchSampler::load_state(const nlohmann::json& state) {
   }
 }
 
-}  // namespace train
+}  // namespace util
 }  // namespace kvq

@@ -16,7 +16,7 @@
 #include <vector>
 
 namespace kvq {
-namespace train {
+namespace util {
 
 // The textual state of an engine (operator<<), and an engine restored from it. Errors name the
 // caller and the problem.
@@ -70,5 +70,5 @@ class BatchSampler {
   int64_t epoch_ = 0, batch_ = 0;
 };
 
-}  // namespace train
+}  // namespace util
 }  // namespace kvq
