@@ -93,7 +93,7 @@ variable_list kernel_backward(AutogradContext* ctx, const torch::Tensor& grad) {
         grad_v.defined() ? heads_view<scalar_t>(grad_v) : HeadsView<scalar_t>{},
         grad_alpha.data_ptr<scalar_t>());
   });
-  grad_alpha = alpha.dim() == 1 ? grad_alpha.sum(0) : grad_alpha.sum();
+  grad_alpha = sum_to_alpha_shape(grad_alpha, alpha.dim() == 1);
   return {grad_q, grad_k, grad_v, grad_alpha};
 }
 
@@ -135,10 +135,12 @@ bool takes_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::T
 void check_factorisation(const char* op, const kernels::cpu::FactorFailure& failure,
                          torch::ScalarType dtype, bool causal) {
   if (!failure.failed) return;
-  TORCH_CHECK(false, op, ": ", failure.matrix, " (batch ", failure.batch, ", head ", failure.head,
-              causal ? ", chunk " + std::to_string(failure.chunk) : std::string(),
-              ") is not numerically positive definite in ", dtype,
-              "; increase alpha relative to the scale of the keys, or compute in float64");
+  fail_not_positive_definite(
+      op,
+      std::string(failure.matrix) + " (batch " + std::to_string(failure.batch) + ", head " +
+          std::to_string(failure.head) +
+          (causal ? ", chunk " + std::to_string(failure.chunk) : std::string()) + ")",
+      dtype);
 }
 
 torch::Tensor cholesky_or_nan(const torch::Tensor& a) {

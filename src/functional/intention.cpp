@@ -12,10 +12,18 @@ namespace detail {
 torch::Tensor cholesky_checked(const char* op, const char* what, const torch::Tensor& a) {
   if (!a.device().is_cpu()) return cholesky_or_nan(a);  // reading info would synchronise
   auto [factor, info] = torch::linalg_cholesky_ex(a);
-  TORCH_CHECK(!info.ne(0).any().item<bool>(), op, ": ", what,
-              " is not numerically positive definite in ", a.scalar_type(),
-              "; increase alpha relative to the scale of the keys, or compute in float64");
+  if (info.ne(0).any().item<bool>()) fail_not_positive_definite(op, what, a.scalar_type());
   return factor;
+}
+
+void fail_not_positive_definite(const char* op, const std::string& matrix,
+                                torch::ScalarType dtype) {
+  TORCH_CHECK(false, op, ": ", matrix, " is not numerically positive definite in ", dtype,
+              "; increase alpha relative to the scale of the keys, or compute in float64");
+}
+
+torch::Tensor sum_to_alpha_shape(const torch::Tensor& per_head_grad, bool alpha_per_head) {
+  return alpha_per_head ? per_head_grad.sum(0) : per_head_grad.sum();
 }
 
 torch::Tensor regularised_gram(const torch::Tensor& k, const torch::Tensor& alpha) {
@@ -57,7 +65,7 @@ class IntentionFunction : public torch::autograd::Function<IntentionFunction> {
     auto grad_v = torch::matmul(k, g);
     auto grad_k = torch::matmul(v, gt) - torch::matmul(k, torch::matmul(g, wt) + torch::matmul(w, gt));
     auto grad_alpha = -(g * w).sum({-2, -1});  // (B, H)
-    grad_alpha = ctx->saved_data["alpha_per_head"].toBool() ? grad_alpha.sum(0) : grad_alpha.sum();
+    grad_alpha = sum_to_alpha_shape(grad_alpha, ctx->saved_data["alpha_per_head"].toBool());
     return {grad_q, grad_k, grad_v, grad_alpha};
   }
 };
@@ -116,7 +124,7 @@ class FusedIntentionFunction : public torch::autograd::Function<FusedIntentionFu
                                        heads_view<scalar_t>(grad_v),
                                        grad_alpha.data_ptr<scalar_t>());
     });
-    grad_alpha = alpha.dim() == 1 ? grad_alpha.sum(0) : grad_alpha.sum();
+    grad_alpha = sum_to_alpha_shape(grad_alpha, alpha.dim() == 1);
     return {grad_q, grad_k, grad_v, grad_alpha};
   }
 };

@@ -2,6 +2,8 @@
 // Building blocks of the least-squares (intention) mechanisms, without argument checks.
 #include <torch/torch.h>
 
+#include <string>
+
 #include "kernels/cpu/least_squares_kernel.h"
 
 namespace kvq {
@@ -12,6 +14,14 @@ namespace detail {
 // with a clear message, naming `op` and `what`, when a is not numerically positive definite; on
 // other devices it is cholesky_or_nan (no host synchronisation).
 torch::Tensor cholesky_checked(const char* op, const char* what, const torch::Tensor& a);
+
+// Sums per-(batch, head) alpha gradients (B, H) to alpha's shape: (H) when per head, () otherwise.
+torch::Tensor sum_to_alpha_shape(const torch::Tensor& per_head_grad, bool alpha_per_head);
+
+// Raises "<op>: <matrix> is not numerically positive definite in <dtype>; <remedy>", the one
+// message of every least-squares factorisation failure (the training loop recognises it).
+[[noreturn]] void fail_not_positive_definite(const char* op, const std::string& matrix,
+                                             torch::ScalarType dtype);
 
 // Raises the error for a kernel's factorisation failure: the op, the matrix, where (batch, head,
 // and chunk when causal), the dtype and the remedy. Does nothing when nothing failed.

@@ -3,6 +3,7 @@
 // analytic backwards: against autograd through the float64 per-token oracle, against the LibTorch
 // composition other devices run, in float32 against that composition's accuracy, and its
 // factorisation error.
+#include "functional/checks.h"
 #include "functional/least_squares.h"
 #include "test_utils.h"
 
@@ -50,13 +51,10 @@ torch::Tensor run_output(Output o, const Inputs& in, int64_t chunk, Path path) {
         return F::least_squares_queries(in.q, in.k, in.alpha, make_options(true, in.mask, chunk));
     }
   }
-  auto zero_padded = [&](const torch::Tensor& x) {
-    return in.mask.defined() ? x.masked_fill(in.mask.view({in.mask.size(0), 1, -1, 1}), 0.0) : x;
-  };
-  const auto k = zero_padded(in.k);
+  const auto k = D::zero_padded_keys(in.k, in.mask);
   chunk = std::min(chunk, in.q.size(2));
   if (o == Output::Intention) {
-    return D::causal_intention_composed(in.q, k, zero_padded(in.v), in.alpha, chunk);
+    return D::causal_intention_composed(in.q, k, D::zero_padded_keys(in.v, in.mask), in.alpha, chunk);
   }
   const auto u = D::causal_least_squares_queries_composed(in.q, k, in.alpha, chunk);
   return o == Output::Queries ? u
@@ -140,9 +138,8 @@ TEST(CausalLeastSquaresKernel, MatchesOracleAndItsGradients) {
           const auto c = kernel_case(T, chunk, alpha, T % 2 == 1, alpha == 1e-2);
           const auto in = make_inputs(c, 300 + uint64_t(T));
           auto results = [&](Path path) {
-            auto r = output_and_grads(
+            return output_and_grads(
                 [&](const Inputs& x) { return run_output(o, x, chunk, path); }, in, 7);
-            return r;
           };
           const auto got = results(Path::Kernel);
           auto want = results(Path::Oracle);
@@ -254,7 +251,9 @@ TEST(CausalLeastSquaresKernel, Float32AtLeastAsAccurateAsTheComposition) {
       report(label + " fused", "nrmse", err);
       report(label + " composition", "nrmse", base);
       EXPECT_LE(err, 1.25 * base) << label;
-      if (alpha == 1.0) EXPECT_LE(err, kTolNrmse32) << label;
+      if (alpha == 1.0) {
+        EXPECT_LE(err, kTolNrmse32) << label;
+      }
     }
   }
 }

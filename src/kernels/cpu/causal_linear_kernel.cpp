@@ -6,18 +6,12 @@
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/triangles.h"
 
 namespace kvq {
 namespace kernels {
 namespace cpu {
 namespace {
-
-// Zeroes the strictly upper triangle of the rows x rows block A (row stride ld): tril with the
-// diagonal kept.
-template <typename T>
-void keep_lower(T* A, int64_t rows, int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) std::fill(A + i * ld + i + 1, A + i * ld + rows, T(0));
-}
 
 template <typename T>
 int64_t num_chunks(const CausalLinearParams<T>& p) {

@@ -6,22 +6,12 @@
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/triangles.h"
 
 namespace kvq {
 namespace kernels {
 namespace cpu {
 namespace {
-
-// Zeroes the strict upper (keep_lower) or strict lower (keep_upper) triangle of the rows x rows
-// block A with row stride ld.
-template <typename T>
-void keep_lower(T* A, int64_t rows, int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) std::fill(A + i * ld + i + 1, A + i * ld + rows, T(0));
-}
-template <typename T>
-void keep_upper(T* A, int64_t rows, int64_t ld) {
-  for (int64_t i = 0; i < rows; ++i) std::fill(A + i * ld, A + i * ld + i, T(0));
-}
 
 template <typename T>
 void copy_rows(const T* src, int64_t src_ld, int64_t rows, int64_t cols, T* dst, int64_t dst_ld) {
