@@ -19,11 +19,14 @@
 
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/registry.h"
-#include "naive_forms.h"
 
 namespace kvq {
 namespace app {
 namespace {
+
+using functional::NaiveForm;
+using functional::NaiveInputs;
+using functional::NaiveShape;
 
 using torch::Tensor;
 using Clock = std::chrono::steady_clock;
@@ -139,14 +142,8 @@ Problem slice_problem(const MechanismInfo& info, const Problem& p) {
 }
 
 Tensor run_ours(const MechanismInfo& info, const Problem& p, bool causal) {
-  functional::AttentionFuncOptions options;
-  options.causal(causal);
-  if (info.projection == Projection::KVPos) {
-    const int64_t length = p.k.size(-2);
-    options = functional::with_kv_pos_terms(options, p.pos_weight, p.pos_bias, length,
-                                            p.k.scalar_type());
-  }
-  return info.fn(p.q, p.k, p.v, p.alpha, options);
+  return info.call({p.q, p.k, p.v, p.alpha, p.pos_weight, p.pos_bias},
+                   functional::AttentionFuncOptions().causal(causal));
 }
 
 NaiveInputs naive_inputs(const Problem& p, const NaiveForm& form, bool causal) {
@@ -305,13 +302,7 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
 
   // The first naive form that fits at full size; else the first that fits on the slice. A
   // mechanism without one is not timed: the bench only times what it can verify.
-  const auto forms = naive_forms(info.name);
-  if (forms.empty()) {
-    row.ran = false;
-    row.failed = true;
-    row.note = "FAILED: no naive form for '" + info.name + "' in app/naive_forms.cpp";
-    return row;
-  }
+  const auto& forms = info.naive;
   const NaiveForm* chosen = nullptr;
   bool on_slice = false;
   std::string why_not;
@@ -455,7 +446,7 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << ": sums over all tokens with cancellation).\n"
       << "ours: the softmax family runs the tiled kernels (src/kernels/cpu); kv-pos with"
          " kv_pos_key_terms.\n"
-      << "naive forms (app/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
+      << "naive forms (src/functional/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
          " kv-pos broadcast (B,H,T,T,p) + Linear(p,1), or 'bias' = kv_pos_score_terms + dense;\n"
          "  linear causal cumsum of (B,H,T,d,dv) outer products; intention/softmax-intention"
          " causal (B,H,T,d,d) cumulative Grams + batched Cholesky; kernel-intention dense LU solve,"
@@ -555,6 +546,11 @@ bool run_bench(const BenchOptions& options) {
     for (const auto& info : mechanisms()) selected.push_back(&info);
   } else {
     for (const auto& name : options.mechanisms) selected.push_back(&find_mechanism(name));
+  }
+  for (const auto* info : selected) {
+    TORCH_CHECK(!info->naive.empty(), "kvq bench: mechanism '", info->name,
+                "' has no naive form in its registry row (MechanismInfo::naive), so its results "
+                "cannot be checked; the bench times only what it checks");
   }
   std::vector<bool> causal_modes;
   if (options.causal != "on") causal_modes.push_back(false);

@@ -1,6 +1,6 @@
 #pragma once
 // `kvq bench`: forward+backward time of every registered mechanism against its naive LibTorch
-// form (app/naive_forms.h), after checking that both agree.
+// form (the registry row's, kvq/functional/naive_forms.h), after checking that both agree.
 #include <cstdint>
 #include <string>
 #include <vector>

@@ -119,6 +119,23 @@ double kernel_intention_flops(const ProblemSize& s, bool causal, int64_t chunk) 
 
 }  // namespace
 
+std::pair<MechanismPrefillFn, MechanismStepFn> cached_decoding(MechanismFn fn) {
+  auto mix_of = [](const MechanismFn& f, const Tensor& alpha) {
+    return [f, alpha](const Tensor& q, const Tensor& k, const Tensor& v,
+                      const AttentionFuncOptions& o) { return f(q, k, v, alpha, o); };
+  };
+  MechanismPrefillFn prefill = [fn, mix_of](const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& alpha, const AttentionFuncOptions& o) {
+    return functional::cached_prefill(mix_of(fn, alpha), q, k, v, o);
+  };
+  MechanismStepFn step = [fn, mix_of](DecodeState& s, const Tensor& q, const Tensor& k,
+                                      const Tensor& v, const Tensor& alpha,
+                                      const AttentionFuncOptions& o) {
+    return functional::cached_step(mix_of(fn, alpha), s, q, k, v, o);
+  };
+  return {prefill, step};
+}
+
 std::string family_name(Family family) {
   switch (family) {
     case Family::Softmax:
@@ -142,40 +159,65 @@ std::string joined(const std::vector<std::string>& names) {
 }  // namespace
 
 const std::vector<MechanismInfo>& mechanisms() {
-  // name, projection, uses_alpha, has_softmax, inner mechanism, summary, family, op, FLOPs,
-  // decoding prefill and step.
+  // name, projection, uses_alpha, has_softmax, chunked; inner mechanism, functional form; summary,
+  // family, op, FLOPs; decoding prefill and step; naive forms.
   // kv and kv-pos are the softmax mechanism behind Borji's projections.
+  namespace F = functional;
   static const std::vector<MechanismInfo> table = {
-      {"softmax", Projection::QKV, false, true, softmax_fn,
+      {"softmax", Projection::QKV, false, true, false, softmax_fn,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::softmax_attention(a.q, a.k, a.v, o);
+       },
        "softmax(Q K^T scale) V (Vaswani et al. 2017)", Family::Softmax, "kvq::softmax",
-       softmax_flops, softmax_prefill, softmax_step},
-      {"kv", Projection::KV, false, true, softmax_fn,
+       softmax_flops, softmax_prefill, softmax_step, F::naive_softmax_forms()},
+      {"kv", Projection::KV, false, true, false, softmax_fn,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::kv_attention(a.k, a.v, o);
+       },
        "softmax(K K^T scale) V: tied query and key projections (Borji 2023)", Family::Softmax,
-       "kvq::kv", softmax_flops, softmax_prefill, softmax_step},
-      {"kv-pos", Projection::KVPos, false, true, softmax_fn,
+       "kvq::kv", softmax_flops, softmax_prefill, softmax_step, F::naive_softmax_forms()},
+      {"kv-pos", Projection::KVPos, false, true, false, softmax_fn,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::kv_pos_attention(a.k, a.v, a.pos_weight, a.pos_bias, o);
+       },
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
-       Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step},
-      {"linear", Projection::QKV, false, false, linear_fn,
+       Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step,
+       F::naive_kv_pos_forms()},
+      {"linear", Projection::QKV, false, false, true, linear_fn,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::linear_attention(a.q, a.k, a.v, o);
+       },
        "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
-       Family::Linear, "kvq::linear", linear_flops,
-       prefill_without_alpha<functional::linear_prefill>,
-       step_without_alpha<functional::linear_step>},
-      {"linear-identity", Projection::QKV, false, false, linear_identity_fn,
+       Family::Linear, "kvq::linear", linear_flops, prefill_without_alpha<F::linear_prefill>,
+       step_without_alpha<F::linear_step>, F::naive_linear_forms(/*normalised=*/true)},
+      {"linear-identity", Projection::QKV, false, false, true, linear_identity_fn,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::linear_identity_attention(a.q, a.k, a.v, o);
+       },
        "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops,
-       prefill_without_alpha<functional::linear_identity_prefill>,
-       step_without_alpha<functional::linear_identity_step>},
-      {"intention", Projection::QKV, true, false, functional::intention,
+       prefill_without_alpha<F::linear_identity_prefill>,
+       step_without_alpha<F::linear_identity_step>, F::naive_linear_forms(/*normalised=*/false)},
+      {"intention", Projection::QKV, true, false, true, F::intention,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::intention(a.q, a.k, a.v, a.alpha, o);
+       },
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
-       "kvq::intention", intention_flops, functional::intention_prefill,
-       step_without_alpha<functional::intention_step>},
-      {"softmax-intention", Projection::QKV, true, true, functional::softmax_intention,
+       "kvq::intention", intention_flops, F::intention_prefill,
+       step_without_alpha<F::intention_step>, F::naive_intention_forms()},
+      {"softmax-intention", Projection::QKV, true, true, true, F::softmax_intention,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::softmax_intention(a.q, a.k, a.v, a.alpha, o);
+       },
        "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
-       "kvq::softmax_intention", softmax_intention_flops, functional::softmax_intention_prefill,
-       step_without_alpha<functional::softmax_intention_step>},
-      {"kernel-intention", Projection::QKV, true, false, functional::kernel_intention,
+       "kvq::softmax_intention", softmax_intention_flops, F::softmax_intention_prefill,
+       step_without_alpha<F::softmax_intention_step>, F::naive_softmax_intention_forms()},
+      {"kernel-intention", Projection::QKV, true, false, false, F::kernel_intention,
+       [](const MechanismArgs& a, const AttentionFuncOptions& o) {
+         return F::kernel_intention(a.q, a.k, a.v, a.alpha, o);
+       },
        "exp(Q K^T scale) (exp(K K^T scale) + alpha I)^{-1} V, O(n^3)", Family::LeastSquares,
-       "kvq::kernel_intention", kernel_intention_flops, functional::kernel_intention_prefill,
-       functional::kernel_intention_step},
+       "kvq::kernel_intention", kernel_intention_flops, F::kernel_intention_prefill,
+       F::kernel_intention_step, F::naive_kernel_intention_forms()},
   };
   return table;
 }

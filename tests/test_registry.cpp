@@ -49,16 +49,23 @@ TEST(Registry, DocumentedPresets) {
   }
 }
 
-// Every registry row carries every piece: function, summary, family, op schema and FLOP formula,
-// and a float64 oracle in the test suites (tests/test_utils.h's Mech list, which the oracle,
-// gradient and invariant suites iterate). A new row without them fails here.
+// Every registry row carries every piece: inner and functional forms, summary, family, op schema,
+// FLOP formula, decoding prefill and step, a naive form for `kvq bench`, and a float64 oracle in
+// the tests (reference/oracle_table.cpp), which the oracle, gradient and invariant suites use for
+// every row. A new row without them fails here.
 TEST(Registry, EveryRowHasEveryPiece) {
-  std::set<std::string> with_oracle;
-  for (Mech m : all_mechs()) with_oracle.insert(mech_name(m));
   const kvq::ProblemSize size{2, 3, 16, 4, 5};
   for (const auto& info : kvq::mechanisms()) {
     SCOPED_TRACE(info.name);
-    EXPECT_TRUE(with_oracle.count(info.name)) << "no float64 oracle in tests/test_utils.h";
+    EXPECT_TRUE(static_cast<bool>(info.call)) << "no functional form";
+    EXPECT_TRUE(kvq_ref::find_oracle(info.name) != nullptr)
+        << "no float64 oracle in tests/reference/oracle_table.cpp";
+    EXPECT_FALSE(info.naive.empty()) << "no naive form (kvq bench would refuse it)";
+    for (const auto& form : info.naive) {
+      EXPECT_FALSE(form.label.empty());
+      EXPECT_TRUE(form.fn && form.peak_bytes) << form.label;
+    }
+    EXPECT_TRUE(info.prefill && info.step) << "no incremental decoding";
     EXPECT_EQ(info.op.rfind("kvq::", 0), 0u) << "op schema '" << info.op << "'";
     ASSERT_TRUE(static_cast<bool>(info.forward_flops)) << "no FLOP formula";
     for (bool causal : {false, true}) EXPECT_GT(info.forward_flops(size, causal, 4), 0.0);
@@ -135,29 +142,26 @@ TEST(Registry, EveryMechanismRunsCrossAttention) {
   }
 }
 
-// Through the registry, the softmax-family presets equal their float64 oracle (fp64 inputs).
+// Through the registry, every row's inner mechanism (what MultiHeadKVQ calls: q = k for the kv
+// projections, kv-pos's score terms in the options) equals its float64 oracle (fp64 inputs).
 TEST(Registry, FunctionsMatchOracles) {
   Case c;
   c.B = 2, c.H = 2, c.m = c.n = 9, c.d = 4, c.dv = 3, c.mask = MaskKind::Scattered;
   c.alpha_per_head = true;
-  for (const auto& [name, mech] :
-       std::vector<std::pair<std::string, Mech>>{{"softmax", Mech::Softmax},
-                                                 {"kv", Mech::KV},
-                                                 {"linear", Mech::Linear},
-                                                 {"linear-identity", Mech::LinearIdentity},
-                                                 {"intention", Mech::Intention},
-                                                 {"softmax-intention", Mech::SoftmaxIntention},
-                                                 {"kernel-intention", Mech::KernelIntention}}) {
+  for (const auto& info : kvq::mechanisms()) {
     for (bool causal : {false, true}) {
       const auto in = make_inputs(c, 85);
-      const auto& info = kvq::find_mechanism(name);
-      const auto q = mech == Mech::KV ? in.k : in.q;
-      const auto out = info.fn(q, in.k, in.v, info.uses_alpha ? in.alpha : torch::Tensor(),
-                               make_options(causal, in.mask, 4));
-      const auto ref = run_oracle(mech, in, causal, in.mask);
+      const auto q = info.projection == kvq::Projection::QKV ? in.q : in.k;
+      auto options = make_options(causal, in.mask, 4);
+      if (info.projection == kvq::Projection::KVPos) {
+        options = F::with_kv_pos_terms(options, in.pos_weight, in.pos_bias, c.n, torch::kFloat64);
+      }
+      const auto out =
+          info.fn(q, in.k, in.v, info.uses_alpha ? in.alpha : torch::Tensor(), options);
+      const auto ref = run_oracle(info.name, in, causal, in.mask);
       const double err = max_rel_err(out, ref);
-      report("registry fn " + name + (causal ? " causal" : "") + " fp64", "relerr", err);
-      EXPECT_LE(err, fp64_tolerance(mech)) << name;
+      report("registry fn " + info.name + (causal ? " causal" : "") + " fp64", "relerr", err);
+      EXPECT_LE(err, fp64_tolerance(info.name)) << info.name;
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kvq/kvq.h"
+#include "reference/oracle_table.h"
 #include "reference/oracles.h"
 
 namespace kvq_test {
@@ -56,58 +57,23 @@ inline void report(const std::string& label, const std::string& metric, double v
 }
 
 // ---- Mechanisms ----
-enum class Mech {
-  Softmax,
-  KV,
-  KVPos,
-  Linear,
-  LinearIdentity,
-  Intention,
-  SoftmaxIntention,
-  KernelIntention,
-};
+// A mechanism is its registry name: the suites iterate over kvq::mechanisms() and run each row's
+// functional form (MechanismInfo::call) against its float64 oracle (reference/oracle_table.h).
+using Mech = std::string;
 
-inline std::vector<Mech> all_mechs() {
-  return {Mech::Softmax,
-          Mech::KV,
-          Mech::KVPos,
-          Mech::Linear,
-          Mech::LinearIdentity,
-          Mech::Intention,
-          Mech::SoftmaxIntention,
-          Mech::KernelIntention};
-}
+inline std::vector<Mech> all_mechs() { return kvq::mechanism_names(); }
+inline const std::string& mech_name(const Mech& m) { return m; }
 
-inline std::string mech_name(Mech m) {
-  switch (m) {
-    case Mech::Softmax:
-      return "softmax";
-    case Mech::KV:
-      return "kv";
-    case Mech::KVPos:
-      return "kv-pos";
-    case Mech::Linear:
-      return "linear";
-    case Mech::LinearIdentity:
-      return "linear-identity";
-    case Mech::Intention:
-      return "intention";
-    case Mech::SoftmaxIntention:
-      return "softmax-intention";
-    case Mech::KernelIntention:
-      return "kernel-intention";
-  }
-  return "?";
-}
-
-inline bool uses_alpha(Mech m) {
-  return m == Mech::Intention || m == Mech::SoftmaxIntention || m == Mech::KernelIntention;
-}
+inline bool uses_alpha(const Mech& m) { return kvq::find_mechanism(m).uses_alpha; }
 // Mechanisms whose algorithm has a linear solve: the looser fp64 tolerance applies.
-inline bool has_solve(Mech m) { return uses_alpha(m); }
+inline bool has_solve(const Mech& m) {
+  return kvq::find_mechanism(m).family == kvq::Family::LeastSquares;
+}
 // kv and kv-pos take only k (queries are the keys): self-attention shapes only.
-inline bool keys_are_queries(Mech m) { return m == Mech::KV || m == Mech::KVPos; }
-inline double fp64_tolerance(Mech m) { return has_solve(m) ? kTolSolve64 : kTolMatmul64; }
+inline bool keys_are_queries(const Mech& m) {
+  return kvq::find_mechanism(m).projection != kvq::Projection::QKV;
+}
+inline double fp64_tolerance(const Mech& m) { return has_solve(m) ? kTolSolve64 : kTolMatmul64; }
 
 // ---- Cases and inputs ----
 enum class MaskKind { None, Trailing, Scattered, AllFalse };
@@ -138,6 +104,8 @@ struct Inputs {
     out.pos_bias = pos_bias.to(dtype);
     return out;
   }
+  // What a mechanism's functional form takes (the row's call ignores what it does not use).
+  kvq::MechanismArgs args() const { return {q, k, v, alpha, pos_weight, pos_bias}; }
 };
 
 // (B, n) bool. Trailing: batch element b pads its last (b + 1) * n / 5 keys (at least one).
@@ -183,54 +151,21 @@ inline F::AttentionFuncOptions make_options(bool causal, const torch::Tensor& ma
   return F::AttentionFuncOptions().causal(causal).key_padding_mask(mask).chunk_size(chunk);
 }
 
-// The mechanism through kvq's public functional API.
-inline torch::Tensor run_impl(Mech m, const Inputs& in, const F::AttentionFuncOptions& opt) {
-  switch (m) {
-    case Mech::Softmax:
-      return F::softmax_attention(in.q, in.k, in.v, opt);
-    case Mech::KV:
-      return F::kv_attention(in.k, in.v, opt);
-    case Mech::KVPos:
-      return F::kv_pos_attention(in.k, in.v, in.pos_weight, in.pos_bias, opt);
-    case Mech::Linear:
-      return F::linear_attention(in.q, in.k, in.v, opt);
-    case Mech::LinearIdentity:
-      return F::linear_identity_attention(in.q, in.k, in.v, opt);
-    case Mech::Intention:
-      return F::intention(in.q, in.k, in.v, in.alpha, opt);
-    case Mech::SoftmaxIntention:
-      return F::softmax_intention(in.q, in.k, in.v, in.alpha, opt);
-    case Mech::KernelIntention:
-      return F::kernel_intention(in.q, in.k, in.v, in.alpha, opt);
-  }
-  return {};
+// The mechanism through kvq's public functional API (its registry row's functional form).
+inline torch::Tensor run_impl(const Mech& m, const Inputs& in, const F::AttentionFuncOptions& opt) {
+  return kvq::find_mechanism(m).call(in.args(), opt);
 }
 
-// The same mechanism through the float64 oracle (default scale 1/sqrt(d), default eps 1e-6).
-inline torch::Tensor run_oracle(Mech m, const Inputs& in, bool causal, const torch::Tensor& mask) {
-  switch (m) {
-    case Mech::Softmax:
-      return kvq_ref::softmax_attention(in.q, in.k, in.v, causal, mask);
-    case Mech::KV:
-      return kvq_ref::softmax_attention(in.k, in.k, in.v, causal, mask);
-    case Mech::KVPos:
-      return kvq_ref::kv_pos_attention(in.k, in.v, in.pos_weight, in.pos_bias, causal, mask);
-    case Mech::Linear:
-      return kvq_ref::linear_attention(in.q, in.k, in.v, causal, mask);
-    case Mech::LinearIdentity:
-      return kvq_ref::linear_identity_attention(in.q, in.k, in.v, causal, mask);
-    case Mech::Intention:
-      return kvq_ref::intention(in.q, in.k, in.v, in.alpha, causal, mask);
-    case Mech::SoftmaxIntention:
-      return kvq_ref::softmax_intention(in.q, in.k, in.v, in.alpha, causal, mask);
-    case Mech::KernelIntention:
-      return kvq_ref::kernel_intention(in.q, in.k, in.v, in.alpha, causal, mask);
-  }
-  return {};
+// The same mechanism through its float64 oracle (default scale 1/sqrt(d), default eps 1e-6).
+inline torch::Tensor run_oracle(const Mech& m, const Inputs& in, bool causal,
+                                const torch::Tensor& mask) {
+  const auto* oracle = kvq_ref::find_oracle(m);
+  TORCH_CHECK(oracle != nullptr, "no float64 oracle for '", m, "' in tests/reference/oracle_table.cpp");
+  return (*oracle)(in.args(), causal, mask);
 }
 
 // " alpha()" / " alpha(H)" for the mechanisms that take alpha, "" otherwise.
-inline std::string alpha_label(Mech mech, const Case& c) {
+inline std::string alpha_label(const Mech& mech, const Case& c) {
   if (!uses_alpha(mech)) return "";
   std::ostringstream s;
   s << " alpha" << (c.alpha_per_head ? "(H)=" : "()=") << c.alpha_base
@@ -241,7 +176,7 @@ inline std::string alpha_label(Mech mech, const Case& c) {
 // Runs kvq and the oracle on the same values (the oracle sees the fp32 inputs widened to fp64, so
 // only the computation differs) and checks the policy: fp64 max relative error <= 1e-12 / 1e-10,
 // fp32 normalised RMSE <= 1e-5. Returns the error.
-inline double check_against_oracle(Mech mech, const Case& c, torch::ScalarType dtype,
+inline double check_against_oracle(const Mech& mech, const Case& c, torch::ScalarType dtype,
                                    uint64_t seed = 1234) {
   SCOPED_TRACE(mech_name(mech) + " " + c.label);
   const auto in = make_inputs(c, seed).to(dtype);
@@ -263,7 +198,7 @@ inline double check_against_oracle(Mech mech, const Case& c, torch::ScalarType d
 // The standard sweep of cases for a mechanism: self-attention and cross-attention (m != n, not for
 // kv / kv-pos), causal with chunk 4 and T = 11 / 13 (not multiples of the chunk) and with the
 // chunk 64 and the default chunk (0 = d) at T = 150, masks trailing and scattered, alpha scalar and per head, dv != d.
-inline std::vector<Case> standard_cases(Mech mech) {
+inline std::vector<Case> standard_cases(const Mech& mech) {
   std::vector<Case> cases;
   Case c;
   c.label = "self";

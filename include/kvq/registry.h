@@ -1,11 +1,16 @@
 #pragma once
-// The single source of mechanism names. Adding a mechanism is one functional op, one line in
-// src/registry.cpp, and the registry-wide tests pick it up.
+// The single source of mechanisms: one row per mechanism holds its name, family, functional
+// forms, decoding, naive form, FLOP formula, op schema and which attention options apply to it.
+// Adding a mechanism is one functional file, one row in src/registry.cpp and one float64 oracle
+// in tests/reference/oracle_table.cpp (docs/adding_a_mechanism.md); the oracle, gradient,
+// invariant, Python-op and bench suites iterate over the rows, and a coverage test fails when a
+// row lacks a piece.
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "kvq/functional/decoding.h"
+#include "kvq/functional/naive_forms.h"
 #include "kvq/functional/options.h"
 
 namespace kvq {
@@ -27,6 +32,17 @@ using MechanismFn = std::function<torch::Tensor(
     const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
     const torch::Tensor& alpha, const functional::AttentionFuncOptions& options)>;
 
+// Every tensor a mechanism's public functional form may take (kvq/functional/*.h); the ones it
+// does not take stay undefined. kv and kv-pos take no q (their queries are the keys), kv-pos takes
+// pos_weight (H, p) or (p) and pos_bias (H) or (), the least-squares mechanisms alpha () or (H).
+struct MechanismArgs {
+  torch::Tensor q, k, v, alpha, pos_weight, pos_bias;
+};
+// The public functional form: the whole mechanism, projection terms included (kv passes q = k,
+// kv-pos adds its 2D positional score terms), as a user calls it -> (B, H, m, dv).
+using MechanismCallFn =
+    std::function<torch::Tensor(const MechanismArgs& args, const functional::AttentionFuncOptions&)>;
+
 // Incremental causal decoding (kvq/functional/decoding.h), the inner mechanism's shapes and
 // options: a prefill of n >= 0 tokens returns the batched causal output (B, H, n, dv) and the state
 // after them; a step takes one token (q, k (B, H, 1, d), v (B, H, 1, dv)), advances the state and
@@ -38,6 +54,11 @@ using MechanismStepFn = std::function<torch::Tensor(
     functional::DecodeState& state, const torch::Tensor& q, const torch::Tensor& k,
     const torch::Tensor& v, const torch::Tensor& alpha,
     const functional::AttentionFuncOptions& options)>;
+
+// Decoding for a row without a state of its own: functional::cached_prefill / cached_step over
+// the row's inner mechanism `fn` (the KV cache; each step runs fn for the new query over every
+// cached key).
+std::pair<MechanismPrefillFn, MechanismStepFn> cached_decoding(MechanismFn fn);
 
 // The column a mechanism belongs to in docs/mechanisms.md ("The grid").
 enum class Family {
@@ -59,15 +80,21 @@ using FlopsFn = std::function<double(const ProblemSize& size, bool causal, int64
 struct MechanismInfo {
   std::string name;
   Projection projection;  // the projection this preset uses by default
-  bool uses_alpha;        // takes the ridge parameter alpha > 0
-  bool has_softmax;       // mixes with a row softmax: dropout and score gain/bias apply
-  MechanismFn fn;
+  // Which attention options (kvq/modules/attention_options.h) apply besides the projection:
+  bool uses_alpha;        // alpha_init, alpha_floor, learn_alpha: takes the ridge alpha > 0
+  bool has_softmax;       // dropout (and the kv-pos projection): mixes with a row softmax
+  bool chunked;           // chunk_size: its causal form is chunk-parallel
+  MechanismFn fn;         // the inner mechanism MultiHeadKVQ calls
+  MechanismCallFn call;   // the public functional form
   std::string summary;
   Family family;
   std::string op;         // its torch.ops.kvq schema, e.g. "kvq::softmax"
   FlopsFn forward_flops;  // src/registry.cpp gives each formula
   MechanismPrefillFn prefill;
   MechanismStepFn step;
+  // Its plain-LibTorch forms, most literal first (kvq/functional/naive_forms.h): what `kvq bench`
+  // checks it against and times it against. `kvq bench` refuses a row without one.
+  std::vector<functional::NaiveForm> naive;
 };
 
 // All registered mechanisms, in a fixed order.

@@ -169,6 +169,29 @@ Tensor DecodeState::cached_key_padding_mask() const {
   return leading(key_padding_mask, {1}, length);
 }
 
+// ---- Any mechanism: the KV cache ----
+
+std::pair<Tensor, DecodeState> cached_prefill(const MixFn& mix, const Tensor& q, const Tensor& k,
+                                              const Tensor& v, const AttentionFuncOptions& options) {
+  const auto dims = check_prefill("cached_prefill", q, k, v, options);
+  auto s = new_state("cached", dims);
+  auto out = dims.n == 0 ? empty_output(q, dims) : mix(q, k, v, prefill_options(options));
+  cache_prefix(s, k.detach(), v.detach(), options.key_padding_mask());
+  return {out, std::move(s)};
+}
+
+Tensor cached_step(const MixFn& mix, DecodeState& s, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const AttentionFuncOptions& options) {
+  check_step("cached_step", "cached", s, q, k, v);
+  const auto dtype = s.keys.scalar_type();
+  cache_row(s, k.to(dtype), v.to(dtype));
+  const int64_t rows = s.length + 1;
+  auto out = mix(q.to(dtype), leading(s.keys, {2}, rows), leading(s.values, {2}, rows),
+                 step_options(options, s, rows));
+  s.length = rows;
+  return out.to(q.scalar_type());
+}
+
 // ---- Softmax family ----
 
 std::pair<Tensor, DecodeState> softmax_prefill(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -62,24 +62,34 @@ torch::Tensor prefix_mask(int64_t B, int64_t T, int64_t prefix) {
   return mask;
 }
 
+// Each row's own decoding, and the generic KV-cache decoding (kvq::cached_decoding) over its inner
+// mechanism, which a row without a state of its own uses.
 TEST(Decoding, PrefillPlusStepsEqualTheBatchedCausalForwardForEveryMechanism) {
-  for (const auto& info : kvq::mechanisms()) {
-    // Prefixes: empty, one token, part of the sequence; T = 37 crosses the buffers' first
-    // growth (16 and 32 rows).
-    for (int64_t prefix : {0, 1, 6}) {
-      for (bool padded : {false, true}) {
-        if (padded && prefix < 4) continue;
-        Case c;
-        c.B = 2, c.H = 3, c.m = c.n = 37, c.d = 5, c.dv = 4, c.alpha_per_head = true;
-        const auto in = make_inputs(c, 100 + prefix);
-        const auto mask = padded ? prefix_mask(c.B, c.n, prefix) : torch::Tensor();
-        const auto out = run_both(info, in, prefix, mask, /*chunk=*/4);
-        const double err = max_rel_err(out.decoded, out.batched);
-        const std::string label =
-            info.name + " prefix=" + std::to_string(prefix) + (padded ? " +mask" : "");
-        report("decoding " + label, "relerr", err);
-        EXPECT_EQ(out.decoded.sizes(), out.batched.sizes()) << label;
-        EXPECT_LE(err, kTolSolve64) << label;
+  for (const auto& own : kvq::mechanisms()) {
+    const MechanismInfo cached = [&] {
+      MechanismInfo row = own;
+      std::tie(row.prefill, row.step) = kvq::cached_decoding(own.fn);
+      return row;
+    }();
+    for (const auto* info : {&own, &cached}) {
+      // Prefixes: empty, one token, part of the sequence; T = 37 crosses the buffers' first
+      // growth (16 and 32 rows).
+      for (int64_t prefix : {0, 1, 6}) {
+        for (bool padded : {false, true}) {
+          if (padded && prefix < 4) continue;
+          Case c;
+          c.B = 2, c.H = 3, c.m = c.n = 37, c.d = 5, c.dv = 4, c.alpha_per_head = true;
+          const auto in = make_inputs(c, 100 + prefix);
+          const auto mask = padded ? prefix_mask(c.B, c.n, prefix) : torch::Tensor();
+          const auto out = run_both(*info, in, prefix, mask, /*chunk=*/4);
+          const double err = max_rel_err(out.decoded, out.batched);
+          const std::string label = info->name + (info == &cached ? " (cached)" : "") +
+                                    " prefix=" + std::to_string(prefix) +
+                                    (padded ? " +mask" : "");
+          report("decoding " + label, "relerr", err);
+          EXPECT_EQ(out.decoded.sizes(), out.batched.sizes()) << label;
+          EXPECT_LE(err, kTolSolve64) << label;
+        }
       }
     }
   }

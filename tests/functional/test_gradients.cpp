@@ -61,7 +61,7 @@ Named grad_inputs(Mech mech, Inputs& in) {
   named.push_back({"k", in.k});
   named.push_back({"v", in.v});
   if (uses_alpha(mech)) named.push_back({"alpha", in.alpha});
-  if (mech == Mech::KVPos) {
+  if (mech == "kv-pos") {
     named.push_back({"pos_weight", in.pos_weight});
     named.push_back({"pos_bias", in.pos_bias});
   }
@@ -198,7 +198,7 @@ TEST(Gradients, IntentionCustomBackwardMatchesOracleAutograd) {
     c.B = 2, c.H = 3, c.m = var.m, c.n = var.n, c.d = var.d, c.dv = var.dv, c.mask = var.mask;
     c.alpha_per_head = var.per_head, c.alpha_base = var.alpha;
     auto in = make_inputs(c, 109);
-    const auto named = grad_inputs(Mech::Intention, in);
+    const auto named = grad_inputs("intention", in);
     const auto opt = make_options(false, in.mask);
     torch::manual_seed(210);
     const auto weights = torch::randn({c.B, c.H, c.m, c.dv}, torch::kFloat64);

@@ -5,20 +5,6 @@
 namespace kvq_test {
 namespace {
 
-TEST(Intention, MatchesOracleFp64) {
-  for (const auto& c : standard_cases(Mech::Intention)) {
-    check_against_oracle(Mech::Intention, c, torch::kFloat64);
-  }
-}
-
-// Conditioning: unit-scale N(0, 1) q, k, v; alpha = 1 (scalar) or 0.5 .. 1.5 (per head), so
-// cond(A) stays below ~50 for these sizes.
-TEST(Intention, MatchesOracleFp32) {
-  for (const auto& c : standard_cases(Mech::Intention)) {
-    check_against_oracle(Mech::Intention, c, torch::kFloat32);
-  }
-}
-
 // A small ridge (alpha = 1e-2, the edge of the well-conditioned range) in fp64, where the causal
 // A_t are nearly rank deficient for t < d.
 TEST(Intention, SmallAlphaFp64) {
@@ -28,8 +14,8 @@ TEST(Intention, SmallAlphaFp64) {
               " mask(scattered)";
     c.causal = causal, c.m = c.n = 13, c.d = 6, c.dv = 4, c.chunk = 4;
     c.mask = MaskKind::Scattered, c.alpha_base = 1e-2;
-    check_against_oracle(Mech::Intention, c, torch::kFloat64);
-    check_against_oracle(Mech::SoftmaxIntention, c, torch::kFloat64);
+    check_against_oracle("intention", c, torch::kFloat64);
+    check_against_oracle("softmax-intention", c, torch::kFloat64);
   }
 }
 
@@ -57,20 +43,7 @@ TEST(Intention, LongCausalFp32MatchesPerTokenSolves) {
   Case c;
   c.label = "causal T=512 d=32 chunk=32";
   c.B = 1, c.H = 2, c.m = c.n = 512, c.d = 32, c.dv = 16, c.causal = true, c.chunk = 32;
-  check_against_oracle(Mech::Intention, c, torch::kFloat32);
-}
-
-TEST(SoftmaxIntention, MatchesOracleFp64) {
-  for (const auto& c : standard_cases(Mech::SoftmaxIntention)) {
-    check_against_oracle(Mech::SoftmaxIntention, c, torch::kFloat64);
-  }
-}
-
-// Conditioning as Intention.MatchesOracleFp32.
-TEST(SoftmaxIntention, MatchesOracleFp32) {
-  for (const auto& c : standard_cases(Mech::SoftmaxIntention)) {
-    check_against_oracle(Mech::SoftmaxIntention, c, torch::kFloat32);
-  }
+  check_against_oracle("intention", c, torch::kFloat32);
 }
 
 TEST(SoftmaxIntention, ExplicitScale) {

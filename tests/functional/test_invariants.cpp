@@ -299,7 +299,7 @@ TEST(Invariants, KVPosBiasCancels) {
 
 // Dropout only acts when training: training = false with dropout 0.5 equals dropout 0.
 TEST(Invariants, DropoutInactiveWhenNotTraining) {
-  for (Mech mech : {Mech::Softmax, Mech::KV, Mech::KVPos, Mech::SoftmaxIntention}) {
+  for (Mech mech : {"softmax", "kv", "kv-pos", "softmax-intention"}) {
     Case c;
     c.m = c.n = 9, c.mask = MaskKind::Scattered;
     const auto in = make_inputs(c, 73);

@@ -34,9 +34,9 @@ torch::Tensor run_output(Output o, const Inputs& in, int64_t chunk, Path path) {
   if (path == Path::Oracle) {
     switch (o) {
       case Output::Intention:
-        return run_oracle(Mech::Intention, in, true, in.mask);
+        return run_oracle("intention", in, true, in.mask);
       case Output::SoftmaxIntention:
-        return run_oracle(Mech::SoftmaxIntention, in, true, in.mask);
+        return run_oracle("softmax-intention", in, true, in.mask);
       default:
         return kvq_ref::least_squares_queries(in.q, in.k, in.alpha, true, in.mask);
     }
@@ -44,9 +44,9 @@ torch::Tensor run_output(Output o, const Inputs& in, int64_t chunk, Path path) {
   if (path == Path::Kernel) {
     switch (o) {
       case Output::Intention:
-        return run_impl(Mech::Intention, in, make_options(true, in.mask, chunk));
+        return run_impl("intention", in, make_options(true, in.mask, chunk));
       case Output::SoftmaxIntention:
-        return run_impl(Mech::SoftmaxIntention, in, make_options(true, in.mask, chunk));
+        return run_impl("softmax-intention", in, make_options(true, in.mask, chunk));
       default:
         return F::least_squares_queries(in.q, in.k, in.alpha, make_options(true, in.mask, chunk));
     }

@@ -4,19 +4,6 @@
 namespace kvq_test {
 namespace {
 
-TEST(SoftmaxAttention, MatchesOracleFp64) {
-  for (const auto& c : standard_cases(Mech::Softmax)) {
-    check_against_oracle(Mech::Softmax, c, torch::kFloat64);
-  }
-}
-
-// Conditioning: unit-scale N(0, 1) q, k, v; scores scaled by 1/sqrt(d).
-TEST(SoftmaxAttention, MatchesOracleFp32) {
-  for (const auto& c : standard_cases(Mech::Softmax)) {
-    check_against_oracle(Mech::Softmax, c, torch::kFloat32);
-  }
-}
-
 TEST(SoftmaxAttention, ExplicitScale) {
   for (bool causal : {false, true}) {
     Case c;
@@ -68,15 +55,6 @@ TEST(SoftmaxAttention, ScoreGainAndBias) {
       EXPECT_LE(err, fp64 ? kTolMatmul64 : kTolNrmse32) << var.label;
     }
   }
-}
-
-TEST(KVAttention, MatchesOracleFp64) {
-  for (const auto& c : standard_cases(Mech::KV)) check_against_oracle(Mech::KV, c, torch::kFloat64);
-}
-
-// Conditioning: unit-scale N(0, 1) k, v; scores scaled by 1/sqrt(d).
-TEST(KVAttention, MatchesOracleFp32) {
-  for (const auto& c : standard_cases(Mech::KV)) check_against_oracle(Mech::KV, c, torch::kFloat32);
 }
 
 // kv is softmax attention with the queries tied to the keys.

@@ -53,31 +53,27 @@ class TorchOpsTest(unittest.TestCase):
         self.assertLessEqual((p - want).abs().max().item(), 5e-5)
 
     def test_gradcheck_every_op(self):
+        """Every registered mechanism's op (the registry's rows, through mechanism_names and
+        mechanism_info), its inputs built from the op's schema by argument name."""
         small = [x[:, :, :6, :3].clone().requires_grad_() for x in (self.q, self.k, self.v)]
         mask = self.mask[:, 3:].clone()
-        alpha = self.alpha.clone().requires_grad_()
-        w = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
-        b0 = torch.randn(2, dtype=torch.float64, requires_grad=True)
-        q, k, v = small
-        for causal in (False, True):
-            cases = {
-                "softmax": (lambda q, k, v: ops.softmax(q, k, v, causal, mask), (q, k, v)),
-                "kv": (lambda k, v: ops.kv(k, v, causal, mask), (k, v)),
-                "kv_pos": (lambda k, v, w, b0: ops.kv_pos(k, v, w, b0, causal, mask), (k, v, w, b0)),
-                "linear": (lambda q, k, v: ops.linear(q, k, v, causal, mask), (q, k, v)),
-                "linear_identity": (lambda q, k, v: ops.linear_identity(q, k, v, causal, mask),
-                                    (q, k, v)),
-                "intention": (lambda q, k, v, a: ops.intention(q, k, v, a, causal, mask),
-                              (q, k, v, alpha)),
-                "softmax_intention": (
-                    lambda q, k, v, a: ops.softmax_intention(q, k, v, a, causal, mask),
-                    (q, k, v, alpha)),
-                "kernel_intention": (
-                    lambda q, k, v, a: ops.kernel_intention(q, k, v, a, causal, mask),
-                    (q, k, v, alpha)),
-            }
-            for name, (fn, inputs) in cases.items():
-                with self.subTest(op=name, causal=causal):
+        values = dict(zip(("q", "k", "v"), small))
+        values["alpha"] = self.alpha.clone().requires_grad_()
+        values["pos_weight"] = torch.randn(2, 10, dtype=torch.float64, requires_grad=True)
+        values["pos_bias"] = torch.randn(2, dtype=torch.float64, requires_grad=True)
+        names = list(ops.mechanism_names())
+        self.assertGreaterEqual(len(names), 8)
+        for name in names:
+            op_name = ops.mechanism_info(name)[3]
+            self.assertTrue(op_name.startswith("kvq::"), op_name)
+            op = getattr(ops, op_name[len("kvq::"):])
+            tensors = [a.name for a in op.default._schema.arguments
+                       if a.name in values]
+            for causal in (False, True):
+                def fn(*xs, op=op, tensors=tensors, causal=causal):
+                    return op(**dict(zip(tensors, xs)), causal=causal, key_padding_mask=mask)
+                inputs = tuple(values[t] for t in tensors)
+                with self.subTest(mechanism=name, op=op_name, causal=causal):
                     self.assertTrue(torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7,
                                                              rtol=1e-6))
 

@@ -12,6 +12,7 @@
 // the intention mechanisms' rank-1 update has no backward.
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -50,6 +51,22 @@ struct DecodeState {
   torch::Tensor cached_values() const;
   torch::Tensor cached_key_padding_mask() const;
 };
+
+// Any mechanism `mix` (q, k, v, options) -> (B, H, m, dv) whose causal row t is `mix` for query t
+// over the keys 0 .. t (every kvq mechanism's is): the KV cache, and each step runs `mix` for the
+// new query over every cached key (non-causal, padded prefix keys masked). Memory O(t d), a step
+// costs one query of `mix` over t keys. The state's mechanism is "cached". The decoding of a
+// registry row that has no state of its own (kvq::cached_decoding in kvq/registry.h).
+using MixFn = std::function<torch::Tensor(const torch::Tensor& q, const torch::Tensor& k,
+                                          const torch::Tensor& v,
+                                          const AttentionFuncOptions& options)>;
+std::pair<torch::Tensor, DecodeState> cached_prefill(const MixFn& mix, const torch::Tensor& q,
+                                                     const torch::Tensor& k,
+                                                     const torch::Tensor& v,
+                                                     const AttentionFuncOptions& options = {});
+torch::Tensor cached_step(const MixFn& mix, DecodeState& state, const torch::Tensor& q,
+                          const torch::Tensor& k, const torch::Tensor& v,
+                          const AttentionFuncOptions& options = {});
 
 // Softmax family (softmax; kv and kv-pos are softmax with q = k and, for kv-pos, the options'
 // score_gain / score_bias). Prefill: the batched causal softmax and the KV cache. Step: append

@@ -1,11 +1,11 @@
-#include "naive_forms.h"
+#include "kvq/functional/naive_forms.h"
 
 #include <limits>
 
 #include "kvq/functional/positional_encoding_2d.h"
 
 namespace kvq {
-namespace app {
+namespace functional {
 namespace {
 
 using torch::Tensor;
@@ -132,80 +132,80 @@ Tensor naive_kernel_intention(const Tensor& q, const Tensor& k, const Tensor& v,
   return torch::cat(rows, -2);
 }
 
-std::vector<NaiveForm> naive_forms(const std::string& mechanism) {
-  if (mechanism == "softmax" || mechanism == "kv") {
-    // kv differs only in its inputs: the caller passes q = k.
-    return {{"dense",
-             [](const NaiveInputs& in) {
-               return naive_softmax_attention(in.q, in.k, in.v, in.causal, in.scale);
-             },
-             [](const NaiveShape& s, bool) { return 4 * score_bytes(s); }}};
-  }
-  if (mechanism == "kv-pos") {
-    std::vector<NaiveForm> forms = {
-        {"broadcast",
-         [](const NaiveInputs& in) {
-           return naive_kv_pos_broadcast(in.k, in.v, in.pos_table, in.pos_weight, in.pos_bias,
-                                         in.causal, in.scale);
-         },
-         [](const NaiveShape& s, bool) { return (2.0 * s.pos_channels + 2) * score_bytes(s); }},
-        {"bias",
-         [](const NaiveInputs& in) {
-           auto terms = functional::kv_pos_score_terms(in.pos_weight, in.pos_bias, in.k.size(-2),
-                                                       in.k.size(-2));
-           return naive_softmax_attention(in.k, in.k, in.v, in.causal, in.scale, terms.first,
-                                          terms.second);
-         },
-         [](const NaiveShape& s, bool) { return 5 * score_bytes(s); }},
-    };
-    forms.front().needs_pos_table = true;
-    return forms;
-  }
-  if (mechanism == "linear" || mechanism == "linear-identity") {
-    const bool normalised = mechanism == "linear";
-    return {{"cumsum",
-             [normalised](const NaiveInputs& in) {
-               return naive_linear_attention(in.q, in.k, in.v, in.causal, normalised, in.eps);
-             },
-             [](const NaiveShape& s, bool causal) {
-               return causal ? 4.5 * token_state_bytes(s, s.value_dim) : 0.0;
-             }}};
-  }
-  if (mechanism == "intention") {
-    return {{"cholesky",
-             [](const NaiveInputs& in) {
-               return naive_intention(in.q, in.k, in.v, in.alpha, in.causal);
-             },
-             [](const NaiveShape& s, bool causal) {
-               return causal ? 5 * token_state_bytes(s, s.dim) +
-                                   1.5 * token_state_bytes(s, s.value_dim)
-                             : 0.0;
-             }}};
-  }
-  if (mechanism == "softmax-intention") {
-    return {{"cholesky",
-             [](const NaiveInputs& in) {
-               return naive_softmax_intention(in.q, in.k, in.v, in.alpha, in.causal, in.scale);
-             },
-             [](const NaiveShape& s, bool causal) {
-               return (causal ? 6 * token_state_bytes(s, s.dim) : 0.0) + 4 * score_bytes(s);
-             }}};
-  }
-  if (mechanism == "kernel-intention") {
-    NaiveForm form{"solve",
-                   [](const NaiveInputs& in) {
-                     return naive_kernel_intention(in.q, in.k, in.v, in.alpha, in.causal, in.scale);
-                   },
-                   [](const NaiveShape& s, bool causal) {
-                     // Causal: every prefix system and its LU factor stay saved for backward.
-                     const double prefixes = 2.5 / 3 * s.length * score_bytes(s);
-                     return (causal ? prefixes : 0.0) + 8 * score_bytes(s);
-                   }};
-    form.max_causal_length = 256;
-    return {form};
-  }
-  return {};
+std::vector<NaiveForm> naive_softmax_forms() {
+  return {{"dense",
+           [](const NaiveInputs& in) {
+             return naive_softmax_attention(in.q, in.k, in.v, in.causal, in.scale);
+           },
+           [](const NaiveShape& s, bool) { return 4 * score_bytes(s); }}};
 }
 
-}  // namespace app
+std::vector<NaiveForm> naive_kv_pos_forms() {
+  std::vector<NaiveForm> forms = {
+      {"broadcast",
+       [](const NaiveInputs& in) {
+         return naive_kv_pos_broadcast(in.k, in.v, in.pos_table, in.pos_weight, in.pos_bias,
+                                       in.causal, in.scale);
+       },
+       [](const NaiveShape& s, bool) { return (2.0 * s.pos_channels + 2) * score_bytes(s); }},
+      {"bias",
+       [](const NaiveInputs& in) {
+         auto terms =
+             kv_pos_score_terms(in.pos_weight, in.pos_bias, in.k.size(-2), in.k.size(-2));
+         return naive_softmax_attention(in.k, in.k, in.v, in.causal, in.scale, terms.first,
+                                        terms.second);
+       },
+       [](const NaiveShape& s, bool) { return 5 * score_bytes(s); }},
+  };
+  forms.front().needs_pos_table = true;
+  return forms;
+}
+
+std::vector<NaiveForm> naive_linear_forms(bool normalised) {
+  return {{"cumsum",
+           [normalised](const NaiveInputs& in) {
+             return naive_linear_attention(in.q, in.k, in.v, in.causal, normalised, in.eps);
+           },
+           [](const NaiveShape& s, bool causal) {
+             return causal ? 4.5 * token_state_bytes(s, s.value_dim) : 0.0;
+           }}};
+}
+
+std::vector<NaiveForm> naive_intention_forms() {
+  return {{"cholesky",
+           [](const NaiveInputs& in) {
+             return naive_intention(in.q, in.k, in.v, in.alpha, in.causal);
+           },
+           [](const NaiveShape& s, bool causal) {
+             return causal ? 5 * token_state_bytes(s, s.dim) +
+                                 1.5 * token_state_bytes(s, s.value_dim)
+                           : 0.0;
+           }}};
+}
+
+std::vector<NaiveForm> naive_softmax_intention_forms() {
+  return {{"cholesky",
+           [](const NaiveInputs& in) {
+             return naive_softmax_intention(in.q, in.k, in.v, in.alpha, in.causal, in.scale);
+           },
+           [](const NaiveShape& s, bool causal) {
+             return (causal ? 6 * token_state_bytes(s, s.dim) : 0.0) + 4 * score_bytes(s);
+           }}};
+}
+
+std::vector<NaiveForm> naive_kernel_intention_forms() {
+  NaiveForm form{"solve",
+                 [](const NaiveInputs& in) {
+                   return naive_kernel_intention(in.q, in.k, in.v, in.alpha, in.causal, in.scale);
+                 },
+                 [](const NaiveShape& s, bool causal) {
+                   // Causal: every prefix system and its LU factor stay saved for backward.
+                   const double prefixes = 2.5 / 3 * s.length * score_bytes(s);
+                   return (causal ? prefixes : 0.0) + 8 * score_bytes(s);
+                 }};
+  form.max_causal_length = 256;
+  return {form};
+}
+
+}  // namespace functional
 }  // namespace kvq

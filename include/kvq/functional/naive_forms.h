@@ -1,9 +1,9 @@
 #pragma once
-// The naive baselines of `kvq bench`: each mechanism written the way a user would write it with
-// plain LibTorch ops and autograd (dense score matrices, per-token cumulative states, batched
-// Cholesky / LU solves, no custom backward). They are the reference the benchmark checks kvq
-// against and the baseline of its speed ratio; they are not the test oracles (those are float64
-// and live in tests/).
+// The naive forms of the mechanisms: each written the way a user would write it with plain
+// LibTorch ops and autograd (dense score matrices, per-token cumulative states, batched Cholesky /
+// LU solves, no custom backward). Every registry row carries its forms (MechanismInfo::naive);
+// `kvq bench` checks kvq against them and times them as the baseline of its speed ratio. They are
+// not the test oracles (those are float64 and live in tests/).
 //
 // Layout as the library: q (B, H, T, d), k (B, H, T, d), v (B, H, T, dv), alpha (H) -> (B, H, T,
 // dv).
@@ -15,7 +15,7 @@
 #include <vector>
 
 namespace kvq {
-namespace app {
+namespace functional {
 
 // Inputs of one naive call. Tensors the mechanism does not use stay undefined.
 struct NaiveInputs {
@@ -49,9 +49,19 @@ struct NaiveForm {
   bool needs_pos_table = false;
 };
 
-// The naive forms of a registered mechanism, most literal first; the benchmark uses the first one
-// that fits its memory budget. Empty for a mechanism without a naive form.
-std::vector<NaiveForm> naive_forms(const std::string& mechanism);
+// The naive forms of each family of mechanisms, most literal first (a registry row lists them;
+// the benchmark uses the first one that fits its memory budget).
+// softmax and kv: dense (kv differs only in its inputs: the caller passes q = k).
+std::vector<NaiveForm> naive_softmax_forms();
+// kv-pos: the paper code's (B, H, T, T, p) broadcast, then the dense form with the score terms.
+std::vector<NaiveForm> naive_kv_pos_forms();
+// linear (normalised) and linear-identity: cumulative sums.
+std::vector<NaiveForm> naive_linear_forms(bool normalised);
+// intention, softmax-intention: Cholesky of the (cumulative) Grams.
+std::vector<NaiveForm> naive_intention_forms();
+std::vector<NaiveForm> naive_softmax_intention_forms();
+// kernel-intention: dense LU solves (causal: one prefix solve per query, T <= 256).
+std::vector<NaiveForm> naive_kernel_intention_forms();
 
 // softmax / kv: S = (Q K^T) * scale [* gain + bias], masked_fill(future, -inf), softmax, times V.
 // gain (H) and bias (H, T, T) are optional (the kv-pos bias form). kv passes q = k.
@@ -100,5 +110,5 @@ torch::Tensor naive_kernel_intention(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& v, const torch::Tensor& alpha,
                                      bool causal, double scale);
 
-}  // namespace app
+}  // namespace functional
 }  // namespace kvq
