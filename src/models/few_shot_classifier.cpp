@@ -151,19 +151,12 @@ void FewShotClassifierImpl::reset() {
   TORCH_CHECK(o.num_ways() > 0, "FewShotClassifier: num_ways must be > 0, got ", o.num_ways());
   TORCH_CHECK(o.num_layers() > 0, "FewShotClassifier: num_layers must be > 0, got ",
               o.num_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "FewShotClassifier: d_model must be a positive multiple of num_heads, got d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
   TORCH_CHECK(o.ffn_dim() >= 0, "FewShotClassifier: ffn_dim must be >= 0 (0 = 2 * d_model), got ",
               o.ffn_dim());
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
               "FewShotClassifier: dropout must be in [0, 1), got ", o.dropout());
-  if (o.attention_scale()) {
-    TORCH_CHECK(*o.attention_scale() > 0.0, "FewShotClassifier: attention_scale must be > 0, got ",
-                *o.attention_scale());
-  }
   const auto names =
-      layer_mechanisms("FewShotClassifier", o.mechanism(), o.mechanisms(), o.num_layers());
+      layer_mechanisms("FewShotClassifier", o.attention(), o.mechanisms(), o.num_layers());
 
   const int64_t d = o.d_model();
   encoder = register_module("encoder", ConvEncoder(o.encoder_options()));
@@ -178,12 +171,7 @@ void FewShotClassifierImpl::reset() {
                                                 .activation("relu")
                                                 .dropout(o.dropout())
                                                 .norm_first(o.norm_first())
-                                                .attention_scale(o.attention_scale())
-                                                .mechanism(name)
-                                                .projection(o.projection())
-                                                .alpha_init(o.alpha_init())
-                                                .alpha_floor(o.alpha_floor())
-                                                .learn_alpha(o.learn_alpha())));
+                                                .attention(nn::layer_attention(o.attention(), name))));
   }
   final_norm = nullptr;
   if (o.norm_first()) {

@@ -14,10 +14,7 @@ void GridPolicyImpl::reset() {
   TORCH_CHECK(o.num_types() >= 1 && o.num_actions() >= 1 && o.max_side() >= 1,
               "GridPolicy: num_types, num_actions and max_side must be >= 1, got ", o.num_types(),
               ", ", o.num_actions(), ", ", o.max_side());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "GridPolicy: d_model must be a positive multiple of num_heads, got d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
-  const auto names = layer_mechanisms("GridPolicy", o.mechanism(), o.mechanisms(), o.num_layers());
+  const auto names = layer_mechanisms("GridPolicy", o.attention(), o.mechanisms(), o.num_layers());
   const int64_t d = o.d_model();
   type_embedding = register_module("type_embedding", torch::nn::Embedding(o.num_types(), d));
   row_embedding = register_module("row_embedding", torch::nn::Embedding(o.max_side(), d));
@@ -29,9 +26,7 @@ void GridPolicyImpl::reset() {
                                            .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
                                            .dropout(o.dropout())
                                            .norm_first(true)
-                                           .mechanism(name)
-                                           .projection(o.projection())
-                                           .alpha_init(o.alpha_init())));
+                                           .attention(nn::layer_attention(o.attention(), name))));
   }
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));

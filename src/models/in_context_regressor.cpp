@@ -47,14 +47,10 @@ void InContextRegressorLayerImpl::reset() {
   const int64_t d = options.d_model();
   attn = register_module(
       "attn", kvq::nn::MultiHeadKVQ(kvq::nn::MultiHeadKVQOptions(d, options.num_heads())
-                                        .mechanism(mechanism)
-                                        .projection(options.projection())
+                                        .attention(nn::layer_attention(options.attention(),
+                                                                       mechanism))
                                         .dropout(options.dropout())
                                         .bias(options.bias())
-                                        .alpha_init(options.alpha_init())
-                                        .alpha_floor(options.alpha_floor())
-                                        .learn_alpha(options.learn_alpha())
-                                        .scale(options.attention_scale())
                                         .batch_first(true)));
   norm1 = norm2 = nullptr;
   linear1 = linear2 = nullptr;
@@ -96,7 +92,7 @@ void InContextRegressorImpl::reset() {
   const auto& o = options;
   check_options(o);
   const auto names =
-      layer_mechanisms("InContextRegressor", o.mechanism(), o.mechanisms(), o.num_layers());
+      layer_mechanisms("InContextRegressor", o.attention(), o.mechanisms(), o.num_layers());
   const int64_t d = o.d_model();
   auto linear = [&](int64_t in, int64_t out) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.bias()));

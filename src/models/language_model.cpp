@@ -17,16 +17,13 @@ void LanguageModelImpl::reset() {
   TORCH_CHECK(o.context_length() > 0, "LanguageModel: context_length must be > 0, got ",
               o.context_length());
   TORCH_CHECK(o.num_layers() > 0, "LanguageModel: num_layers must be > 0, got ", o.num_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "LanguageModel: d_model must be a positive multiple of num_heads, got d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
   TORCH_CHECK(o.ffn_dim() >= 0, "LanguageModel: ffn_dim must be >= 0 (0 = 4 * d_model), got ",
               o.ffn_dim());
   TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
               "LanguageModel: activation must be 'relu' or 'gelu', got '", o.activation(), "'");
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
               "LanguageModel: dropout must be in [0, 1), got ", o.dropout());
-  const auto names = layer_mechanisms("LanguageModel", o.mechanism(), o.mechanisms(), o.num_layers());
+  const auto names = layer_mechanisms("LanguageModel", o.attention(), o.mechanisms(), o.num_layers());
 
   const int64_t d = o.d_model();
   token_embedding = register_module("token_embedding", torch::nn::Embedding(o.vocab_size(), d));
@@ -39,11 +36,7 @@ void LanguageModelImpl::reset() {
                                            .activation(o.activation())
                                            .dropout(o.dropout())
                                            .norm_first(true)
-                                           .mechanism(name)
-                                           .projection(o.projection())
-                                           .alpha_init(o.alpha_init())
-                                           .alpha_floor(o.alpha_floor())
-                                           .learn_alpha(o.learn_alpha())));
+                                           .attention(nn::layer_attention(o.attention(), name))));
   }
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));

@@ -12,20 +12,6 @@ namespace kvq {
 namespace models {
 namespace {
 
-std::string joined_mechanism_names() {
-  std::ostringstream out;
-  const auto names = mechanism_names();
-  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
-  return out.str();
-}
-
-bool is_mechanism(const std::string& name) {
-  for (const auto& info : mechanisms()) {
-    if (info.name == name) return true;
-  }
-  return false;
-}
-
 int64_t ffn_width(const TransformerBlockOptions& o) {
   return o.ffn_dim() == 0 ? 4 * o.d_model() : o.ffn_dim();
 }
@@ -46,8 +32,7 @@ void check_block_options(const char* owner, const TransformerBlockOptions& o) {
   }
   TORCH_CHECK(o.layer_norm_eps() > 0.0, owner, ": layer_norm_eps must be > 0, got ",
               o.layer_norm_eps());
-  TORCH_CHECK(is_mechanism(o.mechanism()), owner, ": mechanism '", o.mechanism(),
-              "' is unknown; valid mechanisms: ", joined_mechanism_names());
+  nn::check_attention_options(o.attention(), owner);
 }
 
 torch::Tensor activate(const std::string& activation, const torch::Tensor& x) {
@@ -87,24 +72,17 @@ torch::Tensor sinusoidal_positional_encoding(int64_t length, int64_t dim,
   return table.to(options);
 }
 
-std::vector<std::string> layer_mechanisms(const std::string& owner, const std::string& mechanism,
+std::vector<std::string> layer_mechanisms(const std::string& owner,
+                                          const nn::AttentionOptions& attention,
                                           const std::vector<std::string>& mechanisms,
                                           int64_t num_layers) {
-  std::vector<std::string> out;
-  if (mechanisms.empty()) {
-    TORCH_CHECK(is_mechanism(mechanism), owner, ": mechanism '", mechanism,
-                "' is unknown; valid mechanisms: ", joined_mechanism_names());
-    out.assign(static_cast<size_t>(std::max<int64_t>(num_layers, 0)), mechanism);
-    return out;
-  }
-  TORCH_CHECK(static_cast<int64_t>(mechanisms.size()) == num_layers, owner,
+  TORCH_CHECK(mechanisms.empty() || static_cast<int64_t>(mechanisms.size()) == num_layers, owner,
               ": mechanisms must be empty (use `mechanism` for every layer) or name one mechanism "
               "per layer (", num_layers, "), got ", mechanisms.size(), " names");
-  for (size_t i = 0; i < mechanisms.size(); ++i) {
-    TORCH_CHECK(is_mechanism(mechanisms[i]), owner, ": mechanisms[", i, "] = '", mechanisms[i],
-                "' is unknown; valid mechanisms: ", joined_mechanism_names());
-  }
-  return mechanisms;
+  nn::check_attention_options(attention, owner, mechanisms);
+  if (!mechanisms.empty()) return mechanisms;
+  return std::vector<std::string>(static_cast<size_t>(std::max<int64_t>(num_layers, 0)),
+                                  attention.mechanism());
 }
 
 void check_tokens(const char* owner, const char* arg, const torch::Tensor& tokens,
@@ -122,14 +100,9 @@ void check_tokens(const char* owner, const char* arg, const torch::Tensor& token
 
 kvq::nn::MultiHeadKVQOptions TransformerBlockOptions::attention_options() const {
   return kvq::nn::MultiHeadKVQOptions(d_model(), num_heads())
-      .mechanism(mechanism())
-      .projection(projection())
+      .attention(attention())
       .dropout(attention_dropout().value_or(dropout()))
       .bias(bias())
-      .alpha_init(alpha_init())
-      .alpha_floor(alpha_floor())
-      .learn_alpha(learn_alpha())
-      .scale(attention_scale())
       .batch_first(true);
 }
 

@@ -17,9 +17,6 @@ void Seq2SeqImpl::reset() {
               o.num_encoder_layers());
   TORCH_CHECK(o.num_decoder_layers() > 0, "Seq2Seq: num_decoder_layers must be > 0, got ",
               o.num_decoder_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "Seq2Seq: d_model must be a positive multiple of num_heads, got d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
   TORCH_CHECK(o.ffn_dim() >= 0, "Seq2Seq: ffn_dim must be >= 0 (0 = 4 * d_model), got ",
               o.ffn_dim());
   TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
@@ -27,7 +24,7 @@ void Seq2SeqImpl::reset() {
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, "Seq2Seq: dropout must be in [0, 1), got ",
               o.dropout());
   const int64_t n_enc = o.num_encoder_layers(), n_dec = o.num_decoder_layers();
-  const auto names = layer_mechanisms("Seq2Seq", o.mechanism(), o.mechanisms(), n_enc + n_dec);
+  const auto names = layer_mechanisms("Seq2Seq", o.attention(), o.mechanisms(), n_enc + n_dec);
 
   const int64_t d = o.d_model();
   auto block = [&](const std::string& mechanism) {
@@ -36,11 +33,7 @@ void Seq2SeqImpl::reset() {
         .activation(o.activation())
         .dropout(o.dropout())
         .norm_first(true)
-        .mechanism(mechanism)
-        .projection(o.projection())
-        .alpha_init(o.alpha_init())
-        .alpha_floor(o.alpha_floor())
-        .learn_alpha(o.learn_alpha());
+        .attention(nn::layer_attention(o.attention(), mechanism));
   };
   src_embedding = register_module("src_embedding", torch::nn::Embedding(o.src_vocab_size(), d));
   tgt_embedding = register_module("tgt_embedding", torch::nn::Embedding(o.tgt_vocab_size(), d));

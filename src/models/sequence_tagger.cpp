@@ -13,15 +13,12 @@ void SequenceTaggerImpl::reset() {
   TORCH_CHECK(o.num_classes() > 0, "SequenceTagger: num_classes must be > 0, got ",
               o.num_classes());
   TORCH_CHECK(o.num_layers() > 0, "SequenceTagger: num_layers must be > 0, got ", o.num_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "SequenceTagger: d_model must be a positive multiple of num_heads, got d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
   TORCH_CHECK(o.ffn_dim() >= 0, "SequenceTagger: ffn_dim must be >= 0 (0 = 2 * d_model), got ",
               o.ffn_dim());
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
               "SequenceTagger: dropout must be in [0, 1), got ", o.dropout());
   const auto names =
-      layer_mechanisms("SequenceTagger", o.mechanism(), o.mechanisms(), o.num_layers());
+      layer_mechanisms("SequenceTagger", o.attention(), o.mechanisms(), o.num_layers());
 
   const int64_t d = o.d_model();
   embed = register_module("embed", torch::nn::Linear(o.vocab_size(), d));
@@ -32,11 +29,7 @@ void SequenceTaggerImpl::reset() {
                                            .activation("relu")
                                            .dropout(o.dropout())
                                            .norm_first(o.norm_first())
-                                           .mechanism(name)
-                                           .projection(o.projection())
-                                           .alpha_init(o.alpha_init())
-                                           .alpha_floor(o.alpha_floor())
-                                           .learn_alpha(o.learn_alpha())));
+                                           .attention(nn::layer_attention(o.attention(), name))));
   }
   final_norm = nullptr;
   if (o.norm_first()) {

@@ -33,19 +33,12 @@ void ViTImpl::reset() {
   TORCH_CHECK(o.num_classes() > 0, "ViT: num_classes must be > 0, got ", o.num_classes());
   TORCH_CHECK(o.in_channels() > 0, "ViT: in_channels must be > 0, got ", o.in_channels());
   TORCH_CHECK(o.num_layers() > 0, "ViT: num_layers must be > 0, got ", o.num_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "ViT: d_model must be a positive multiple of num_heads, got d_model = ", o.d_model(),
-              ", num_heads = ", o.num_heads());
   TORCH_CHECK(o.mlp_dim() >= 0, "ViT: mlp_dim must be >= 0 (0 = d_model), got ", o.mlp_dim());
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, "ViT: dropout must be in [0, 1), got ",
               o.dropout());
   TORCH_CHECK(o.embedding_dropout() >= 0.0 && o.embedding_dropout() < 1.0,
               "ViT: embedding_dropout must be in [0, 1), got ", o.embedding_dropout());
-  if (o.attention_scale()) {
-    TORCH_CHECK(*o.attention_scale() > 0.0, "ViT: attention_scale must be > 0, got ",
-                *o.attention_scale());
-  }
-  const auto names = layer_mechanisms("ViT", o.mechanism(), o.mechanisms(), o.num_layers());
+  const auto names = layer_mechanisms("ViT", o.attention(), o.mechanisms(), o.num_layers());
 
   const int64_t d = o.d_model(), hidden = o.mlp_dim() == 0 ? d : o.mlp_dim();
   const int64_t patch_dim = o.patch_size() * o.patch_size() * o.in_channels();
@@ -61,12 +54,7 @@ void ViTImpl::reset() {
                                            .activation("gelu")
                                            .dropout(o.dropout())
                                            .norm_first(true)
-                                           .attention_scale(o.attention_scale())
-                                           .mechanism(name)
-                                           .projection(o.projection())
-                                           .alpha_init(o.alpha_init())
-                                           .alpha_floor(o.alpha_floor())
-                                           .learn_alpha(o.learn_alpha())));
+                                           .attention(nn::layer_attention(o.attention(), name))));
   }
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));

@@ -9,21 +9,6 @@
 
 namespace kvq {
 namespace nn {
-namespace {
-
-std::string softmax_mechanisms() {
-  std::ostringstream out;
-  bool first = true;
-  for (const auto& info : mechanisms()) {
-    if (!info.has_softmax) continue;
-    out << (first ? "" : ", ") << info.name;
-    first = false;
-  }
-  return out.str();
-}
-
-}  // namespace
-
 MultiHeadKVQImpl::MultiHeadKVQImpl(const MultiHeadKVQOptions& options_) : options(options_) {
   reset();
 }
@@ -35,12 +20,10 @@ void MultiHeadKVQImpl::reset() {
               embed, ", num_heads = ", heads);
   TORCH_CHECK(options.dropout() >= 0.0 && options.dropout() < 1.0,
               "MultiHeadKVQ: dropout must be in [0, 1), got ", options.dropout());
+  check_attention_options(options.attention(), "MultiHeadKVQ");
   mechanism_ = &find_mechanism(options.mechanism());
   projection_ = options.projection().empty() ? mechanism_->projection
                                              : parse_projection(options.projection());
-  TORCH_CHECK(projection_ != Projection::KVPos || mechanism_->has_softmax,
-              "MultiHeadKVQ: projection 'kv-pos' adds a term to softmax scores, and mechanism '",
-              mechanism_->name, "' has none; mechanisms with a softmax: ", softmax_mechanisms());
 
   auto linear = [&](const char* name) {
     return register_module(name, torch::nn::Linear(
@@ -62,17 +45,12 @@ void MultiHeadKVQImpl::reset() {
 
   if (mechanism_->uses_alpha) {
     const double excess = options.alpha_init() - options.alpha_floor();
-    TORCH_CHECK(options.alpha_floor() > 0 && excess > 0,
-                "MultiHeadKVQ: need alpha_init > alpha_floor > 0, got alpha_init = ",
-                options.alpha_init(), ", alpha_floor = ", options.alpha_floor());
     // Inverse softplus of the excess over the floor.
     auto raw = torch::full({heads}, excess + std::log(-std::expm1(-excess)));
     alpha_raw = options.learn_alpha() ? register_parameter("alpha_raw", raw)
                                       : register_buffer("alpha_raw", raw);
   }
   if (projection_ == Projection::KVPos) {
-    TORCH_CHECK(options.pos_channels() > 0, "MultiHeadKVQ: pos_channels must be positive, got ",
-                options.pos_channels());
     // Linear(p, 1) per head with PyTorch's default initialisation, as in the paper's code.
     const double bound = 1.0 / std::sqrt(static_cast<double>(options.pos_channels()));
     pos_weight = register_parameter(

@@ -16,8 +16,8 @@ bool contains_name(const std::vector<std::string>& names, const std::string& nam
 }  // namespace detail
 
 std::string resolved_projection(const CommonTaskConfig& c) {
-  if (!c.projection.empty()) return c.projection;
-  return projection_name(find_mechanism(c.mechanism).projection);
+  if (!c.attention.projection().empty()) return c.attention.projection();
+  return projection_name(find_mechanism(c.attention.mechanism()).projection);
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(

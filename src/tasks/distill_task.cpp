@@ -139,10 +139,7 @@ const train::ConfigSchema<Config>& distill_task_schema() {
                [](const Config& c) {
                  return c.train_levels >= 1 && c.val_levels >= 1 && c.test_levels >= 1;
                })
-        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
-        // models::GridPolicyOptions has no alpha_floor yet: refuse a value it would ignore.
-        .check("alpha_floor cannot be changed for the grid policy (its floor is 1e-4)",
-               [](const Config& c) { return c.alpha_floor == CommonTaskConfig().alpha_floor; });
+        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
     return schema;
   }();
   return schema;
@@ -157,9 +154,7 @@ models::GridPolicy make_distill_model(const Config& c) {
                                 .num_layers(c.num_layers)
                                 .ffn_dim(c.ffn_dim)
                                 .dropout(c.dropout)
-                                .mechanism(c.mechanism)
-                                .projection(c.projection)
-                                .alpha_init(c.alpha_init));
+                                .attention(c.attention));
 }
 
 TrainSummary train_distill_task(const Config& c, const train::RunDir& run,

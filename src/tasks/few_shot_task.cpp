@@ -123,10 +123,7 @@ models::FewShotClassifier make_few_shot_model(const Config& c) {
                                        .num_layers(c.num_layers)
                                        .ffn_dim(c.ffn_dim)
                                        .dropout(c.dropout)
-                                       .mechanism(c.mechanism)
-                                       .projection(c.projection)
-                                       .alpha_init(c.alpha_init)
-                                       .alpha_floor(c.alpha_floor));
+                                       .attention(c.attention));
 }
 
 TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,

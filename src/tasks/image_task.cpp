@@ -179,10 +179,7 @@ models::ViT make_image_model(const Config& c) {
           .num_layers(c.num_layers)
           .mlp_dim(c.ffn_dim)
           .dropout(c.dropout)
-          .mechanism(c.mechanism)
-          .projection(c.projection)
-          .alpha_init(c.alpha_init)
-          .alpha_floor(c.alpha_floor));
+          .attention(c.attention));
 }
 
 nlohmann::json evaluate_image_model(models::ViT& model, const torch::Tensor& images,

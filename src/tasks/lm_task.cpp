@@ -158,10 +158,7 @@ models::LanguageModel make_lm_model(const Config& c, int64_t vocab_size) {
                                    .ffn_dim(c.ffn_dim)
                                    .activation(c.activation)
                                    .dropout(c.dropout)
-                                   .mechanism(c.mechanism)
-                                   .projection(c.projection)
-                                   .alpha_init(c.alpha_init)
-                                   .alpha_floor(c.alpha_floor));
+                                   .attention(c.attention));
 }
 
 nlohmann::json evaluate_lm_model(models::LanguageModel& model, const torch::Tensor& stream,

@@ -175,10 +175,7 @@ models::InContextRegressor make_regression_model(const Config& c) {
                                         .layer_norm(c.layer_norm)
                                         .feature_dim(c.feature_dim)
                                         .dropout(c.dropout)
-                                        .mechanism(c.mechanism)
-                                        .projection(c.projection)
-                                        .alpha_init(c.alpha_init)
-                                        .alpha_floor(c.alpha_floor));
+                                        .attention(c.attention));
 }
 
 TrainSummary train_regression_task(const Config& c, const train::RunDir& run,

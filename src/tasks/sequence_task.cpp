@@ -90,10 +90,7 @@ models::SequenceTagger make_sequence_model(const Config& c) {
                                     .num_layers(c.num_layers)
                                     .ffn_dim(c.ffn_dim)
                                     .dropout(c.dropout)
-                                    .mechanism(c.mechanism)
-                                    .projection(c.projection)
-                                    .alpha_init(c.alpha_init)
-                                    .alpha_floor(c.alpha_floor)
+                                    .attention(c.attention)
                                     .norm_first(c.norm_first));
 }
 

@@ -416,13 +416,13 @@ TrainingLoop training_loop_for(const CommonTaskConfig& c, torch::nn::Module& mod
   loop.checkpoint_every = c.checkpoint_every;
   loop.grad_clip = c.grad_clip;
   loop.max_skipped_steps = c.max_skipped_steps;
-  loop.label = c.task + "/" + c.mechanism;
+  loop.label = c.task + "/" + c.attention.mechanism();
   return loop;
 }
 
 nlohmann::json run_summary(const CommonTaskConfig& c, const torch::nn::Module& model) {
   return {{"task", c.task},
-          {"mechanism", c.mechanism},
+          {"mechanism", c.attention.mechanism()},
           {"projection", resolved_projection(c)},
           {"seed", c.seed},
           {"params", parameter_count(model)}};

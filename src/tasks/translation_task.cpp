@@ -81,10 +81,7 @@ models::Seq2Seq make_model(const Config& c, const TranslationData& d) {
                              .num_decoder_layers(c.num_layers)
                              .ffn_dim(c.ffn_dim)
                              .dropout(c.dropout)
-                             .mechanism(c.mechanism)
-                             .projection(c.projection)
-                             .alpha_init(c.alpha_init)
-                             .alpha_floor(c.alpha_floor));
+                             .attention(c.attention));
 }
 
 // Teacher-forced logits and targets of a batch of padded rows.

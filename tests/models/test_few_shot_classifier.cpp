@@ -159,8 +159,8 @@ TEST(FewShotClassifier, BadOptionsAndInputsNameTheArgument) {
       {"mechanisms"}, "per-layer list of the wrong length");
   expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").norm_groups(3)); },
                       {"norm_groups"}, "groups do not divide the encoder channels");
-  expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").attention_scale(-1.0)); },
-                      {"attention_scale"}, "negative scale");
+  expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").scale(-1.0)); },
+                      {"scale"}, "negative scale");
 
   M::FewShotClassifier model(tiny(3, "softmax"));
   auto support = torch::rand({2, 4, 1, 8, 8}), query = torch::rand({2, 3, 1, 8, 8});

@@ -137,8 +137,11 @@ TEST(InContextRegressor, SoftmaxWithTheSameWeightsIsNotRidge) {
   for (const char* mechanism : {"softmax", "linear"}) {
     for (int64_t n : {2, 8, 32}) {
       const auto e = linear_episode(n, 300 + n);
-      auto model = ridge_model(M::ridge_construction_options(4, 1).mechanism(mechanism), 1.0,
-                               torch::kFloat64);
+      // The construction's options with the mechanism swapped; learn_alpha (false) does not
+      // apply to it and is refused unless reset (layer_attention).
+      auto options = M::ridge_construction_options(4, 1);
+      options.attention(kvq::nn::layer_attention(options.attention(), mechanism));
+      auto model = ridge_model(options, 1.0, torch::kFloat64);
       const double err = rel_err(model(e.context_x, e.context_y, e.target_x),
                                  D::ridge_posterior_mean(e.context_x, e.context_y, e.target_x, 1.0));
       std::cout << "[" << mechanism << " with ridge weights] N " << n << " rel err " << err

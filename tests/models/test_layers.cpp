@@ -104,7 +104,7 @@ TEST(TransformerBlock, PassesMechanismProjectionAndAlphaToAttention) {
                              .mechanism("softmax-intention")
                              .projection("kv")
                              .alpha_init(0.5)
-                             .attention_scale(0.125)
+                             .scale(0.125)
                              .dropout(0.2)
                              .attention_dropout(0.05));
   const auto& a = block->self_attn->options;
@@ -191,12 +191,12 @@ TEST(TransformerBlockOptions, BadOptionsNameTheOption) {
       [] { TransformerDecoderBlock(TransformerBlockOptions(8, 2).mechanism("flash")); },
       {"mechanism"}, "unknown mechanism");
   expect_error_naming(
-      [] { kvq::models::layer_mechanisms("M", "softmax", {"kv", "kv"}, 3); }, {"mechanisms"},
+      [] { kvq::models::layer_mechanisms("M", kvq::nn::AttentionOptions(), {"kv", "kv"}, 3); }, {"mechanisms"},
       "per-layer list of the wrong length");
   expect_error_naming(
-      [] { kvq::models::layer_mechanisms("M", "softmax", {"kv", "nope"}, 2); }, {"mechanisms"},
+      [] { kvq::models::layer_mechanisms("M", kvq::nn::AttentionOptions(), {"kv", "nope"}, 2); }, {"mechanisms"},
       "unknown name in the per-layer list");
-  EXPECT_EQ(kvq::models::layer_mechanisms("M", "linear", {}, 3),
+  EXPECT_EQ(kvq::models::layer_mechanisms("M", kvq::nn::AttentionOptions().mechanism("linear"), {}, 3),
             (std::vector<std::string>{"linear", "linear", "linear"}));
 
   TransformerBlock block(TransformerBlockOptions(8, 2));

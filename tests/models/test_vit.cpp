@@ -50,7 +50,7 @@ TEST(ViT, ShapesForThePapersPatchSizes) {
 TEST(ViT, ForwardIsTheDocumentedComposition) {
   torch::manual_seed(1);
   M::ViT vit(M::ViTOptions(8, 4, 5).in_channels(2).d_model(8).num_heads(2).num_layers(2).mlp_dim(
-      12).mechanism("intention").attention_scale(1.0 / std::sqrt(8.0)));
+      12).mechanism("intention").scale(1.0 / std::sqrt(8.0)));
   vit->to(torch::kFloat64);
   vit->eval();
   auto blk = vit->blocks->ptr<M::TransformerBlockImpl>(0);
@@ -95,8 +95,8 @@ TEST(ViT, BadOptionsAndInputsNameTheArgument) {
                       {"d_model", "num_heads"}, "d_model not a multiple");
   expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).mechanisms({"kv"}).num_layers(2)); },
                       {"mechanisms"}, "per-layer list of the wrong length");
-  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).attention_scale(0.0)); },
-                      {"attention_scale"}, "zero scale");
+  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).scale(0.0)); },
+                      {"scale"}, "zero scale");
   M::ViT vit(M::ViTOptions(8, 4, 3).d_model(8).num_heads(2).num_layers(1));
   expect_error_naming([&] { vit(torch::randn({2, 1, 8, 12})); }, {"images"}, "wrong width");
   expect_error_naming([&] { vit(torch::randn({2, 3, 8, 8})); }, {"images"}, "wrong channels");

@@ -26,7 +26,7 @@ MultiHeadKVQ make_module(const std::string& mechanism, const std::string& projec
   MultiHeadKVQ m(MultiHeadKVQOptions(12, 3)
                      .mechanism(mechanism)
                      .projection(projection)
-                     .chunk_size(4)
+                     .chunk_size(kvq::find_mechanism(mechanism).chunked ? 4 : 0)
                      .batch_first(batch_first));
   m->to(torch::kFloat64);
   m->eval();

@@ -95,7 +95,7 @@ TEST(SequenceTaskConfig, RejectsUnknownKeysAndBadValues) {
   EXPECT_HAS(message, "'d_model' expects int");
 
   message = error_of([] { resolve("sort", "", {"mechanism=quadratic"}); });
-  EXPECT_HAS(message, "mechanism must be one of");
+  EXPECT_HAS(message, "unknown mechanism 'quadratic'");
   for (const auto& name : kvq::mechanism_names()) EXPECT_HAS(message, name);
 
   message = error_of([] { resolve("sort", "", {"d_model=30", "num_heads=4"}); });
@@ -107,6 +107,36 @@ TEST(SequenceTaskConfig, RejectsUnknownKeysAndBadValues) {
   message = error_of([] { resolve("sort", "fast", {}); });
   EXPECT_HAS(message, "unknown preset 'fast'");
   EXPECT_HAS(message, "quick");
+}
+
+// The attention keys of every task config: set, they reach the resolved config; set for a
+// mechanism they do not apply to, they are refused by name with the mechanisms they apply to.
+TEST(TaskRegistry, AttentionOptionsApplyOrAreRefusedByName) {
+  auto config = resolve("sort", "quick",
+                        {"mechanism=intention", "chunk_size=8", "learn_alpha=false",
+                         "alpha_init=0.5", "alpha_floor=0.01"});
+  EXPECT_EQ(config.at("chunk_size"), 8);
+  EXPECT_EQ(config.at("learn_alpha"), false);
+  EXPECT_EQ(config.at("alpha_init"), 0.5);
+  config = resolve("sort", "quick", {"mechanism=kv-pos", "pos_channels=6"});
+  EXPECT_EQ(config.at("pos_channels"), 6);
+
+  auto message = error_of([] { resolve("sort", "quick", {"mechanism=softmax", "chunk_size=8"}); });
+  EXPECT_HAS(message, "chunk_size applies only to");
+  EXPECT_HAS(message, "intention");
+  EXPECT_HAS(message, "mechanism 'softmax'");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=kv", "alpha_init=0.5"}); });
+  EXPECT_HAS(message, "alpha_init applies only to the mechanisms with a ridge alpha");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=linear", "learn_alpha=false"}); });
+  EXPECT_HAS(message, "learn_alpha applies only to");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=intention", "pos_channels=6"}); });
+  EXPECT_HAS(message, "pos_channels applies only to the kv-pos projection");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=intention", "projection=kv-pos"}); });
+  EXPECT_HAS(message, "projection 'kv-pos' adds a term to softmax scores");
+  message = error_of([] { resolve("sort", "quick", {"projection=qk"}); });
+  EXPECT_HAS(message, "projection must be");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=intention", "alpha_floor=2"}); });
+  EXPECT_HAS(message, "need alpha_init > alpha_floor > 0");
 }
 
 }  // namespace

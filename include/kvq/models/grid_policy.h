@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kvq/modules/attention_options.h"
+
 namespace kvq {
 namespace models {
 
@@ -30,14 +32,12 @@ struct GridPolicyOptions {
   TORCH_ARG(int64_t, ffn_dim) = 0;
   /// Dropout in the blocks. Default: 0.
   TORCH_ARG(double, dropout) = 0.0;
-  /// Attention mechanism of every layer (a name in kvq::mechanism_names()). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
+  // options of every layer's attention (kvq/modules/attention_options.h).
+  KVQ_ATTENTION_ARGS;
   /// Per-layer mechanisms; empty = `mechanism` everywhere. Default: {}.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
-  /// "qkv", "kv" or "kv-pos"; "" = the mechanism's own. Default: "".
-  TORCH_ARG(std::string, projection) = "";
-  /// Initial ridge alpha (intention mechanisms). Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
 };
 
 // tokens = type_embedding[types] + row_embedding[rows] + col_embedding[cols], (B, N, d);

@@ -40,20 +40,12 @@ struct InContextRegressorOptions {
   /// Dropout on the residual branches, the feed-forward hidden layer and the attention weights
   /// (mechanisms with a softmax). Default: 0.
   TORCH_ARG(double, dropout) = 0.0;
-  /// Mechanism of every layer, a name in kvq::mechanism_names(). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
+  // options of every layer's attention (kvq/modules/attention_options.h).
+  KVQ_ATTENTION_ARGS;
   /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
-  /// "qkv", "kv" or "kv-pos"; empty = each mechanism's own projection. Default: "".
-  TORCH_ARG(std::string, projection) = "";
-  /// Initial ridge parameter alpha (intention mechanisms). Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
-  /// Lower bound of alpha = softplus(theta) + alpha_floor. Default: 1e-4.
-  TORCH_ARG(double, alpha_floor) = 1e-4;
-  /// Learn alpha per head; otherwise fixed at alpha_init. Default: true.
-  TORCH_ARG(bool, learn_alpha) = true;
-  /// Score scale of the attention; unset = 1/sqrt(head width). Default: unset.
-  TORCH_ARG(c10::optional<double>, attention_scale) = c10::nullopt;
   /// Biases in the embeddings, attention projections, feed-forward layers and readout.
   /// Default: true.
   TORCH_ARG(bool, bias) = true;

@@ -22,9 +22,12 @@ torch::Tensor sinusoidal_positional_encoding(int64_t length, int64_t dim,
                                              torch::TensorOptions options = torch::kFloat32);
 
 // The mechanism of each of `num_layers` layers: `mechanisms` when it is non-empty (it must then
-// have num_layers entries), otherwise `mechanism` repeated. Every name must be in
-// kvq::mechanism_names(); errors name `owner` and the offending option.
-std::vector<std::string> layer_mechanisms(const std::string& owner, const std::string& mechanism,
+// have num_layers entries), otherwise attention.mechanism() repeated; `attention` is checked for
+// those layers (nn::check_attention_options: names, values, and no option that applies to none
+// of them). Errors name `owner` and the offending option. Layer i then runs with
+// nn::layer_attention(attention, result[i]).
+std::vector<std::string> layer_mechanisms(const std::string& owner,
+                                          const nn::AttentionOptions& attention,
                                           const std::vector<std::string>& mechanisms,
                                           int64_t num_layers);
 
@@ -54,23 +57,15 @@ struct TransformerBlockOptions {
   TORCH_ARG(bool, norm_first) = false;
   /// LayerNorm epsilon. Default: 1e-5.
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
-  /// Attention mechanism, a name in kvq::mechanism_names(). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
-  /// "qkv", "kv" or "kv-pos"; empty = the mechanism's own projection. Default: "".
-  TORCH_ARG(std::string, projection) = "";
-  /// Initial ridge parameter alpha (intention mechanisms). Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
-  /// Lower bound of alpha = softplus(theta) + alpha_floor. Default: 1e-4.
-  TORCH_ARG(double, alpha_floor) = 1e-4;
-  /// Learn alpha per head; otherwise fixed at alpha_init. Default: true.
-  TORCH_ARG(bool, learn_alpha) = true;
-  /// Score scale of the attention; unset = 1/sqrt(head width). Default: unset.
-  TORCH_ARG(c10::optional<double>, attention_scale) = c10::nullopt;
   /// Biases in the attention projections and the feed-forward layers. Default: true.
   TORCH_ARG(bool, bias) = true;
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size, scale
+  // (the attention's score scale; unset = 1/sqrt(head width)): the fields of `attention`.
+  KVQ_ATTENTION_ARGS;
 
  public:
-  // The options of this block's MultiHeadKVQ (self- and cross-attention alike).
+  // The options of this block's MultiHeadKVQ (self- and cross-attention alike): `attention`,
+  // attention_dropout (or dropout), bias.
   kvq::nn::MultiHeadKVQOptions attention_options() const;
 };
 

@@ -34,19 +34,13 @@ struct Seq2SeqOptions {
   /// Dropout on embeddings, residual branches, FFN hidden layer and attention weights.
   /// Default: 0.1.
   TORCH_ARG(double, dropout) = 0.1;
-  /// Mechanism of every layer, a name in kvq::mechanism_names(). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
+  // options of every layer's attention (kvq/modules/attention_options.h).
+  KVQ_ATTENTION_ARGS;
   /// One mechanism per layer, encoder layers first, then decoder layers (each decoder layer uses
   /// its mechanism for self- and cross-attention); empty = `mechanism` everywhere. Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
-  /// "qkv", "kv" or "kv-pos"; empty = each mechanism's own projection. Default: "".
-  TORCH_ARG(std::string, projection) = "";
-  /// Initial ridge parameter alpha (intention mechanisms). Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
-  /// Lower bound of alpha. Default: 1e-4.
-  TORCH_ARG(double, alpha_floor) = 1e-4;
-  /// Learn alpha per head. Default: true.
-  TORCH_ARG(bool, learn_alpha) = true;
 };
 
 // The decoding state of a Seq2Seq decoder: per decoder block, its self-attention cache and its

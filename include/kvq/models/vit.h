@@ -34,21 +34,12 @@ struct ViTOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Dropout on the token sequence after the position embedding. Default: 0.
   TORCH_ARG(double, embedding_dropout) = 0.0;
-  /// Attention score scale; unset = 1/sqrt(head width). The paper's ViT used d_model^-0.5.
-  /// Default: unset.
-  TORCH_ARG(c10::optional<double>, attention_scale) = c10::nullopt;
-  /// Mechanism of every layer, a name in kvq::mechanism_names(). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
+  // options of every layer's attention (kvq/modules/attention_options.h).
+  KVQ_ATTENTION_ARGS;
   /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
-  /// "qkv", "kv" or "kv-pos"; empty = each mechanism's own projection. Default: "".
-  TORCH_ARG(std::string, projection) = "";
-  /// Initial ridge parameter alpha (intention mechanisms). Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
-  /// Lower bound of alpha. Default: 1e-4.
-  TORCH_ARG(double, alpha_floor) = 1e-4;
-  /// Learn alpha per head. Default: true.
-  TORCH_ARG(bool, learn_alpha) = true;
 };
 
 // Split (B, C, H, W) into N = (H / p) (W / p) patches, row-major, each flattened in (p_row, p_col,

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "kvq/modules/attention_cache.h"
+#include "kvq/modules/attention_options.h"
 #include "kvq/registry.h"
 
 namespace kvq {
@@ -17,29 +18,16 @@ struct MultiHeadKVQOptions {
   TORCH_ARG(int64_t, embed_dim);
   /// Number of heads H; head width d = E / H.
   TORCH_ARG(int64_t, num_heads);
-  /// Mechanism name from the registry (kvq::mechanism_names()). Default: "softmax".
-  TORCH_ARG(std::string, mechanism) = "softmax";
-  /// "qkv", "kv" or "kv-pos"; empty = the mechanism preset's own projection. Default: "".
-  TORCH_ARG(std::string, projection) = "";
   /// Dropout on attention weights (mechanisms with a softmax only). Default: 0.
   TORCH_ARG(double, dropout) = 0.0;
   /// Bias in the input and output projections. Default: true.
   TORCH_ARG(bool, bias) = true;
-  /// Initial ridge parameter alpha of every head. Default: 1.
-  TORCH_ARG(double, alpha_init) = 1.0;
-  /// alpha = softplus(theta) + alpha_floor, so it stays positive by construction. Default: 1e-4.
-  TORCH_ARG(double, alpha_floor) = 1e-4;
-  /// Learn alpha per head; otherwise it is a buffer fixed at alpha_init. Default: true.
-  TORCH_ARG(bool, learn_alpha) = true;
-  /// Channels p of the 2D positional table (kv-pos). Default: 10 (the paper's synthetic tasks).
-  TORCH_ARG(int64_t, pos_channels) = 10;
-  /// Chunk length of the causal chunk-parallel algorithms; 0 = the head width. Default: 0.
-  TORCH_ARG(int64_t, chunk_size) = 0;
-  /// Score scale; default 1/sqrt(head width).
-  TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
   /// Inputs are (B, T, E) when true, (T, B, E) as torch::nn::MultiheadAttention when false.
   /// Default: true.
   TORCH_ARG(bool, batch_first) = true;
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size, scale:
+  // the fields of `attention` (kvq/modules/attention_options.h), settable here directly.
+  KVQ_ATTENTION_ARGS;
 };
 
 // Multi-head attention over any KVQ mechanism (Garnelo & Czarnecki 2023; Borji 2023).

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kvq/modules/attention_options.h"
 #include "kvq/registry.h"
 #include "kvq/train/config.h"
 #include "kvq/train/schedules.h"
@@ -23,10 +24,10 @@ struct CommonTaskConfig {
   std::string task;                    // the registry name (set by --task)
   int64_t seed = 0;                    // model init, dropout, batch order (and data unless a
                                        // task has a data_seed)
-  std::string mechanism = "softmax";   // a name in kvq::mechanism_names()
-  std::string projection = "";         // qkv | kv | kv-pos; "" = the mechanism's own
-  double alpha_init = 1.0;             // initial ridge alpha (intention mechanisms)
-  double alpha_floor = 1e-4;           // alpha = softplus(theta) + alpha_floor (intention)
+  // The attention of every layer, passed unchanged to the model: config keys mechanism,
+  // projection, alpha_init, alpha_floor, learn_alpha, chunk_size, pos_channels (the fields of
+  // the same names; kvq/modules/attention_options.h). The score scale is the model's.
+  nn::AttentionOptions attention;
   int64_t d_model = 64;                // model width d
   int64_t num_heads = 2;               // attention heads
   int64_t num_layers = 2;              // blocks
@@ -59,26 +60,34 @@ M Config::*member(M CommonTaskConfig::*m) {
 bool contains_name(const std::vector<std::string>& names, const std::string& name);
 }  // namespace detail
 
-// Declares every CommonTaskConfig field in `schema` with its help text, and the checks: known
-// mechanism, projection, optimiser and schedule names; positive sizes; d_model a multiple of
+// Declares every CommonTaskConfig field in `schema` with its help text, and the checks: the
+// attention options (nn::check_attention_options: names, values, and options that do not apply
+// to the mechanism refused by name); known optimiser and schedule names; positive sizes; d_model a multiple of
 // num_heads; dropout in [0, 1); lr > 0; min_lr in [0, lr]; ...
 template <class Config>
 train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& schema) {
   using C = CommonTaskConfig;
+  using A = nn::AttentionOptions;
   using detail::member;
   const auto mechanisms = mechanism_names();
   const auto schedules = train::lr_schedule_kinds();
   const std::vector<std::string> optimizers = {"adam", "adamw"};
   schema.field("task", member<Config>(&C::task), "the task (set by --task)")
       .field("seed", member<Config>(&C::seed), "model init, dropout, batch order (and data)")
-      .field("mechanism", member<Config>(&C::mechanism),
+      .field("mechanism", member<Config>(&C::attention), &A::mechanism,
              "attention: " + train::join_names(mechanisms))
-      .field("projection", member<Config>(&C::projection),
+      .field("projection", member<Config>(&C::attention), &A::projection,
              "qkv | kv | kv-pos; \"\" = the mechanism's own")
-      .field("alpha_init", member<Config>(&C::alpha_init),
-             "initial ridge alpha (intention mechanisms)")
-      .field("alpha_floor", member<Config>(&C::alpha_floor),
-             "lower bound of alpha = softplus(theta) + alpha_floor (intention mechanisms)")
+      .field("alpha_init", member<Config>(&C::attention), &A::alpha_init,
+             "initial ridge alpha (mechanisms with alpha)")
+      .field("alpha_floor", member<Config>(&C::attention), &A::alpha_floor,
+             "lower bound of alpha = softplus(theta) + alpha_floor (mechanisms with alpha)")
+      .field("learn_alpha", member<Config>(&C::attention), &A::learn_alpha,
+             "learn alpha per head; false = fixed at alpha_init (mechanisms with alpha)")
+      .field("chunk_size", member<Config>(&C::attention), &A::chunk_size,
+             "chunk length of the causal chunk-parallel mechanisms; 0 = the head width")
+      .field("pos_channels", member<Config>(&C::attention), &A::pos_channels,
+             "channels of the 2D positional table (kv-pos projection)")
       .field("d_model", member<Config>(&C::d_model), "model width d")
       .field("num_heads", member<Config>(&C::num_heads), "attention heads")
       .field("num_layers", member<Config>(&C::num_layers), "Transformer blocks")
@@ -106,17 +115,8 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
              "before the run stops; 0 = stop at the first")
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
-      .check("mechanism must be one of: " + train::join_names(mechanisms),
-             [mechanisms](const Config& c) {
-               return detail::contains_name(mechanisms, c.mechanism);
-             })
-      .check("projection must be \"\", qkv, kv or kv-pos",
-             [](const Config& c) {
-               return detail::contains_name({"", "qkv", "kv", "kv-pos"}, c.projection);
-             })
+      .check([](const Config& c) { nn::check_attention_options(c.attention, "attention"); })
       .check("seed must be >= 0", [](const Config& c) { return c.seed >= 0; })
-      .check("alpha_floor must be in (0, alpha_init)",
-             [](const Config& c) { return c.alpha_floor > 0 && c.alpha_floor < c.alpha_init; })
       .check("d_model must be a positive multiple of num_heads",
              [](const Config& c) {
                return c.d_model > 0 && c.num_heads > 0 && c.d_model % c.num_heads == 0;

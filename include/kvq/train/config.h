@@ -198,6 +198,21 @@ class ConfigSchema : public ConfigSchemaBase {
     return *this;
   }
 
+  // Declares member function `access` of the struct member `sub` under `key`: a field of an
+  // options struct held by the config (for TORCH_ARG options, `access` is the name's mutable
+  // getter, e.g. &nn::AttentionOptions::chunk_size).
+  template <class S, class M>
+  ConfigSchema& field(const std::string& key, S T::*sub, M& (S::*access)() noexcept,
+                      const std::string& help) {
+    add_field(Field{key, detail::ConfigFieldType<M>::value, help});
+    get_.push_back([sub, access](const T& c) {
+      S copy = c.*sub;
+      return nlohmann::json((copy.*access)());
+    });
+    set_.push_back([sub, access](T& c, const nlohmann::json& v) { ((c.*sub).*access)() = v.get<M>(); });
+    return *this;
+  }
+
   // Declares a named preset: an object of overrides applied after the defaults.
   ConfigSchema& preset(const std::string& name, nlohmann::json values,
                        const std::string& help = "") {
@@ -250,10 +265,24 @@ class ConfigSchema : public ConfigSchemaBase {
   // back through ConfigSources::file or from_json to the same config.
   void save(const T& config, const std::string& path) const;
 
+  // Declares a check that throws a c10::Error with its own message when `config` is invalid;
+  // the schema fails with "config <name>: check: <that message>".
+  ConfigSchema& check(std::function<void(const T&)> validate) {
+    validators_.push_back(std::move(validate));
+    return *this;
+  }
+
   // Runs the declared checks on `config`.
   void validate(const T& config) const {
     for (const auto& [message, ok] : checks_) {
       if (!ok(config)) fail("check", message);
+    }
+    for (const auto& check : validators_) {
+      try {
+        check(config);
+      } catch (const c10::Error& e) {
+        fail("check", e.what_without_backtrace());
+      }
     }
   }
 
@@ -268,6 +297,7 @@ class ConfigSchema : public ConfigSchemaBase {
   std::vector<std::function<nlohmann::json(const T&)>> get_;
   std::vector<std::function<void(T&, const nlohmann::json&)>> set_;
   std::vector<std::pair<std::string, std::function<bool(const T&)>>> checks_;
+  std::vector<std::function<void(const T&)>> validators_;
 };
 
 // Writes `text` to `path` atomically (declared here for ConfigSchema<T>::save).

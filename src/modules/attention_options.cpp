@@ -1,0 +1,123 @@
+#include "kvq/modules/attention_options.h"
+
+#include <sstream>
+
+#include "kvq/registry.h"
+
+namespace kvq {
+namespace nn {
+namespace {
+
+std::string joined(const std::vector<std::string>& names) {
+  std::ostringstream out;
+  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
+  return out.str();
+}
+
+// The registered mechanisms for which `applies` holds, for the error messages.
+template <class Predicate>
+std::string mechanisms_where(Predicate applies) {
+  std::vector<std::string> names;
+  for (const auto& info : mechanisms()) {
+    if (applies(info)) names.push_back(info.name);
+  }
+  return joined(names);
+}
+
+Projection projection_of(const AttentionOptions& o, const MechanismInfo& info) {
+  return o.projection().empty() ? info.projection : parse_projection(o.projection());
+}
+
+bool uses_pos_channels(const AttentionOptions& o, const MechanismInfo& info) {
+  return projection_of(o, info) == Projection::KVPos;
+}
+
+}  // namespace
+
+void check_attention_options(const AttentionOptions& o, const std::string& owner,
+                             const std::vector<std::string>& layer_mechanisms) {
+  std::vector<const MechanismInfo*> layers;
+  if (layer_mechanisms.empty()) {
+    try {
+      layers.push_back(&find_mechanism(o.mechanism()));
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, owner, ": mechanism: ", e.what_without_backtrace());
+    }
+  }
+  for (size_t i = 0; i < layer_mechanisms.size(); ++i) {
+    try {
+      layers.push_back(&find_mechanism(layer_mechanisms[i]));
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, owner, ": mechanisms[", i, "]: ", e.what_without_backtrace());
+    }
+  }
+  TORCH_CHECK(o.projection().empty() || o.projection() == "qkv" || o.projection() == "kv" ||
+                  o.projection() == "kv-pos",
+              owner, ": projection must be \"\" (the mechanism's own), qkv, kv or kv-pos, got '",
+              o.projection(), "'");
+  for (const auto* info : layers) {
+    TORCH_CHECK(projection_of(o, *info) != Projection::KVPos || info->has_softmax, owner,
+                ": projection 'kv-pos' adds a term to softmax scores, and mechanism '", info->name,
+                "' has none; mechanisms with a softmax: ",
+                mechanisms_where([](const MechanismInfo& m) { return m.has_softmax; }));
+  }
+  TORCH_CHECK(o.alpha_floor() > 0 && o.alpha_init() > o.alpha_floor(), owner,
+              ": need alpha_init > alpha_floor > 0, got alpha_init = ", o.alpha_init(),
+              ", alpha_floor = ", o.alpha_floor());
+  TORCH_CHECK(o.chunk_size() >= 0, owner, ": chunk_size must be >= 0 (0 = the head width), got ",
+              o.chunk_size());
+  TORCH_CHECK(o.pos_channels() >= 1, owner, ": pos_channels must be >= 1, got ",
+              o.pos_channels());
+  TORCH_CHECK(!o.scale() || *o.scale() > 0, owner, ": scale must be > 0, got ",
+              o.scale() ? *o.scale() : 0.0);
+
+  // Options away from their defaults that no layer would use.
+  std::vector<std::string> names;
+  for (const auto* info : layers) names.push_back(info->name);
+  const std::string running = (names.size() == 1 ? "mechanism '" : "mechanisms '") +
+                              joined(names) + "'";
+  auto applies_somewhere = [&](auto applies) {
+    for (const auto* info : layers) {
+      if (applies(*info)) return true;
+    }
+    return false;
+  };
+  const AttentionOptions defaults;
+  const auto has_alpha = [](const MechanismInfo& m) { return m.uses_alpha; };
+  for (const auto& [name, changed] :
+       std::vector<std::pair<std::string, bool>>{
+           {"alpha_init", o.alpha_init() != defaults.alpha_init()},
+           {"alpha_floor", o.alpha_floor() != defaults.alpha_floor()},
+           {"learn_alpha", o.learn_alpha() != defaults.learn_alpha()}}) {
+    TORCH_CHECK(!changed || applies_somewhere(has_alpha), owner, ": ", name,
+                " applies only to the mechanisms with a ridge alpha (",
+                mechanisms_where(has_alpha), "), and ", running, " has none; leave it unset");
+  }
+  const auto chunked = [](const MechanismInfo& m) { return m.chunked; };
+  TORCH_CHECK(o.chunk_size() == defaults.chunk_size() || applies_somewhere(chunked), owner,
+              ": chunk_size applies only to the chunk-parallel causal mechanisms (",
+              mechanisms_where(chunked), "), not to ", running, "; leave it unset");
+  TORCH_CHECK(o.pos_channels() == defaults.pos_channels() ||
+                  applies_somewhere([&](const MechanismInfo& m) { return uses_pos_channels(o, m); }),
+              owner, ": pos_channels applies only to the kv-pos projection, and ", running,
+              " runs with projection '",
+              projection_name(projection_of(o, *layers.front())), "'; leave it unset");
+}
+
+AttentionOptions layer_attention(const AttentionOptions& options, const std::string& mechanism) {
+  const auto& info = find_mechanism(mechanism);
+  const AttentionOptions defaults;
+  AttentionOptions out = options;
+  out.mechanism(mechanism);
+  if (!info.uses_alpha) {
+    out.alpha_init(defaults.alpha_init())
+        .alpha_floor(defaults.alpha_floor())
+        .learn_alpha(defaults.learn_alpha());
+  }
+  if (!info.chunked) out.chunk_size(defaults.chunk_size());
+  if (!uses_pos_channels(options, info)) out.pos_channels(defaults.pos_channels());
+  return out;
+}
+
+}  // namespace nn
+}  // namespace kvq
