@@ -364,6 +364,137 @@ Curve average_curves(const std::vector<Curve>& runs) {
   return out;
 }
 
+namespace {
+
+// One (mechanism, seed) run of a comparison: its options for train_task.
+struct PlannedRun {
+  std::string mechanism;
+  int64_t seed = 0;
+  tasks::TrainOptions options;
+};
+
+// The mechanisms to compare: --mechanisms or the task's paper's, each registered, none twice.
+std::vector<std::string> compared_mechanisms(const tasks::TaskInfo& task,
+                                             const std::vector<std::string>& listed) {
+  const auto mechanisms = listed.empty() ? task.paper_mechanisms : listed;
+  for (const auto& m : mechanisms) find_mechanism(m);
+  for (size_t i = 0; i < mechanisms.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      TORCH_CHECK(mechanisms[i] != mechanisms[j], "compare: --mechanisms lists '", mechanisms[i],
+                  "' twice");
+    }
+  }
+  return mechanisms;
+}
+
+// Every (mechanism, seed) run, its config resolved (so that a bad one fails before anything is
+// trained).
+std::vector<PlannedRun> plan_runs(const tasks::TaskInfo& task, const CompareArgs& args) {
+  std::vector<PlannedRun> plans;
+  for (const auto& m : args.mechanisms) {
+    for (int64_t k = 0; k < args.seeds; ++k) {
+      PlannedRun plan{m, args.first_seed + k, {}};
+      auto& o = plan.options;
+      o.sources = args.sources;
+      o.sources.sets.push_back("mechanism=" + m);
+      o.seed = plan.seed;
+      auto check = o.sources;
+      check.sets.push_back("seed=" + std::to_string(plan.seed));
+      task.resolve(check);
+      o.print_config = false;
+      o.context.quiet = args.quiet;
+      o.context.label = m + " seed " + std::to_string(plan.seed);
+      plans.push_back(std::move(plan));
+    }
+  }
+  return plans;
+}
+
+// The comparison directory: --run-dir (new or empty, or any with --resume), or a new one under
+// <runs>/compare/<task>/.
+fs::path comparison_dir(const tasks::TaskInfo& task, const CompareArgs& args) {
+  if (args.run_dir.empty()) {
+    TORCH_CHECK(!args.resume, "compare: --resume needs --run-dir (the comparison to continue)");
+    return train::RunDir::create(train::RunDirOptions()
+                                     .root((fs::path(args.run_root) / "compare").string())
+                                     .task(task.name))
+        .path();
+  }
+  const fs::path dir = args.run_dir;
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    TORCH_CHECK(fs::is_directory(dir, ec), "compare: --run-dir ", dir.string(),
+                " is not a directory");
+    TORCH_CHECK(args.resume || fs::directory_iterator(dir, ec) == fs::directory_iterator(),
+                "compare: --run-dir ", dir.string(),
+                " already exists and is not empty; add --resume to continue it");
+  }
+  fs::create_directories(dir, ec);
+  TORCH_CHECK(!ec, "compare: --run-dir ", dir.string(), ": cannot create: ", ec.message());
+  return dir;
+}
+
+// compare.json (what was asked) and the header with the first run's resolved config.
+void record_comparison(const tasks::TaskInfo& task, const CompareArgs& args,
+                       const std::vector<PlannedRun>& plans, const fs::path& dir) {
+  nlohmann::json record = {{"task", task.name},         {"mechanisms", args.mechanisms},
+                           {"seeds", args.seeds},      {"first_seed", args.first_seed},
+                           {"preset", args.sources.preset},
+                           {"config", args.sources.file},    {"sets", args.sources.sets}};
+  util::write_file_atomic((dir / "compare.json").string(), record.dump(2) + "\n", "compare");
+  std::cout << "comparison " << dir.string() << ": task " << task.name << ", "
+            << train::join_names(args.mechanisms) << ", " << args.seeds
+            << (args.seeds == 1 ? " seed" : " seeds") << "\n";
+  auto first = plans.front().options.sources;
+  first.sets.push_back("seed=" + std::to_string(plans.front().seed));
+  std::cout << task.format(task.resolve(first)) << std::flush;
+}
+
+// Trains (or, with --resume, reuses or resumes) every planned run in <dir>/<mechanism>-seed<k>.
+std::vector<RunResult> run_all(const tasks::TaskInfo& task, bool resume,
+                               std::vector<PlannedRun>& plans, const fs::path& dir) {
+  std::vector<RunResult> runs;
+  for (auto& plan : plans) {
+    const fs::path run_dir = dir / (plan.mechanism + "-seed" + std::to_string(plan.seed));
+    std::error_code ec;
+    plan.options.run_dir = run_dir.string();
+    plan.options.resume = resume && fs::exists(run_dir / "config.json", ec);
+    const auto outcome = tasks::train_task(task.name, plan.options);
+    RunResult r;
+    r.mechanism = plan.mechanism;
+    r.seed = plan.seed;
+    r.run_dir = outcome.run_dir;
+    r.summary = outcome.summary;
+    r.curve = read_curve((run_dir / "metrics.jsonl").string(), task.curve_metric);
+    std::cout << std::fixed << std::setprecision(4) << plan.mechanism << " seed " << plan.seed
+              << ": test " << task.score_metric << " "
+              << r.summary.at("test").value(task.score_metric, NAN) << std::setprecision(1)
+              << ", " << r.summary.value("train_seconds", 0.0) << " s" << std::endl;
+    runs.push_back(std::move(r));
+  }
+  return runs;
+}
+
+// summary.md, summary.csv, runs.csv and the plots in `dir`, and the table on stdout.
+void write_summary(const tasks::TaskInfo& task, const CompareArgs& args,
+                   const std::vector<RunResult>& runs, const fs::path& dir) {
+  const auto columns = metric_columns(task, runs);
+  const auto rows = aggregate(args.mechanisms, columns, runs);
+  const std::string table = markdown_table(task, columns, rows, args.seeds);
+  util::write_file_atomic((dir / "summary.md").string(), table, "compare");
+  util::write_file_atomic((dir / "summary.csv").string(), summary_csv(columns, rows), "compare");
+  util::write_file_atomic((dir / "runs.csv").string(), runs_csv(columns, runs), "compare");
+  std::string plot = plot_curves(task, args.mechanisms, runs, args.seeds, dir);
+  if (!task.context_curve.metric_prefix.empty()) {
+    plot += "\n" + plot_context_curve(task, args.mechanisms, runs, args.seeds, dir);
+  }
+  std::cout << "\n" << table << "\n" << plot << "\ntable: " << (dir / "summary.md").string()
+            << ", csv: " << (dir / "summary.csv").string() << ", " << (dir / "runs.csv").string()
+            << std::endl;
+}
+
+}  // namespace
+
 void add_compare_command(CLI::App& app) {
   auto args = std::make_shared<CompareArgs>();
   auto* cmd = app.add_subcommand(
@@ -394,104 +525,12 @@ void add_compare_command(CLI::App& app) {
 
   cmd->callback([args] {
     const auto& task = tasks::find_task(args->task);
-    if (args->mechanisms.empty()) args->mechanisms = task.paper_mechanisms;
-    for (const auto& m : args->mechanisms) find_mechanism(m);
-    for (size_t i = 0; i < args->mechanisms.size(); ++i) {
-      for (size_t j = 0; j < i; ++j) {
-        TORCH_CHECK(args->mechanisms[i] != args->mechanisms[j], "compare: --mechanisms lists '",
-                    args->mechanisms[i], "' twice");
-      }
-    }
-    // Every variant's config must resolve before anything is trained.
-    std::vector<tasks::TrainOptions> plans;
-    std::vector<std::pair<std::string, int64_t>> variants;
-    for (const auto& m : args->mechanisms) {
-      for (int64_t k = 0; k < args->seeds; ++k) {
-        tasks::TrainOptions o;
-        o.sources = args->sources;
-        o.sources.sets.push_back("mechanism=" + m);
-        o.seed = args->first_seed + k;
-        auto check = o.sources;
-        check.sets.push_back("seed=" + std::to_string(*o.seed));
-        task.resolve(check);
-        o.print_config = false;
-        o.context.quiet = args->quiet;
-        o.context.label = m + " seed " + std::to_string(*o.seed);
-        plans.push_back(std::move(o));
-        variants.emplace_back(m, args->first_seed + k);
-      }
-    }
-
-    fs::path dir;
-    if (args->run_dir.empty()) {
-      TORCH_CHECK(!args->resume, "compare: --resume needs --run-dir (the comparison to continue)");
-      dir = train::RunDir::create(train::RunDirOptions()
-                                      .root((fs::path(args->run_root) / "compare").string())
-                                      .task(task.name))
-                .path();
-    } else {
-      dir = args->run_dir;
-      std::error_code ec;
-      if (fs::exists(dir, ec)) {
-        TORCH_CHECK(fs::is_directory(dir, ec), "compare: --run-dir ", dir.string(),
-                    " is not a directory");
-        TORCH_CHECK(args->resume || fs::directory_iterator(dir, ec) == fs::directory_iterator(),
-                    "compare: --run-dir ", dir.string(),
-                    " already exists and is not empty; add --resume to continue it");
-      }
-      fs::create_directories(dir, ec);
-      TORCH_CHECK(!ec, "compare: --run-dir ", dir.string(), ": cannot create: ", ec.message());
-    }
-    nlohmann::json record = {{"task", task.name},         {"mechanisms", args->mechanisms},
-                             {"seeds", args->seeds},      {"first_seed", args->first_seed},
-                             {"preset", args->sources.preset},
-                             {"config", args->sources.file},    {"sets", args->sources.sets}};
-    util::write_file_atomic((dir / "compare.json").string(), record.dump(2) + "\n", "compare");
-    std::cout << "comparison " << dir.string() << ": task " << task.name << ", "
-              << train::join_names(args->mechanisms) << ", " << args->seeds
-              << (args->seeds == 1 ? " seed" : " seeds") << "\n";
-    {
-      auto first = plans.front().sources;
-      first.sets.push_back("seed=" + std::to_string(*plans.front().seed));
-      std::cout << task.format(task.resolve(first)) << std::flush;
-    }
-
-    std::vector<RunResult> runs;
-    for (size_t i = 0; i < plans.size(); ++i) {
-      auto& plan = plans[i];
-      const auto& [mechanism, seed] = variants[i];
-      const fs::path run_dir = dir / (mechanism + "-seed" + std::to_string(seed));
-      std::error_code ec;
-      plan.run_dir = run_dir.string();
-      plan.resume = args->resume && fs::exists(run_dir / "config.json", ec);
-      const auto outcome = tasks::train_task(task.name, plan);
-      RunResult r;
-      r.mechanism = mechanism;
-      r.seed = seed;
-      r.run_dir = outcome.run_dir;
-      r.summary = outcome.summary;
-      r.curve = read_curve((run_dir / "metrics.jsonl").string(), task.curve_metric);
-      std::cout << std::fixed << std::setprecision(4) << mechanism << " seed " << seed
-                << ": test " << task.score_metric << " "
-                << r.summary.at("test").value(task.score_metric, NAN) << std::setprecision(1)
-                << ", " << r.summary.value("train_seconds", 0.0) << " s" << std::endl;
-      runs.push_back(std::move(r));
-    }
-
-    const auto columns = metric_columns(task, runs);
-    const auto rows = aggregate(args->mechanisms, columns, runs);
-    const std::string table = markdown_table(task, columns, rows, args->seeds);
-    util::write_file_atomic((dir / "summary.md").string(), table, "compare");
-    util::write_file_atomic((dir / "summary.csv").string(), summary_csv(columns, rows),
-                             "compare");
-    util::write_file_atomic((dir / "runs.csv").string(), runs_csv(columns, runs), "compare");
-    std::string plot = plot_curves(task, args->mechanisms, runs, args->seeds, dir);
-    if (!task.context_curve.metric_prefix.empty()) {
-      plot += "\n" + plot_context_curve(task, args->mechanisms, runs, args->seeds, dir);
-    }
-    std::cout << "\n" << table << "\n" << plot << "\ntable: " << (dir / "summary.md").string()
-              << ", csv: " << (dir / "summary.csv").string() << ", "
-              << (dir / "runs.csv").string() << std::endl;
+    args->mechanisms = compared_mechanisms(task, args->mechanisms);
+    auto plans = plan_runs(task, *args);
+    const fs::path dir = comparison_dir(task, *args);
+    record_comparison(task, *args, plans, dir);
+    const auto runs = run_all(task, args->resume, plans, dir);
+    write_summary(task, *args, runs, dir);
   });
 }
 
