@@ -11,8 +11,8 @@ float32 and float64 run everywhere; half precision inputs are solved in float32.
 """
 from ._library import ops
 
-__all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "identity_linear",
-           "intention", "softmax_intention", "kernel_intention", "positional_encoding_2d",
+__all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "intention",
+           "softmax_intention", "kernel_intention", "positional_encoding_2d",
            "intention_prefill", "intention_step", "linear_prefill", "linear_step"]
 
 
@@ -61,8 +61,6 @@ def linear_identity(q, k, v, *, causal=False, key_padding_mask=None):
     """
     return ops.linear_identity(q, k, v, causal, key_padding_mask)
 
-
-identity_linear = linear_identity  # the name torch.nn-style users may look for
 
 
 def intention(q, k, v, alpha, *, causal=False, key_padding_mask=None):
