@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <limits>
 #include <filesystem>
+#include <unistd.h>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -151,7 +154,11 @@ class LoopRun {
         results_path_(run.file(kResultsFile).string()),
         metrics_path_(run.metrics_path().string()),
         checkpoint_path_(run.checkpoint_path().string()),
-        best_path_(run.file(kBestFile).string()) {
+        best_path_(run.file(kBestFile).string()),
+        dist_(context.dist),
+        main_(dist_ == nullptr || dist_->is_main()),
+        rank_(dist_ != nullptr ? dist_->rank() : 0),
+        world_(dist_ != nullptr ? dist_->world_size() : 1) {
     state_.schedule = train::to_json(loop.schedule);
     state_.extra = {{"window", Window{}.to_json()},
                     {"best_val", nullptr},
@@ -165,9 +172,12 @@ class LoopRun {
   // With context.resume and a checkpoint in the run: loads it into model, optimiser and sampler
   // and checks its schedule. Returns results.json when that run had already finished.
   c10::optional<nlohmann::json> restore() {
-    if (!context_.resume || !run_.has_checkpoint()) return c10::nullopt;
-    state_ = train::load_checkpoint(checkpoint_path_, model_, optimizer_);
+    if (!context_.resume || !load_checkpoint()) return c10::nullopt;
     checkpoint_step_ = state_.step;
+    const int64_t saved_world = state_.extra.value("world_size", int64_t{1});
+    TORCH_CHECK(saved_world == world_, "resume: ", checkpoint_path_, " was written by ",
+                saved_world, " worker(s), this run has ", world_, "; resume with ", saved_world,
+                " (each worker's share of a batch, hence the run, depends on it)");
     // A resume that changes the learning rate (train_task allows it, see TrainContext) changes
     // the schedule's rates, not its shape.
     const auto wanted = train::to_json(loop_.schedule);
@@ -182,10 +192,13 @@ class LoopRun {
                 state_.schedule.dump(), ", the config gives ", wanted.dump());
     state_.schedule = wanted;
     if (loop_.sampler != nullptr) loop_.sampler->load_state(state_.data);
+    std::string results;
     std::error_code ec;
-    if (state_.step >= total_ && std::filesystem::exists(results_path_, ec)) {
-      return nlohmann::json::parse(util::read_file(results_path_, "resume"));
+    if (main_ && state_.step >= total_ && std::filesystem::exists(results_path_, ec)) {
+      results = util::read_file(results_path_, "resume");
     }
+    if (dist_) results = dist_->broadcast_string(results, "the finished run's results");
+    if (!results.empty()) return nlohmann::json::parse(results);
     return c10::nullopt;
   }
 
@@ -193,13 +206,14 @@ class LoopRun {
   // continuation; none for a new run), takes the counters out of the state, opens the progress
   // bar and the metrics log, and starts the clocks.
   void begin() {
-    train::truncate_metrics(metrics_path_, state_.step);
+    if (dist_) dist_->broadcast_module(model_);
+    if (main_) train::truncate_metrics(metrics_path_, state_.step);
     window_ = Window::from_json(state_.extra.at("window"));
     best_ = state_.extra.at("best_val");
     best_step_ = state_.extra.at("best_step").get<int64_t>();
     train_seconds_ = state_.extra.at("train_seconds").get<double>();
     skipped_ = state_.extra.value("skipped", int64_t{0});
-    if (!context_.quiet && state_.step < total_) {
+    if (main_ && !context_.quiet && state_.step < total_) {
       bar_ = std::make_unique<train::ProgressBar>(
           total_,
           train::ProgressOptions()
@@ -207,7 +221,7 @@ class LoopRun {
               .unit(loop_.unit),
           state_.step);
     }
-    metrics_ = std::make_unique<train::MetricsWriter>(metrics_path_);
+    if (main_) metrics_ = std::make_unique<train::MetricsWriter>(metrics_path_);
     model_.train();
     segment_start_ = Clock::now();
     window_start_ = segment_start_;
@@ -219,8 +233,11 @@ class LoopRun {
     UpdateResult u;
     u.lr = train::learning_rate(loop_.schedule, state_.step);
     train::set_learning_rate(optimizer_, u.lr);
-    const torch::Tensor index =
-        loop_.sampler != nullptr ? loop_.sampler->next() : torch::Tensor();
+    const torch::Tensor index = next_index();
+    if (world_ > 1) {
+      torch::manual_seed(mix_seeds(mix_seeds(loop_.seed, static_cast<uint64_t>(state_.step)),
+                                   static_cast<uint64_t>(rank_)));
+    }
     optimizer_.zero_grad();
     c10::optional<Fault> fault;
     const char* stage = "forward";
@@ -235,6 +252,11 @@ class LoopRun {
     } catch (const c10::Error& e) {
       if (!is_factorisation_error(e)) throw;
       fault = Fault{"factorisation", stage, first_line(e.what_without_backtrace())};
+    }
+    if (dist_) {
+      const auto began = Clock::now();
+      fault = combine_update(u, fault);
+      comm_seconds_ += elapsed(began);
     }
     u.faulty = fault.has_value();
     if (fault) {
@@ -276,7 +298,7 @@ class LoopRun {
     r["lr"] = u.lr;
     r[loop_.unit + "_per_s"] = seconds > 0 ? static_cast<double>(window_.items) / seconds : 0.0;
     r["skipped"] = skipped_;
-    metrics_->write(r);
+    if (metrics_) metrics_->write(r);
     window_ = Window{};
     window_start_ = Clock::now();
   }
@@ -289,7 +311,7 @@ class LoopRun {
       return;
     }
     const auto val = evaluate("val");
-    metrics_->write(record(state_.step, "val", val));
+    if (metrics_) metrics_->write(record(state_.step, "val", val));
     note("step " + std::to_string(state_.step) + "/" + std::to_string(total_) + " " +
          describe_metrics("val", val));
     TORCH_CHECK(val.contains(loop_.best_metric), "run_training_loop: the validation metrics ",
@@ -325,19 +347,172 @@ class LoopRun {
       return summary;
     }
     const auto test = evaluate("test");
-    if (!has_test_record(metrics_path_)) metrics_->write(record(state_.step, "test", test));
-    if (!context_.quiet) std::cerr << describe_metrics("test", test) << "\n";
+    if (main_ && !has_test_record(metrics_path_)) {
+      metrics_->write(record(state_.step, "test", test));
+    }
+    if (main_ && !context_.quiet) std::cerr << describe_metrics("test", test) << "\n";
 
     summary["steps"] = state_.step;
     summary["train_seconds"] = train_seconds_;
     summary["threads"] = at::get_num_threads();
     summary["test"] = test;
     summary["best_val"] = {{loop_.best_metric, best_}, {"step", best_step_}};
+    if (world_ > 1) {
+      summary["world_size"] = world_;
+      // Rank 0's wall time in the update's collectives (statistics and gradients, waits for
+      // the slowest worker included) since this process started or resumed the run.
+      summary["comm_seconds"] = comm_seconds_;
+    }
+    if (!main_) return summary;  // rank 0 writes the results
     util::write_file_atomic(results_path_, summary.dump(2) + "\n", "results");
     return summary;
   }
 
  private:
+  // Loads checkpoint.pt into model, optimiser and state_ and returns true, or returns false when
+  // the run has none. With several workers rank 0 reads the file and broadcasts its bytes, so
+  // the others need not see the run directory (another machine).
+  bool load_checkpoint() {
+    if (!dist_) {
+      if (!run_.has_checkpoint()) return false;
+      state_ = train::load_checkpoint(checkpoint_path_, model_, optimizer_);
+      return true;
+    }
+    std::string bytes;
+    if (main_ && run_.has_checkpoint()) bytes = util::read_file(checkpoint_path_, "resume");
+    bytes = dist_->broadcast_string(bytes, "the checkpoint");
+    if (bytes.empty()) return false;
+    if (main_) {
+      state_ = train::load_checkpoint(checkpoint_path_, model_, optimizer_);
+      return true;
+    }
+    const auto copy = std::filesystem::temp_directory_path() /
+                      ("kvq-resume-" + std::to_string(::getpid()) + ".pt");
+    {
+      std::ofstream out(copy, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      TORCH_CHECK(out.good(), "resume: cannot write the broadcast checkpoint to ", copy.string());
+    }
+    try {
+      state_ = train::load_checkpoint(copy.string(), model_, optimizer_);
+    } catch (...) {
+      std::remove(copy.c_str());
+      throw;
+    }
+    std::remove(copy.c_str());
+    return true;
+  }
+
+  // The batch of this update: the sampler's (this worker's share of it with several workers);
+  // without a sampler undefined, or the share's positions in the batch with several workers.
+  torch::Tensor next_index() {
+    torch::Tensor index = loop_.sampler != nullptr ? loop_.sampler->next() : torch::Tensor();
+    if (world_ == 1) return index;
+    const int64_t batch = index.defined() ? index.size(0) : loop_.batch_size;
+    TORCH_CHECK(batch > 0 && batch % world_ == 0, "train: the batch of ", batch,
+                " items is not divisible by the ", world_,
+                " workers; batch_size must be a multiple of the world size");
+    const int64_t share = batch / world_;
+    if (!index.defined()) return torch::arange(rank_ * share, (rank_ + 1) * share, torch::kInt64);
+    return index.slice(0, rank_ * share, (rank_ + 1) * share);
+  }
+
+  // Combines this worker's update with the others': one all-reduce of [loss * items, items,
+  // correct, fault code per rank] gives every worker the same view; then, unless some worker had
+  // a fault, the gradients scaled by items / total items are summed (the mean over the batch).
+  // Returns the fault of the first faulty rank (this worker's own, or one naming that rank).
+  c10::optional<Fault> combine_update(UpdateResult& u, const c10::optional<Fault>& own) {
+    enum Code { kNone = 0, kLoss, kGradient, kForward, kBackward };
+    int64_t code = kNone;
+    if (own) {
+      code = own->quantity == "loss"            ? kLoss
+             : own->quantity == "factorisation" ? (own->where == "forward" ? kForward : kBackward)
+                                                : kGradient;
+    }
+    auto stats = torch::zeros({3 + world_}, torch::kFloat64);
+    const double items = static_cast<double>(u.batch.items);
+    auto* v = stats.data_ptr<double>();
+    v[0] = own ? 0.0 : u.loss_value * items;
+    v[1] = items;
+    v[2] = static_cast<double>(std::max<int64_t>(u.batch.correct, 0));
+    v[3 + rank_] = static_cast<double>(code);
+    stats = stats.to(dist_->options().device());
+    dist_->all_reduce_sum(stats, "update statistics");
+    stats = stats.to(torch::kCPU);
+    v = stats.data_ptr<double>();
+    for (int64_t r = 0; r < world_; ++r) {
+      const auto c = static_cast<int64_t>(v[3 + r]);
+      if (c == kNone) continue;
+      const std::string on = " on rank " + std::to_string(r);
+      if (r == rank_) return Fault{own->quantity, own->where + on, own->message};
+      const char* quantity = c == kLoss ? "loss" : c == kGradient ? "gradient" : "factorisation";
+      const char* where = c == kForward || c == kLoss ? "forward" : "backward";
+      return Fault{quantity, where + on, "see that worker's error output"};
+    }
+    const double total = v[1];
+    u.loss_value = total > 0 ? v[0] / total : 0.0;
+    u.batch.items = static_cast<int64_t>(v[1]);
+    if (u.batch.correct >= 0) u.batch.correct = static_cast<int64_t>(v[2]);
+    const auto params = model_.parameters(/*recurse=*/true);
+    if (total > 0 && items != total) {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : params) {
+        if (p.grad().defined()) p.grad().mul_(items / total);
+      }
+    }
+    dist_->all_reduce_gradients(params);
+    return c10::nullopt;
+  }
+
+  // Rank 0's metrics (each worker evaluated the whole split) on every worker.
+  nlohmann::json from_main(nlohmann::json result) {
+    const std::string text = dist_->broadcast_string(main_ ? result.dump() : "", "the metrics");
+    return main_ ? result : nlohmann::json::parse(text);
+  }
+
+  // The metrics of the whole split from every worker's part (evaluate_part): a failed part is
+  // a fault of all; otherwise each number is the mean over the parts weighted by their counts.
+  nlohmann::json combine_parts(const std::string& split, nlohmann::json part) {
+    const bool failed = part.contains("__fault");
+    auto flags = torch::zeros({world_}, torch::kFloat64);
+    flags[rank_] = failed ? 1.0 : 0.0;
+    flags = flags.to(dist_->options().device());
+    dist_->all_reduce_sum(flags, "evaluation flags");
+    flags = flags.to(torch::kCPU);
+    for (int64_t r = 0; r < world_; ++r) {
+      if (flags[r].item<double>() == 0) continue;
+      if (r == rank_) return part;
+      return {{"__fault", "on rank " + std::to_string(r) + " (see that worker's error output)"}};
+    }
+    const std::string& count_key = loop_.eval_count_key;
+    TORCH_CHECK(part.contains(count_key) && part.at(count_key).is_number(),
+                "run_training_loop: the metrics of a part of ", split, " ", part.dump(),
+                " have no count '", count_key, "' (TrainingLoop::eval_count_key)");
+    const double count = part.at(count_key).get<double>();
+    std::vector<std::string> keys;
+    std::vector<double> values;
+    for (const auto& [key, value] : part.items()) {
+      if (!value.is_number()) continue;
+      keys.push_back(key);
+      // An empty part adds nothing (its means are 0/0).
+      values.push_back(key == count_key ? count : count > 0 ? value.get<double>() * count : 0.0);
+    }
+    auto sums = torch::tensor(values, torch::kFloat64).to(dist_->options().device());
+    dist_->all_reduce_sum(sums, "evaluation metrics");
+    sums = sums.to(torch::kCPU);
+    const double* total = sums.data_ptr<double>();
+    const auto count_at = std::find(keys.begin(), keys.end(), count_key) - keys.begin();
+    const double all = total[count_at];
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == count_key) {
+        part[keys[i]] = static_cast<int64_t>(all);
+      } else {
+        part[keys[i]] = total[i] / all;
+      }
+    }
+    return part;
+  }
+
   bool last() const { return state_.step == total_; }
   bool epoch_end() const {
     return loop_.steps_per_epoch > 0 && state_.step % loop_.steps_per_epoch == 0;
@@ -352,19 +527,24 @@ class LoopRun {
                     {"best_val", best_},
                     {"best_step", best_step_},
                     {"train_seconds", train_seconds_},
-                    {"skipped", skipped_}};
+                    {"skipped", skipped_},
+                    {"world_size", world_}};
   }
 
   void note(const std::string& text) {
     if (bar_) {
       bar_->note(text);
-    } else if (!context_.quiet) {
+    } else if (!context_.quiet && main_) {
       std::cerr << text << "\n";
     }
   }
 
   // A checkpoint that cannot be written stops the run; the file it would have replaced is intact.
   void save(const std::string& path) {
+    if (!main_) {  // rank 0 writes the group's checkpoints
+      if (path == checkpoint_path_) checkpoint_step_ = state_.step;
+      return;
+    }
     sync_state();
     try {
       train::save_checkpoint(path, model_, optimizer_, state_);
@@ -382,6 +562,7 @@ class LoopRun {
   }
 
   void record_fault(const Fault& fault, int64_t step, const char* action) {
+    if (!metrics_) return;
     metrics_->write({{"step", step},
                      {"split", "fault"},
                      {"quantity", fault.quantity},
@@ -424,11 +605,23 @@ class LoopRun {
   nlohmann::json evaluate(const std::string& split) {
     nlohmann::json result;
     try {
-      result = loop_.evaluate(split);
+      result = dist_ && loop_.evaluate_part ? loop_.evaluate_part(split, rank_, world_)
+                                            : loop_.evaluate(split);
     } catch (const c10::Error& e) {
       if (!is_factorisation_error(e)) throw;
-      handle_fault({"factorisation", split, first_line(e.what_without_backtrace())}, state_.step,
-                   false);
+      if (!dist_) {
+        handle_fault({"factorisation", split, first_line(e.what_without_backtrace())},
+                     state_.step, false);
+      }
+      result = {{"__fault", first_line(e.what_without_backtrace())}};
+    }
+    if (dist_) {
+      result = loop_.evaluate_part ? combine_parts(split, std::move(result))
+                                   : from_main(std::move(result));
+      if (result.contains("__fault")) {
+        handle_fault({"factorisation", split, result.at("__fault").get<std::string>()},
+                     state_.step, false);
+      }
     }
     model_.train();
     const auto loss = result.find("loss");
@@ -458,6 +651,10 @@ class LoopRun {
   std::unique_ptr<train::ProgressBar> bar_;
   std::unique_ptr<train::MetricsWriter> metrics_;
   Clock::time_point segment_start_, window_start_;
+  std::shared_ptr<train::Distributed> dist_;  // null: one process
+  const bool main_;                           // rank 0 (or the only process): writes the files
+  const int64_t rank_, world_;
+  double comm_seconds_ = 0;
 };
 
 }  // namespace
@@ -506,6 +703,8 @@ TrainingLoop training_loop_for(const CommonTaskConfig& c, torch::nn::Module& mod
   loop.checkpoint_every = c.checkpoint_every;
   loop.grad_clip = c.grad_clip;
   loop.max_skipped_steps = c.max_skipped_steps;
+  loop.batch_size = c.batch_size;
+  loop.seed = static_cast<uint64_t>(c.seed);
   loop.label = c.task + "/" + c.mechanism;
   return loop;
 }
