@@ -21,6 +21,7 @@
 #include "kvq/util/atomic_file.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/run_dir.h"
+#include "launcher.h"
 
 namespace kvq {
 namespace app {
@@ -38,6 +39,7 @@ struct CompareArgs {
   std::string run_root = "runs";
   bool resume = false;
   bool quiet = false;
+  double dist_timeout = 300;
 };
 
 // One finished (mechanism, seed) run.
@@ -391,6 +393,11 @@ void add_compare_command(CLI::App& app) {
                 "Continue an interrupted comparison in --run-dir: finished runs are reused, "
                 "interrupted ones resumed");
   cmd->add_flag("--quiet", args->quiet, "No progress bars");
+  cmd->add_option("--dist-timeout", args->dist_timeout,
+                  "Under torchrun (RANK, WORLD_SIZE, ... set): seconds any worker waits for the "
+                  "others before it fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 
   cmd->callback([args] {
     const auto& task = tasks::find_task(args->task);
@@ -421,6 +428,17 @@ void add_compare_command(CLI::App& app) {
         variants.emplace_back(m, args->first_seed + k);
       }
     }
+    // Under torchrun every run is data-parallel; rank 0 writes the runs and the summary, the
+    // other workers train each run with it.
+    const auto dist = join_group_from_environment(args->dist_timeout, torch::kCPU);
+    if (dist && !dist->is_main()) {
+      for (auto& plan : plans) {
+        plan.context.dist = dist;
+        tasks::train_task("", plan);
+      }
+      return;
+    }
+    for (auto& plan : plans) plan.context.dist = dist;
 
     fs::path dir;
     if (args->run_dir.empty()) {
