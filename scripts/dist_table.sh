@@ -4,7 +4,7 @@
 # otherwise idle machine; it prints a markdown table and leaves the runs in OUT_DIR.
 #   bash scripts/dist_table.sh [path/to/kvq] [OUT_DIR]
 # SORT_SETS and LM_SETS add arguments to the sort and char-lm runs, e.g. a short check of the
-# script: SORT_SETS="--set epochs=1" LM_SETS="--set steps=100" bash scripts/dist_table.sh
+# script: SORT_SETS="--set epochs=1" LM_SETS="--set steps=200" bash scripts/dist_table.sh
 set -euo pipefail
 KVQ=${1:-build/kvq}
 OUT=${2:-build/dist-table}
