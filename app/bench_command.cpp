@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "device_option.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/registry.h"
 
@@ -677,7 +678,10 @@ void add_bench_command(CLI::App& app) {
       ->group("Problem");
   cmd->add_option("--json", options->json_path, "Also write the table and machine info as JSON")
       ->group("Output");
-  cmd->callback([options] {
+  auto device = std::make_shared<std::string>("cpu");
+  add_device_option(cmd, *device);
+  cmd->callback([options, device] {
+    checked_device(*device, "bench");
     for (const auto& name : options->mechanisms) find_mechanism(name);  // fail before any work
     if (!run_bench(*options)) throw CLI::RuntimeError(2);
   });

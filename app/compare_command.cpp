@@ -21,6 +21,7 @@
 #include "kvq/util/atomic_file.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/run_dir.h"
+#include "launcher.h"
 
 namespace kvq {
 namespace app {
@@ -38,6 +39,7 @@ struct CompareArgs {
   std::string run_root = "runs";
   bool resume = false;
   bool quiet = false;
+  double dist_timeout = 300;
 };
 
 // One finished (mechanism, seed) run.
@@ -522,11 +524,24 @@ void add_compare_command(CLI::App& app) {
                 "Continue an interrupted comparison in --run-dir: finished runs are reused, "
                 "interrupted ones resumed");
   cmd->add_flag("--quiet", args->quiet, "No progress bars");
+  cmd->add_option("--dist-timeout", args->dist_timeout,
+                  "Under torchrun (RANK, WORLD_SIZE, ... set): seconds any worker waits for the "
+                  "others before it fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
 
   cmd->callback([args] {
     const auto& task = tasks::find_task(args->task);
     args->mechanisms = compared_mechanisms(task, args->mechanisms);
     auto plans = plan_runs(task, *args);
+    // Under torchrun every run is data-parallel; rank 0 writes the runs and the summary, the
+    // other workers train each run with it.
+    const auto dist = join_group_from_environment(args->dist_timeout, torch::kCPU);
+    for (auto& plan : plans) plan.options.context.dist = dist;
+    if (dist && !dist->is_main()) {
+      for (auto& plan : plans) tasks::train_task("", plan.options);
+      return;
+    }
     const fs::path dir = comparison_dir(task, *args);
     record_comparison(task, *args, plans, dir);
     const auto runs = run_all(task, args->resume, plans, dir);

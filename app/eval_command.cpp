@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include "device_option.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/run_dir.h"
 
@@ -17,6 +18,7 @@ void add_eval_command(CLI::App& app) {
   auto run_dir = std::make_shared<std::string>();
   auto options = std::make_shared<tasks::EvalOptions>();
   auto json = std::make_shared<bool>(false);
+  auto device = std::make_shared<std::string>("cpu");
   auto* cmd = app.add_subcommand(
       "eval", "Evaluate a run's checkpoint on its test split (task and config from the run)");
   cmd->add_option("--run-dir,--run", *run_dir,
@@ -30,7 +32,9 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::IsMember({"test", "val"}))
       ->capture_default_str();
   cmd->add_flag("--json", *json, "Print the metrics as one JSON object");
-  cmd->callback([run_dir, options, json] {
+  add_device_option(cmd, *device);
+  cmd->callback([run_dir, options, json, device] {
+    checked_device(*device, "eval");
     const auto [task, config] = tasks::task_of_run(*run_dir);
     const auto run = train::RunDir::open(*run_dir);
     const auto metrics = task->evaluate(config, run, *options);

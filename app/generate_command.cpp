@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "device_option.h"
 #include "kvq/tasks/lm_task.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/tasks/translation_task.h"
@@ -48,6 +49,7 @@ void add_generate_command(CLI::App& app) {
     std::string run_dir, checkpoint = "best", prompt;
     models::GenerateOptions generate = models::GenerateOptions().max_new_tokens(500);
     bool no_cache = false;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<Options>();
   auto* cmd = app.add_subcommand(
@@ -66,7 +68,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->generate.seed(), "Seed of the sampling")->capture_default_str();
   add_cache_flag(cmd, o->no_cache);
+  add_device_option(cmd, o->device);
   cmd->callback([o] {
+    checked_device(o->device, "generate");
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
     o->generate.use_cache(!o->no_cache);
@@ -81,6 +85,7 @@ void add_translate_command(CLI::App& app) {
     std::string run_dir, checkpoint = "best";
     std::vector<std::string> texts;
     bool no_cache = false;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<Options>();
   auto* cmd = app.add_subcommand(
@@ -89,7 +94,9 @@ void add_translate_command(CLI::App& app) {
   add_run_options(cmd, o->run_dir, o->checkpoint);
   cmd->add_option("--text", o->texts, "Sentence to translate (repeatable)");
   add_cache_flag(cmd, o->no_cache);
+  add_device_option(cmd, o->device);
   cmd->callback([o] {
+    checked_device(o->device, "translate");
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
     std::vector<std::string> sentences = o->texts;

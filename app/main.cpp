@@ -18,6 +18,7 @@
 #include "eval_command.h"
 #include "generate_command.h"
 #include "kvq/tasks/training_loop.h"
+#include "launcher.h"
 #include "train_command.h"
 
 namespace {
@@ -46,6 +47,7 @@ void keep_freed_memory() {
 
 int main(int argc, char** argv) {
   keep_freed_memory();
+  kvq::app::set_program_arguments(argc, argv);
   CLI::App app{"kvq: key-value-query attention mechanisms (softmax, kv, linear, intention, ...)",
                "kvq"};
   app.require_subcommand(1);

@@ -11,6 +11,8 @@
 #include "config_options.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
+#include "kvq/train/distributed.h"
+#include "launcher.h"
 
 namespace kvq {
 namespace app {
@@ -28,6 +30,9 @@ struct TrainArgs {
   bool dry_run = false;
   bool show_keys = false;
   int64_t nan_loss_at_step = -1;
+  int nproc = 0;
+  double dist_timeout = 300;
+  std::string device = "cpu";
 };
 
 void print_summary(const tasks::TrainOutcome& outcome) {
@@ -68,6 +73,19 @@ void add_train_command(CLI::App& app) {
                 "may be left out; --set may change only " +
                     train::join_names(tasks::resume_changeable_keys()) + ")");
   cmd->add_flag("--quiet", args->quiet, "No progress bar");
+  cmd->add_option("--nproc", args->nproc,
+                  "Data-parallel: start N local workers (127.0.0.1, a free port), each with "
+                  "batch_size / N of every batch; 0 = one process, or torchrun's environment "
+                  "(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) when it is set")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--dist-timeout", args->dist_timeout,
+                  "Data-parallel: seconds any worker waits for the others (store, collectives) "
+                  "before it fails")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--device", args->device,
+                  "cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N")
+      ->capture_default_str();
   cmd->add_flag("--dry-run", args->dry_run, "Print the resolved config and exit");
   cmd->add_flag("--keys", args->show_keys, "List the task's config keys and exit");
   // Not in --help: a debugging aid that exercises the fault handling (TrainContext).
@@ -76,13 +94,36 @@ void add_train_command(CLI::App& app) {
       ->group("");
 
   cmd->callback([args, seed] {
+    if (args->nproc > 0) {
+      if (std::getenv("WORLD_SIZE") != nullptr || std::getenv("RANK") != nullptr) {
+        throw CLI::ValidationError("--nproc", "cannot be combined with torchrun's environment "
+                                              "(RANK / WORLD_SIZE are set)");
+      }
+      const int status = launch_local_workers(args->nproc);
+      if (status != 0) std::exit(status);
+      return;
+    }
+    const auto device =
+        train::parse_device(args->device, train::dist_env_from_environment().local_rank);
+    const auto dist = join_group_from_environment(args->dist_timeout, device);
+    TORCH_CHECK(device.is_cpu(), "train: --device ", args->device,
+                ": the task drivers keep their data on the CPU; training on a GPU is not "
+                "implemented yet; use --device cpu");
     std::string task = args->task;
+    if (dist && !dist->is_main()) task = "(from rank 0)";
     if (task.empty() && args->resume && !args->run_dir.empty()) {
       task = tasks::task_of_run(args->run_dir).first->name;
     }
     if (task.empty()) {
       throw CLI::ValidationError(
           "--task", "required; valid tasks: " + train::join_names(tasks::task_names()));
+    }
+    if (dist && !dist->is_main()) {  // rank 0 sends the task, config and run directory
+      tasks::TrainOptions options;
+      options.context.dist = dist;
+      options.context.nan_loss_at_step = args->nan_loss_at_step;
+      tasks::train_task("", options);
+      return;
     }
     const auto& info = tasks::find_task(task);
     if (args->show_keys) {
@@ -106,6 +147,7 @@ void add_train_command(CLI::App& app) {
     options.resume = args->resume;
     options.context.quiet = args->quiet;
     options.context.nan_loss_at_step = args->nan_loss_at_step;
+    options.context.dist = dist;
     print_summary(tasks::train_task(task, options));
   });
 }

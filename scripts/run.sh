@@ -16,6 +16,7 @@ esac
 packages=(
   build-essential cmake git
   libtorch-dev libopenblas0-openmp    # LibTorch 1.13; OpenBLAS so its matmuls run at full speed
+  libgloo-dev                         # the c10d Gloo headers of data-parallel training
   libblas-dev                         # libblas.so to link: kvq's CPU kernels call the same BLAS
   python3-torch                       # the Python op tests (same LibTorch build)
   python3-pytest python3-pip python3-venv python3-setuptools python3-wheel  # the kvq package

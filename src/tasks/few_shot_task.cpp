@@ -133,10 +133,16 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
   auto model = make_few_shot_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
-  loop.loss = [&](const torch::Tensor&, int64_t step) {
-    const auto e = data::sample_episodes(
+  loop.loss = [&](const torch::Tensor& index, int64_t step) {
+    auto e = data::sample_episodes(
         splits.train, episode_options(c), c.batch_size,
         mix_seeds(static_cast<uint64_t>(c.seed), static_cast<uint64_t>(step)));
+    if (index.defined()) {  // this worker's share of the batch (several workers)
+      e.support_images = e.support_images.index_select(0, index);
+      e.support_labels = e.support_labels.index_select(0, index);
+      e.query_images = e.query_images.index_select(0, index);
+      e.query_labels = e.query_labels.index_select(0, index);
+    }
     const auto logits = model->forward(e.support_images, e.support_labels, e.query_images);
     BatchLoss out;
     out.loss = F::cross_entropy(logits.reshape({-1, c.num_ways}), e.query_labels.reshape({-1}));

@@ -224,6 +224,19 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
     return evaluate_lm_model(model, corpus.val, split == "test" ? test_starts : val_starts,
                              c.context, c.eval_batch_size, unigram);
   };
+  loop.evaluate_part = [&](const std::string& split, int64_t part, int64_t parts) {
+    const auto& starts = split == "test" ? test_starts : val_starts;
+    const auto n = static_cast<int64_t>(starts.size());
+    if (n < parts) {  // too few windows to split: part 0 counts them all
+      auto all = evaluate_lm_model(model, corpus.val, starts, c.context, c.eval_batch_size, unigram);
+      if (part != 0) all["tokens"] = 0;
+      return all;
+    }
+    const std::vector<int64_t> mine(starts.begin() + n * part / parts,
+                                    starts.begin() + n * (part + 1) / parts);
+    return evaluate_lm_model(model, corpus.val, mine, c.context, c.eval_batch_size, unigram);
+  };
+  loop.eval_count_key = "tokens";
   loop.best_metric = "loss";
   loop.maximize = false;
   loop.accuracy_key = "acc";

@@ -183,8 +183,14 @@ TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
   auto model = make_regression_model(c);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
-  loop.loss = [&](const torch::Tensor&, int64_t step) {
-    const auto e = training_batch(c, step);
+  loop.loss = [&](const torch::Tensor& index, int64_t step) {
+    auto e = training_batch(c, step);
+    if (index.defined()) {  // this worker's share of the batch (several workers)
+      e.context_x = e.context_x.index_select(0, index);
+      e.context_y = e.context_y.index_select(0, index);
+      e.target_x = e.target_x.index_select(0, index);
+      e.target_y = e.target_y.index_select(0, index);
+    }
     BatchLoss out;
     out.loss = torch::mse_loss(model->forward(e.context_x, e.context_y, e.target_x), e.target_y);
     out.items = e.target_y.numel();

@@ -155,6 +155,13 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
     const auto& data = split == "test" ? splits.test : splits.val;
     return evaluate_sequence_model(model, data.inputs, data.targets, c.eval_batch_size);
   };
+  loop.evaluate_part = [&](const std::string& split, int64_t part, int64_t parts) {
+    const auto& data = split == "test" ? splits.test : splits.val;
+    const int64_t n = data.inputs.size(0), begin = n * part / parts, end = n * (part + 1) / parts;
+    return evaluate_sequence_model(model, data.inputs.slice(0, begin, end),
+                                   data.targets.slice(0, begin, end), c.eval_batch_size);
+  };
+  loop.eval_count_key = "samples";
   loop.best_metric = "token_acc";
   loop.maximize = true;
   loop.accuracy_key = "token_acc";

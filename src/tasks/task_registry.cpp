@@ -20,6 +20,7 @@
 #include "kvq/tasks/sequence_task.h"
 #include "kvq/tasks/training_loop.h"
 #include "kvq/tasks/translation_task.h"
+#include "kvq/train/checkpoint.h"
 
 namespace kvq {
 namespace tasks {
@@ -180,8 +181,45 @@ std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_di
   return {&task, std::move(config)};
 }
 
-TrainOutcome train_task(const std::string& task_name, const TrainOptions& options) {
-  const TaskInfo& task = find_task(task_name);
+namespace {
+
+// The workers of a data-parallel run (TrainContext::dist). Every one must take an equal share of
+// each batch, and a resume continues with the world size of the checkpoint.
+int64_t world_size_of(const TrainOptions& options) {
+  return options.context.dist ? options.context.dist->world_size() : 1;
+}
+
+void check_batch_split(const nlohmann::json& config, int64_t world) {
+  if (world == 1 || !config.contains("batch_size")) return;
+  const auto batch = config.at("batch_size").get<int64_t>();
+  TORCH_CHECK(batch % world == 0, "train: batch_size ", batch, " is not divisible by the ", world,
+              " workers (WORLD_SIZE or --nproc): each worker takes batch_size / ", world,
+              " of every batch; choose a multiple of ", world, ", e.g. --set batch_size=",
+              (batch / world + 1) * world);
+}
+
+void check_resume_world(const train::RunDir& run, int64_t world) {
+  if (!run.has_checkpoint()) return;
+  const std::string path = run.checkpoint_path().string();
+  const auto extra = train::read_checkpoint_meta(path).at("extra");
+  const int64_t saved = extra.is_object() ? extra.value("world_size", int64_t{1}) : 1;
+  TORCH_CHECK(saved == world, "train: --resume: ", path, " was written by a group of ", saved,
+              " worker(s), and this run has ", world, "; resume with ", saved,
+              " (kvq train --nproc ", saved, ", or torchrun with ", saved,
+              " in all): each worker's share of a batch, hence the run's result, depends on it");
+}
+
+// What rank 0 decided before training: the run every worker trains.
+struct PreparedRun {
+  nlohmann::json config;
+  bool resume = false;
+  std::vector<std::string> resume_changes;
+  std::unique_ptr<train::RunDir> run;
+  std::unique_ptr<train::RunLock> lock;
+};
+
+PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
+  const int64_t world = world_size_of(options);
   train::ConfigSources sources = options.sources;
   if (options.seed) sources.sets.push_back("seed=" + std::to_string(*options.seed));
   const bool any_source =
@@ -195,6 +233,7 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
   if (options.run_dir.empty()) {
     TORCH_CHECK(!options.resume, "train: --resume needs --run-dir (the run to continue)");
     config = task.resolve(sources);
+    check_batch_split(config, world);
     run = std::make_unique<train::RunDir>(train::RunDir::create(
         train::RunDirOptions().root(options.run_root).task(task.name)));
     lock = std::make_unique<train::RunLock>(run->path(), "train");
@@ -234,6 +273,8 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
                     train::join_names(resume_changeable_keys()),
                     " (resume with the saved config: give no --preset/--config/--set/--seed)");
       }
+      check_resume_world(*run, world);
+      check_batch_split(config, world);
       resume = true;
     } else {
       // A run in progress there is named as such, not as a mere non-empty directory.
@@ -242,6 +283,7 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
                   " already exists and is not empty; add --resume to continue it or choose "
                   "another directory");
       config = task.resolve(sources);
+      check_batch_split(config, world);
       fs::create_directories(dir, ec);
       TORCH_CHECK(!ec, "train: --run-dir ", dir.string(), ": cannot create: ", ec.message());
       // Checked again under the lock: another run may have started in between.
@@ -253,6 +295,71 @@ TrainOutcome train_task(const std::string& task_name, const TrainOptions& option
     }
   }
   if (!resume || !resume_changes.empty()) task.save_config(config, *run);
+  PreparedRun out;
+  out.config = std::move(config);
+  out.resume = resume;
+  out.resume_changes = std::move(resume_changes);
+  out.run = std::move(run);
+  out.lock = std::move(lock);
+  return out;
+}
+
+// A worker other than rank 0: trains the run rank 0 prepared (it sends the task, config and
+// run directory), writing nothing.
+TrainOutcome follow_main(const TrainOptions& options) {
+  train::Distributed& dist = *options.context.dist;
+  const auto setup = nlohmann::json::parse(dist.broadcast_string("", "the run's set-up"));
+  TORCH_CHECK(!setup.contains("error"), "train: rank ", dist.rank(),
+              ": rank 0 could not start the run: ", setup.value("error", std::string()));
+  const TaskInfo& task = find_task(setup.at("task").get<std::string>());
+  const auto run = train::RunDir::remote(setup.at("run_dir").get<std::string>());
+  TrainContext context = options.context;
+  context.quiet = true;
+  context.resume = setup.at("resume").get<bool>();
+  context.resume_changes = setup.at("resume_changes").get<std::vector<std::string>>();
+  TrainOutcome out;
+  out.run_dir = run.path().string();
+  out.config = setup.at("config");
+  out.summary = task.train(out.config, run, context);
+  return out;
+}
+
+}  // namespace
+
+TrainOutcome train_task(const std::string& task_name, const TrainOptions& options) {
+  const auto& dist = options.context.dist;
+  if (dist && !dist->is_main()) return follow_main(options);
+  PreparedRun prepared;
+  const TaskInfo* found = nullptr;
+  try {
+    found = &find_task(task_name);
+    prepared = prepare_run(*found, options);
+  } catch (const std::exception& e) {
+    if (dist) {  // the other workers stop with the reason rather than a closed connection
+      const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+      const std::string message = c10 != nullptr ? c10->what_without_backtrace() : e.what();
+      try {
+        dist->broadcast_string(nlohmann::json{{"error", message.substr(0, message.find('\n'))}}.dump(),
+                               "the run's set-up");
+      } catch (const c10::Error&) {
+      }
+    }
+    throw;
+  }
+  const TaskInfo& task = *found;
+  auto& config = prepared.config;
+  const bool resume = prepared.resume;
+  const auto& resume_changes = prepared.resume_changes;
+  auto& run = prepared.run;
+  if (dist) {
+    dist->broadcast_string(nlohmann::json{{"task", task.name},
+                                          {"config", config},
+                                          {"resume", resume},
+                                          {"resume_changes", resume_changes},
+                                          {"run_dir", run->path().string()}}
+                               .dump(),
+                           "the run's set-up");
+  }
   if (options.print_config) {
     std::cout << (resume ? "resuming " : "run ") << run->path().string() << "\n";
     for (const auto& change : resume_changes) {

@@ -76,6 +76,8 @@ RunDir RunDir::open(const std::string& dir) {
   return RunDir(fs::path(dir), true);
 }
 
+RunDir RunDir::remote(const std::string& dir) { return RunDir(fs::path(dir), true); }
+
 RunLock::RunLock(const fs::path& dir, const std::string& who) : path_(dir / kFileName) {
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   TORCH_CHECK(fd_ >= 0, who, ": cannot open the lock file ", path_.string(), ": ",

@@ -22,11 +22,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kvq/train/config.h"
+#include "kvq/train/distributed.h"
 #include "kvq/train/run_dir.h"
 
 namespace kvq {
@@ -50,6 +52,9 @@ struct TrainContext {
   /// Set by train_task: the recovery keys (resume_changeable_keys()) a resume changed, as
   /// "key: saved -> given"; the loop then accepts a checkpoint whose schedule has other rates.
   std::vector<std::string> resume_changes;
+  /// The group of a data-parallel run (train/distributed.h) with more than one worker; null =
+  /// one process. Default: null.
+  std::shared_ptr<train::Distributed> dist;
 };
 
 // What a finished training run reports; also written to <run>/results.json.

@@ -36,6 +36,9 @@ namespace kvq {
 namespace tasks {
 
 // What the loss callback returns for one training batch.
+// With several workers (TrainContext::dist) `loss` must be the mean over the `items` of the
+// worker's share: the loop weights each worker's loss and gradients by its items, so the update
+// is that of the mean over the whole batch (token counts may differ between shares).
 struct BatchLoss {
   torch::Tensor loss;     // scalar, differentiable: what backward() runs on
   int64_t items = 0;      // tokens / samples / targets in the batch (throughput, accuracy)
@@ -60,11 +63,29 @@ struct TrainingLoop {
   // whole run, across resumes); 0 = stop at the first fault.
   int64_t max_skipped_steps = 0;
   // The loss of the batch `index` (from the sampler) at update `step` (0-based), model in train
-  // mode, gradients enabled.
+  // mode, gradients enabled. With several workers (TrainContext::dist), `index` is this worker's
+  // contiguous share of the sampler's batch (rows [B r / W, B (r + 1) / W) for rank r of W);
+  // without a sampler it holds the positions of that share in the batch of `batch_size` the
+  // callback draws from the step, and the callback keeps those rows (undefined with one worker).
   std::function<BatchLoss(const torch::Tensor& index, int64_t step)> loss;
   // Metrics of the model on "val" or "test": must hold "loss" and `best_metric`; numbers only
   // (they become metrics records). Called in train mode; it switches modes itself.
   std::function<nlohmann::json(const std::string& split)> evaluate;
+  // Optional, for sharded evaluation with several workers: the metrics of part `part` of `parts`
+  // of the split (its items [n part / parts, n (part + 1) / parts)), every number a mean over
+  // the items counted by the field `eval_count_key` except that field itself. The loop sums the
+  // parts (means weighted by their counts). Unset: every worker evaluates the whole split with
+  // `evaluate` and rank 0's metrics are taken. Never used with one worker.
+  std::function<nlohmann::json(const std::string& split, int64_t part, int64_t parts)>
+      evaluate_part;
+  std::string eval_count_key;
+  // The global batch of an update (items per sampler batch, or drawn by the loss callback
+  // without a sampler); several workers split it and must divide it. 0 = the sampler's.
+  int64_t batch_size = 0;
+  // With several workers, torch's default generator is seeded from (seed, step, rank) before
+  // every update, so dropout and augmentation are deterministic per seed and differ per worker,
+  // and a resumed group draws what the uninterrupted one drew. Unused with one worker.
+  uint64_t seed = 0;
   // The validation metric that picks best.pt, and whether larger is better.
   std::string best_metric = "loss";
   bool maximize = false;
@@ -93,6 +114,15 @@ class NumericalFault : public c10::Error {
   int64_t step_, checkpoint_step_;
 };
 
+// Data-parallel training (context.dist set, world size W > 1): each worker takes its share of
+// every batch (see `loss`), the gradients are summed over the workers in buckets, weighted by
+// their items, so every worker makes the same update as one process with the whole batch would,
+// up to the order of floating-point sums; parameters are broadcast from rank 0 at the start;
+// numerical faults are decided from all-reduced flags, so every worker skips or stops together;
+// evaluation is sharded (evaluate_part) or run by each worker; rank 0 alone writes metrics,
+// checkpoints (which record W) and results.json, and shows the progress bar. A resume must have
+// the W of the checkpoint (an error otherwise); the checkpoint is read by rank 0 and broadcast.
+//
 // Runs (or, with context.resume and a checkpoint in `run`, continues) `loop`, then evaluates the
 // test split and writes results.json: `summary` (task-specific fields: task, mechanism, seed,
 // params, ...) plus "steps", "train_seconds", "threads", "test" (the test metrics) and

@@ -34,6 +34,10 @@ class RunDir {
   static RunDir create(const RunDirOptions& options);
   // An existing run directory, for evaluation or comparison.
   static RunDir open(const std::string& dir);
+  // The run directory `dir` as named by another process, unchecked: what workers other than
+  // rank 0 of a data-parallel run hold (they never read or write it; it may be on another
+  // machine).
+  static RunDir remote(const std::string& dir);
 
   const std::filesystem::path& path() const { return dir_; }
   // The last path component: the run's name.
