@@ -169,20 +169,27 @@ Tensor DecodeState::cached_key_padding_mask() const {
   return leading(key_padding_mask, {1}, length);
 }
 
-// ---- Any mechanism: the KV cache ----
+// ---- The KV cache: any mechanism, and the softmax family ----
 
-std::pair<Tensor, DecodeState> cached_prefill(const MixFn& mix, const Tensor& q, const Tensor& k,
-                                              const Tensor& v, const AttentionFuncOptions& options) {
-  const auto dims = check_prefill("cached_prefill", q, k, v, options);
-  auto s = new_state("cached", dims);
+namespace {
+
+// A state named `mechanism` holding the prefix's keys and values; the prefix's causal output.
+std::pair<Tensor, DecodeState> kv_cache_prefill(const char* op, const char* mechanism,
+                                                const MixFn& mix, const Tensor& q, const Tensor& k,
+                                                const Tensor& v,
+                                                const AttentionFuncOptions& options) {
+  const auto dims = check_prefill(op, q, k, v, options);
+  auto s = new_state(mechanism, dims);
   auto out = dims.n == 0 ? empty_output(q, dims) : mix(q, k, v, prefill_options(options));
-  cache_prefix(s, k.detach(), v.detach(), options.key_padding_mask());
+  cache_prefix(s, k, v, options.key_padding_mask());
   return {out, std::move(s)};
 }
 
-Tensor cached_step(const MixFn& mix, DecodeState& s, const Tensor& q, const Tensor& k,
-                   const Tensor& v, const AttentionFuncOptions& options) {
-  check_step("cached_step", "cached", s, q, k, v);
+// Appends (k_t, v_t) and runs `mix` for q_t over every cached key.
+Tensor kv_cache_step(const char* op, const char* mechanism, const MixFn& mix, DecodeState& s,
+                     const Tensor& q, const Tensor& k, const Tensor& v,
+                     const AttentionFuncOptions& options) {
+  check_step(op, mechanism, s, q, k, v);
   const auto dtype = s.keys.scalar_type();
   cache_row(s, k.to(dtype), v.to(dtype));
   const int64_t rows = s.length + 1;
@@ -192,27 +199,26 @@ Tensor cached_step(const MixFn& mix, DecodeState& s, const Tensor& q, const Tens
   return out.to(q.scalar_type());
 }
 
-// ---- Softmax family ----
+}  // namespace
+
+std::pair<Tensor, DecodeState> cached_prefill(const MixFn& mix, const Tensor& q, const Tensor& k,
+                                              const Tensor& v, const AttentionFuncOptions& options) {
+  return kv_cache_prefill("cached_prefill", "cached", mix, q, k, v, options);
+}
+
+Tensor cached_step(const MixFn& mix, DecodeState& s, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const AttentionFuncOptions& options) {
+  return kv_cache_step("cached_step", "cached", mix, s, q, k, v, options);
+}
 
 std::pair<Tensor, DecodeState> softmax_prefill(const Tensor& q, const Tensor& k, const Tensor& v,
                                                const AttentionFuncOptions& options) {
-  const auto dims = check_prefill("softmax_prefill", q, k, v, options);
-  auto s = new_state("softmax", dims);
-  auto out = dims.n == 0 ? empty_output(q, dims) : softmax_mix(q, k, v, prefill_options(options));
-  cache_prefix(s, k, v, options.key_padding_mask());
-  return {out, std::move(s)};
+  return kv_cache_prefill("softmax_prefill", "softmax", softmax_mix, q, k, v, options);
 }
 
 Tensor softmax_step(DecodeState& s, const Tensor& q, const Tensor& k, const Tensor& v,
                     const AttentionFuncOptions& options) {
-  check_step("softmax_step", "softmax", s, q, k, v);
-  const auto dtype = s.keys.scalar_type();
-  cache_row(s, k.to(dtype), v.to(dtype));
-  const int64_t rows = s.length + 1;
-  auto out = softmax_mix(q.to(dtype), leading(s.keys, {2}, rows), leading(s.values, {2}, rows),
-                         step_options(options, s, rows));
-  s.length = rows;
-  return out.to(q.scalar_type());
+  return kv_cache_step("softmax_step", "softmax", softmax_mix, s, q, k, v, options);
 }
 
 // ---- Linear ----
