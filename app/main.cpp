@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "bench_command.h"
+#include "bleu_command.h"
 #include "compare_command.h"
 #include "eval_command.h"
 #include "generate_command.h"
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
   kvq::app::add_compare_command(app);
   kvq::app::add_generate_command(app);
   kvq::app::add_translate_command(app);
+  kvq::app::add_bleu_command(app);
 
   try {
     app.parse(argc, argv);

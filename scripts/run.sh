@@ -19,6 +19,7 @@ packages=(
   libgloo-dev                         # the c10d Gloo headers of data-parallel training
   libblas-dev                         # libblas.so to link: kvq's CPU kernels call the same BLAS
   python3-torch                       # the Python op tests (same LibTorch build)
+  python3-nltk                        # python.bleu_nltk: corpus BLEU against NLTK
   python3-pytest python3-pip python3-venv python3-setuptools python3-wheel  # the kvq package
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   gnuplot-nox

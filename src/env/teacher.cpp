@@ -199,6 +199,55 @@ TrajectoryDataset make_teacher_dataset(uint64_t seed0, int64_t num_levels,
   return out;
 }
 
+TrajectoryDataset make_state_dataset(uint64_t seed0, int64_t num_levels,
+                                     const GridWorldOptions& world,
+                                     const TeacherOptions& teacher) {
+  TORCH_CHECK(num_levels >= 0, "make_state_dataset: num_levels must be >= 0, got ", num_levels);
+  TORCH_CHECK(teacher.temperature() >= 0.0, "make_state_dataset: temperature must be >= 0, got ",
+              teacher.temperature());
+  check_options(world);
+  const int64_t n = world.height() * world.width();
+  std::vector<int64_t> types, actions, level_index;
+  std::vector<float> probs;
+  std::vector<uint8_t> optimal;
+  for (int64_t i = 0; i < num_levels; ++i) {
+    const Level level = generate_level(seed0 + static_cast<uint64_t>(i), world);
+    const auto distances = goal_distances(level);
+    for (int64_t cell = 0; cell < n; ++cell) {
+      if (distances[static_cast<size_t>(cell)] <= 0) continue;
+      const Position agent{cell / world.width(), cell % world.width()};
+      const auto obs = observe(level, agent);
+      const int64_t* t = obs.types.data_ptr<int64_t>();
+      types.insert(types.end(), t, t + n);
+      const auto pi = teacher_policy(level, distances, agent, teacher.temperature());
+      const auto opt = optimal_actions(level, distances, agent);
+      const double* p = pi.data_ptr<double>();
+      const bool* o = opt.data_ptr<bool>();
+      int64_t action = -1;
+      for (int64_t a = 0; a < kNumActions; ++a) {
+        probs.push_back(static_cast<float>(p[a]));
+        optimal.push_back(o[a]);
+        if (action < 0 && o[a]) action = a;
+      }
+      actions.push_back(action);
+      level_index.push_back(i);
+    }
+  }
+  const auto s = static_cast<int64_t>(actions.size());
+  const auto cell = torch::arange(n, torch::kInt64);
+  TrajectoryDataset out;
+  out.height = world.height();
+  out.width = world.width();
+  out.types = torch::from_blob(types.data(), {s, n}, torch::kInt64).clone();
+  out.rows = cell.div(world.width(), "floor").expand({s, n}).contiguous();
+  out.cols = cell.remainder(world.width()).expand({s, n}).contiguous();
+  out.teacher_probs = torch::from_blob(probs.data(), {s, kNumActions}, torch::kFloat32).clone();
+  out.optimal = torch::from_blob(optimal.data(), {s, kNumActions}, torch::kUInt8).to(torch::kBool);
+  out.actions = torch::from_blob(actions.data(), {s}, torch::kInt64).clone();
+  out.level_index = torch::from_blob(level_index.data(), {s}, torch::kInt64).clone();
+  return out;
+}
+
 EvalResult evaluate_policy(const Policy& policy, const std::vector<Level>& levels,
                            const GridWorldOptions& world, const EvalOptions& options) {
   TORCH_CHECK(policy, "evaluate_policy: policy is empty");

@@ -1,5 +1,9 @@
 #include "kvq/models/few_shot_classifier.h"
 
+#include <cmath>
+
+#include "kvq/registry.h"
+
 namespace kvq {
 namespace models {
 namespace {
@@ -158,6 +162,12 @@ void FewShotClassifierImpl::reset() {
   const auto names =
       layer_mechanisms("FewShotClassifier", o.attention(), o.mechanisms(), o.num_layers());
 
+  TORCH_CHECK(o.readout() == "head" || o.readout() == "labels",
+              "FewShotClassifier: readout must be 'head' or 'labels', got '", o.readout(), "'");
+  const bool labels = o.readout() == "labels";
+  TORCH_CHECK(!labels || (std::isfinite(o.readout_scale_init()) && o.readout_scale_init() > 0),
+              "FewShotClassifier: readout_scale_init must be > 0, got ", o.readout_scale_init());
+
   const int64_t d = o.d_model();
   encoder = register_module("encoder", ConvEncoder(o.encoder_options()));
   feature_proj = register_module("feature_proj", torch::nn::Linear(encoder->output_dim(), d));
@@ -165,20 +175,84 @@ void FewShotClassifierImpl::reset() {
       register_module("feature_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   label_embedding = register_module("label_embedding", torch::nn::Embedding(o.num_ways(), d));
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (const auto& name : names) {
+  const size_t num_blocks = labels ? names.size() - 1 : names.size();
+  for (size_t i = 0; i < num_blocks; ++i) {
     blocks->push_back(SupportAttentionBlock(TransformerBlockOptions(d, o.num_heads())
                                                 .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
                                                 .activation("relu")
                                                 .dropout(o.dropout())
                                                 .norm_first(o.norm_first())
-                                                .attention(nn::layer_attention(o.attention(), name))));
+                                                .attention(nn::layer_attention(o.attention(), names[i]))));
   }
   final_norm = nullptr;
-  if (o.norm_first()) {
+  if (o.norm_first() && num_blocks > 0) {
     final_norm =
         register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   }
-  head = register_module("head", torch::nn::Linear(d, o.num_ways()));
+  head = nullptr;
+  readout_q = readout_k = nullptr;
+  readout_alpha_raw = readout_log_scale = torch::Tensor();
+  readout_mechanism_.clear();
+  if (!labels) {
+    head = register_module("head", torch::nn::Linear(d, o.num_ways()));
+    return;
+  }
+  TORCH_CHECK(d % o.num_heads() == 0, "FewShotClassifier: d_model must be a multiple of num_heads, ",
+              "got d_model = ", d, ", num_heads = ", o.num_heads());
+  const auto attention = nn::layer_attention(o.attention(), names.back());
+  const auto& info = find_mechanism(names.back());
+  const Projection projection = attention.projection().empty()
+                                    ? info.projection
+                                    : parse_projection(attention.projection());
+  TORCH_CHECK(projection != Projection::KVPos,
+              "FewShotClassifier: the kv-pos projection does not apply to the 'labels' readout ",
+              "(mechanism '", names.back(), "'); use qkv or kv");
+  readout_mechanism_ = names.back();
+  auto identity = [&](const char* name) {
+    auto layer = register_module(name, torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+    torch::NoGradGuard no_grad;
+    layer->weight.copy_(torch::eye(d));
+    return layer;
+  };
+  if (projection == Projection::QKV) readout_q = identity("readout_q");
+  readout_k = identity("readout_k");
+  {
+    torch::NoGradGuard no_grad;
+    torch::nn::init::orthogonal_(label_embedding->weight);
+  }
+  if (info.uses_alpha) {
+    const double excess = attention.alpha_init() - attention.alpha_floor();
+    auto raw = torch::full({o.num_heads()}, excess + std::log(-std::expm1(-excess)));
+    readout_alpha_raw = attention.learn_alpha() ? register_parameter("readout_alpha_raw", raw)
+                                                : register_buffer("readout_alpha_raw", raw);
+  }
+  readout_log_scale = register_parameter(
+      "readout_log_scale", torch::full({}, std::log(o.readout_scale_init())));
+}
+
+torch::Tensor FewShotClassifierImpl::readout_alpha() const {
+  if (!readout_alpha_raw.defined()) return {};
+  return torch::softplus(readout_alpha_raw) + options.alpha_floor();
+}
+
+torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
+                                                   const torch::Tensor& support,
+                                                   const torch::Tensor& support_labels) {
+  const auto& info = find_mechanism(readout_mechanism_);
+  const int64_t B = x.size(0), M = x.size(1), S = support.size(1);
+  const int64_t H = options.num_heads(), dh = options.d_model() / H;
+  auto split = [&](const torch::Tensor& t, int64_t len) {
+    return t.view({B, len, H, dh}).transpose(1, 2);  // (B, H, len, d_h)
+  };
+  const auto k = split(readout_k(support), S);
+  const auto q = readout_q.is_empty() ? split(readout_k(x), M) : split(readout_q(x), M);
+  const auto E = label_embedding->weight;  // (N, d)
+  const auto v = label_embedding(support_labels).unsqueeze(1).expand({B, H, S, E.size(1)});
+  functional::AttentionFuncOptions fo;
+  fo.scale(options.scale()).chunk_size(options.chunk_size());
+  if (info.has_softmax) fo.dropout(options.dropout()).training(is_training());
+  const auto o = info.fn(q, k, v, readout_alpha(), fo).mean(1);  // (B, M, d)
+  return readout_log_scale.exp() * torch::matmul(o, E.t());
 }
 
 torch::Tensor FewShotClassifierImpl::encode(const torch::Tensor& images) {
@@ -214,12 +288,15 @@ torch::Tensor FewShotClassifierImpl::forward_features(const torch::Tensor& suppo
               support_labels.sizes());
 
   const auto support = feature_norm(feature_proj(support_features));
-  const auto values = support + label_embedding(support_labels);
   auto x = feature_norm(feature_proj(query_features));
-  for (size_t i = 0; i < blocks->size(); ++i) {
-    x = blocks->ptr<SupportAttentionBlockImpl>(i)->forward(x, support, values);
+  if (!blocks->is_empty()) {
+    const auto values = support + label_embedding(support_labels);
+    for (size_t i = 0; i < blocks->size(); ++i) {
+      x = blocks->ptr<SupportAttentionBlockImpl>(i)->forward(x, support, values);
+    }
+    if (options.norm_first()) x = final_norm(x);
   }
-  if (options.norm_first()) x = final_norm(x);
+  if (head.is_empty()) return label_readout(x, support, support_labels);
   return head(x);
 }
 

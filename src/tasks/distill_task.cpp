@@ -114,6 +114,9 @@ const train::ConfigSchema<Config>& distill_task_schema() {
         .field("val_levels", &Config::val_levels, "levels of the validation trajectories")
         .field("test_levels", &Config::test_levels, "held-out levels of the test")
         .field("epochs", &Config::epochs, "passes over the training states")
+        .field("train_states", &Config::train_states,
+               "\"trajectories\": the teacher's trajectories on the training levels; \"all\": "
+               "every state of those levels, labelled by the teacher")
         .preset("full",
                 {{"height", 9}, {"width", 9}, {"train_levels", 10000}, {"val_levels", 500},
                  {"test_levels", 1000}, {"epochs", 10}, {"d_model", 64}, {"num_heads", 4},
@@ -139,7 +142,10 @@ const train::ConfigSchema<Config>& distill_task_schema() {
                [](const Config& c) {
                  return c.train_levels >= 1 && c.val_levels >= 1 && c.test_levels >= 1;
                })
-        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
+        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
+        .check("train_states must be \"trajectories\" or \"all\"", [](const Config& c) {
+          return c.train_states == "trajectories" || c.train_states == "all";
+        });
     return schema;
   }();
   return schema;
@@ -159,7 +165,11 @@ models::GridPolicy make_distill_model(const Config& c) {
 
 TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
                                 const TrainContext& context) {
-  const auto train_data = dataset(c, kTrainLevelSeed, c.train_levels);
+  const auto train_data =
+      c.train_states == "all"
+          ? env::make_state_dataset(kTrainLevelSeed, c.train_levels, world_options(c),
+                                    env::TeacherOptions().temperature(c.temperature))
+          : dataset(c, kTrainLevelSeed, c.train_levels);
   const auto val_data = dataset(c, kValLevelSeed, c.val_levels);
   const int64_t states = train_data.types.size(0);
   TORCH_CHECK(states >= c.batch_size, "config distill: ", states,

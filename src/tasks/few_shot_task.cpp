@@ -82,6 +82,10 @@ const train::ConfigSchema<Config>& few_shot_task_schema() {
         .field("num_queries", &Config::num_queries, "query images per class Q")
         .field("encoder_channels", &Config::encoder_channels, "channels of the Conv-4 blocks")
         .field("steps", &Config::steps, "optimiser updates (batches of batch_size episodes)")
+        .field("readout", &Config::readout,
+               "\"labels\": values are the support labels' embeddings, scored against the same "
+               "embeddings (in-context classification); \"head\": a linear head on the query "
+               "outputs")
         .field("val_episodes", &Config::val_episodes, "fixed meta-test episodes for validation")
         .field("test_episodes", &Config::test_episodes, "fixed meta-test episodes for the test")
         .preset("full",
@@ -106,6 +110,8 @@ const train::ConfigSchema<Config>& few_shot_task_schema() {
                [](const Config& c) {
                  return c.encoder_channels >= 8 && c.encoder_channels % 8 == 0;
                })
+        .check("readout must be \"labels\" or \"head\"",
+               [](const Config& c) { return c.readout == "labels" || c.readout == "head"; })
         .check("steps must be >= 1", [](const Config& c) { return c.steps >= 1; })
         .check("val_episodes and test_episodes must be >= 1",
                [](const Config& c) { return c.val_episodes >= 1 && c.test_episodes >= 1; });
@@ -123,6 +129,7 @@ models::FewShotClassifier make_few_shot_model(const Config& c) {
                                        .num_layers(c.num_layers)
                                        .ffn_dim(c.ffn_dim)
                                        .dropout(c.dropout)
+                                       .readout(c.readout)
                                        .attention(c.attention));
 }
 

@@ -218,6 +218,42 @@ TEST(EnvTeacher, DatasetIsDeterministic) {
   EXPECT_EQ(empty.types.sizes(), torch::IntArrayRef({0, 81}));
 }
 
+// make_state_dataset: one record per cell with goal distance > 0 (the reference search), in
+// row-major order per level, each with the teacher's distribution there and its first optimal
+// action; every trajectory state of the same levels is among them.
+TEST(EnvTeacher, StateDatasetCoversEveryReachableCell) {
+  const auto world = E::GridWorldOptions().height(6).width(7);
+  const auto data = E::make_state_dataset(40, 5, world, E::TeacherOptions().temperature(0.5));
+  const int64_t n = 6 * 7;
+  int64_t k = 0;
+  for (int64_t i = 0; i < 5; ++i) {
+    const auto level = E::generate_level(40 + i, world);
+    const auto distances = reference_distances(level);
+    for (int64_t cell = 0; cell < n; ++cell) {
+      if (distances[cell] <= 0) continue;
+      ASSERT_LT(k, data.actions.size(0));
+      const E::Position agent{cell / 7, cell % 7};
+      EXPECT_EQ(data.level_index[k].item<int64_t>(), i);
+      EXPECT_TRUE(data.types[k].equal(E::observe(level, agent).types));
+      EXPECT_TRUE(torch::allclose(data.teacher_probs[k],
+                                  E::teacher_policy(level, agent, 0.5).to(torch::kFloat32)));
+      const auto optimal = E::optimal_actions(level, E::goal_distances(level), agent);
+      EXPECT_TRUE(data.optimal[k].equal(optimal));
+      const int64_t a = data.actions[k].item<int64_t>();
+      EXPECT_TRUE(optimal[a].item<bool>());
+      EXPECT_FALSE(optimal.narrow(0, 0, a).any().item<bool>());
+      ++k;
+    }
+  }
+  EXPECT_EQ(k, data.actions.size(0));
+  const auto rollouts = E::make_teacher_dataset(40, 5, world, E::TeacherOptions().temperature(0.5));
+  for (int64_t r = 0; r < rollouts.actions.size(0); ++r) {
+    const auto same = (data.types == rollouts.types[r]).all(1) &
+                      (data.level_index == rollouts.level_index[r]);
+    EXPECT_EQ(same.sum().item<int64_t>(), 1) << "trajectory state " << r;
+  }
+}
+
 TEST(EnvTeacher, GreedyDatasetFollowsShortestPaths) {
   const auto data = E::make_teacher_dataset(300, 20, {}, E::TeacherOptions().greedy(true));
   const auto counts = torch::bincount(data.level_index, {}, 20);

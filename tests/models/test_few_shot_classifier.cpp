@@ -146,6 +146,67 @@ TEST(FewShotClassifier, ForwardIsTheDocumentedComposition) {
             (std::vector<int64_t>{2, 3, 3}));
 }
 
+// readout "labels": at initialisation (W_q = W_k = I, E with orthonormal rows) one layer of one
+// head is exactly the classical rule the mechanism contains, scored through E E^T:
+//   intention: logits = tau (X (K^T K + alpha I)^{-1} K^T Y) E E^T   (ridge on one-hot labels Y)
+//   softmax:   logits = tau (softmax(X K^T / sqrt(d)) Y) E E^T       (soft nearest neighbour)
+// with K = P(support features), X = P(query features). float64; E E^T = I to float32 precision
+// (E is initialised in float32).
+TEST(FewShotClassifier, LabelReadoutIsRidgeOrSoftNearestNeighbour) {
+  for (const char* mechanism : {"intention", "softmax"}) {
+    SCOPED_TRACE(mechanism);
+    torch::manual_seed(5);
+    M::FewShotClassifier model(tiny(3, mechanism).num_heads(1).readout("labels"));
+    model->to(torch::kFloat64);
+    model->eval();
+    EXPECT_EQ(model->blocks->size(), 0u);
+    auto support = torch::rand({2, 5, 1, 8, 8}, torch::kFloat64);
+    auto query = torch::rand({2, 4, 1, 8, 8}, torch::kFloat64);
+    auto labels = torch::tensor({2, 0, 1, 0, 1, 1, 2, 0, 2, 2}, torch::kInt64).reshape({2, 5});
+    auto fs = model->encode(support), fq = model->encode(query);
+    auto P = [&](const torch::Tensor& f) { return model->feature_norm(model->feature_proj(f)); };
+    auto K = P(fs), X = P(fq);
+    auto Y = torch::one_hot(labels, 3).to(torch::kFloat64);  // (B, S, N)
+    const auto E = model->label_embedding->weight;
+    EXPECT_TRUE(torch::matmul(E, E.t()).allclose(torch::eye(3, torch::kFloat64), 0, 1e-6));
+    torch::Tensor scores;
+    if (std::string(mechanism) == "intention") {
+      auto A = torch::matmul(K.transpose(1, 2), K) +
+               model->readout_alpha() * torch::eye(16, torch::kFloat64);
+      scores = torch::matmul(torch::matmul(X, torch::linalg_inv(A)), torch::matmul(K.transpose(1, 2), Y));
+    } else {
+      scores = torch::matmul(torch::softmax(torch::matmul(X, K.transpose(1, 2)) / 4.0, -1), Y);
+    }
+    auto want = model->readout_log_scale.exp() * torch::matmul(scores, torch::matmul(E, E.t()));
+    auto logits = model(support, labels, query);
+    EXPECT_TRUE(logits.allclose(want, 0, 1e-10));
+    EXPECT_TRUE(model->forward_features(fs, labels, fq).allclose(want, 0, 1e-10));
+  }
+}
+
+// readout "labels" with more layers: the first num_layers - 1 are blocks, the last the readout;
+// every mechanism runs except the kv-pos projection, which the readout refuses by name.
+TEST(FewShotClassifier, LabelReadoutForEveryMechanism) {
+  auto labels = torch::tensor({0, 1, 2, 2, 1, 0, 1, 1, 0, 2, 2, 0}, torch::kInt64).reshape({2, 6});
+  for (const auto& name : kvq::mechanism_names()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(2);
+    auto options = tiny(3, name).num_layers(2).readout("labels");
+    if (kvq::find_mechanism(name).projection == kvq::Projection::KVPos) {
+      expect_error_naming([&] { M::FewShotClassifier{options}; }, {"kv-pos", "readout"},
+                          "kv-pos readout");
+      continue;
+    }
+    M::FewShotClassifier model(options);
+    EXPECT_EQ(model->blocks->size(), 1u);
+    auto logits = model(torch::rand({2, 6, 1, 8, 8}), labels, torch::rand({2, 5, 1, 8, 8}));
+    EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 5, 3}));
+    EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
+  }
+  expect_error_naming([] { M::FewShotClassifier(tiny(3, "softmax").readout("linear")); },
+                      {"readout"}, "unknown readout");
+}
+
 TEST(FewShotClassifier, BadOptionsAndInputsNameTheArgument) {
   expect_error_naming([] { M::FewShotClassifier(tiny(0, "softmax")); }, {"num_ways"}, "0-way");
   expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").num_layers(0)); },
@@ -201,8 +262,9 @@ TEST(FewShotClassifier, BadOptionsAndInputsNameTheArgument) {
       {"query_features"}, "feature width");
 }
 
-// Loss after training `mechanism` on the fixed episodes; prints the initial and final loss.
-double overfit(const std::string& mechanism) {
+// Loss after training `mechanism` with `readout` on the fixed episodes; prints the initial and
+// final loss.
+double overfit(const std::string& mechanism, const std::string& readout = "head") {
   torch::manual_seed(4);
   const int64_t B = 2, N = 3, K = 2, Q = 2;
   auto patterns = torch::rand({B, N, 1, 8, 8});
@@ -214,7 +276,7 @@ double overfit(const std::string& mechanism) {
     return clean + 0.3 * torch::randn(clean.sizes());
   };
   auto support = images(support_labels), query = images(query_labels);
-  M::FewShotClassifier model(tiny(N, mechanism).dropout(0.0));
+  M::FewShotClassifier model(tiny(N, mechanism).dropout(0.0).readout(readout));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-2));
   double initial = 0, value = 0;
   int step = 0;
@@ -228,14 +290,16 @@ double overfit(const std::string& mechanism) {
     loss.backward();
     opt.step();
   }
-  std::cout << "[overfit] few-shot " << mechanism << " initial=" << initial << " final=" << value
+  std::cout << "[overfit] few-shot " << mechanism << " readout " << readout << " initial=" << initial << " final=" << value
             << " steps=" << step << std::endl;
   return value;
 }
 
 TEST(FewShotClassifier, OverfitsOneEpisodeBatch) {
-  for (const char* mechanism : {"softmax", "intention"}) {
-    EXPECT_LT(overfit(mechanism), kLossBound) << mechanism;
+  for (const char* readout : {"head", "labels"}) {
+    for (const char* mechanism : {"softmax", "intention"}) {
+      EXPECT_LT(overfit(mechanism, readout), kLossBound) << mechanism << " " << readout;
+    }
   }
 }
 

@@ -64,6 +64,17 @@ TrajectoryDataset make_teacher_dataset(uint64_t seed0, int64_t num_levels,
                                        const GridWorldOptions& world = {},
                                        const TeacherOptions& teacher = {});
 
+// Every state of the levels instead of the teacher's trajectories: on generate_level(seed0 + i,
+// world) for i in [0, num_levels), one record per cell from which the goal is reachable (goal
+// distance > 0: not a wall, not the goal), in row-major order, with the agent on that cell and the
+// teacher's distribution, optimal actions and first optimal action (`actions`) there. On the
+// training levels it contains every state any policy can visit, so a student trained on it sees
+// the states it reaches after its own mistakes, labelled by the teacher (the aggregated data set
+// of DAgger, Ross et al. 2011, in the limit). Deterministic; teacher.greedy is not used.
+TrajectoryDataset make_state_dataset(uint64_t seed0, int64_t num_levels,
+                                     const GridWorldOptions& world = {},
+                                     const TeacherOptions& teacher = {});
+
 // A batched policy: observation tokens (B, N) of B states -> (B, kNumActions) scores, logits or
 // probabilities (see EvalOptions::output), on any device and floating dtype.
 using Policy = std::function<torch::Tensor(const Observation& batch)>;

@@ -114,6 +114,13 @@ struct FewShotClassifierOptions {
   KVQ_ATTENTION_ARGS;
   /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
+  /// How the class scores are read (see FewShotClassifierImpl): "head", a Linear(d, N) head on
+  /// the queries' outputs after num_layers SupportAttentionBlocks; or "labels", in-context
+  /// classification: the last layer is a label readout whose values are the support labels'
+  /// embeddings and whose output is scored against the same embeddings. Default: "head".
+  TORCH_ARG(std::string, readout) = "head";
+  /// Initial temperature tau of the "labels" readout (learned as log tau). Default: 10.
+  TORCH_ARG(double, readout_scale_init) = 10.0;
 
  public:
   // The options of this classifier's ConvEncoder.
@@ -127,6 +134,17 @@ struct FewShotClassifierOptions {
 //   queries x_j = P(f_j)                     query image j
 //   x = num_layers SupportAttentionBlocks(x, keys, values)  (FFN 2d, ReLU; + LayerNorm if Pre-LN)
 //   logits_j = Linear(d, N)(x_j)
+// readout "labels" (in-context classification): layers 1 .. num_layers - 1 are the blocks above;
+// the last layer is the label readout, per head h of width d_h = d / H:
+//   q_j = split_h(W_q x_j), k_i = split_h(W_k P(f_i))   (W_q := W_k with the kv projection;
+//                                                         both initialised to the identity)
+//   o_j = mean_h mechanism(q, k, V = E[y])_j             values = label embeddings only
+//   logits_jc = tau <o_j, E[c]>                          tied readout, tau learned (log tau)
+// E (N, d) starts with orthonormal rows. Every mechanism here is linear in V, so
+// o_j = sum_i a_ji E[y_i] and, while E stays orthonormal, logits_jc = tau sum_{i: y_i = c} a_ji:
+// with softmax a_j = softmax(q_j K^T scale), the soft nearest-neighbour / prototype rule; with
+// intention a_j = q_j (K^T K + alpha I)^{-1} K^T, the ridge classifier on the support features
+// regressing the one-hot labels. The kv-pos projection does not apply to the readout.
 // forward: encode (support and query images in one call, so a "batch"-norm encoder sees the whole
 // episode batch while training), then forward_features.
 //   support_images float (B, S, C, H, W), support_labels int64 (B, S) in [0, N),
@@ -159,8 +177,23 @@ class FewShotClassifierImpl : public torch::nn::Cloneable<FewShotClassifierImpl>
   torch::nn::LayerNorm feature_norm{nullptr};
   torch::nn::Embedding label_embedding{nullptr};
   torch::nn::ModuleList blocks{nullptr};
-  torch::nn::LayerNorm final_norm{nullptr};  // Pre-LN only
-  torch::nn::Linear head{nullptr};
+  torch::nn::LayerNorm final_norm{nullptr};  // Pre-LN with at least one block only
+  torch::nn::Linear head{nullptr};           // readout "head" only
+  // readout "labels" only: W_q (undefined with the kv projection), W_k, the ridge parameter of
+  // the readout's heads ((H), alpha = softplus(raw) + alpha_floor; mechanisms with alpha) and
+  // log tau.
+  torch::nn::Linear readout_q{nullptr}, readout_k{nullptr};
+  torch::Tensor readout_alpha_raw;
+  torch::Tensor readout_log_scale;
+
+  // The readout's positive per-head ridge parameter (H); undefined without alpha.
+  torch::Tensor readout_alpha() const;
+
+ private:
+  // logits (B, M, N) of the label readout: x (B, M, d), support (B, S, d), labels (B, S).
+  torch::Tensor label_readout(const torch::Tensor& x, const torch::Tensor& support,
+                              const torch::Tensor& support_labels);
+  std::string readout_mechanism_;
 };
 TORCH_MODULE(FewShotClassifier);
 

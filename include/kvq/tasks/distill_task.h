@@ -3,7 +3,9 @@
 // distillation in the project's grid world (kvq::env), registered as `distill`. The teacher acts
 // from shortest-path distances (soft-max over negative distance at `temperature`); its
 // trajectories on levels train_level_seed .. + train_levels form the training states, each with
-// the teacher's action distribution. The student (kvq::models::GridPolicy, any mechanism) reads
+// the teacher's action distribution; with train_states "all", every state of those levels
+// (env::make_state_dataset), so the student also learns the states its own mistakes lead to. The
+// student (kvq::models::GridPolicy, any mechanism) reads
 // the cell tokens and is trained with KL(teacher || student), averaged over states.
 // Validation: the same on the trajectories of val_levels other levels. Test, on test_levels
 // held-out levels: "loss" (KL) and "agreement" (share of states where the student's argmax is an
@@ -48,6 +50,8 @@ struct DistillTaskConfig : CommonTaskConfig {
   int64_t val_levels = 200;          // levels for validation
   int64_t test_levels = 500;         // held-out levels for the test
   int64_t epochs = 5;                // passes over the training states
+  std::string train_states = "trajectories";  // "trajectories" (the teacher's) or "all" (every
+                                              // state of the training levels, teacher-labelled)
 };
 
 const train::ConfigSchema<DistillTaskConfig>& distill_task_schema();

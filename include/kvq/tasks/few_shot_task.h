@@ -3,8 +3,10 @@
 // classification of Fashion-MNIST images, registered as `few-shot`. Meta-train episodes come from
 // classes 0-4 of the train split, meta-test episodes from classes 5-9 of the test split
 // (kvq::data::load_fashion_mnist_meta_splits; data_dir "" = Debian's dataset-fashion-mnist).
-// kvq::models::FewShotClassifier: a Conv-4 encoder, support features (+ label embeddings as
-// values) attended by query features through the chosen mechanism.
+// kvq::models::FewShotClassifier: a Conv-4 encoder, support features attended by query features
+// through the chosen mechanism; with readout "labels" (the default) the values are the support
+// labels' embeddings and the output is scored against the same embeddings (in-context
+// classification: softmax contains the soft prototype rule, intention the ridge classifier).
 // Training draws a fresh batch of meta-train episodes every update from (seed, update); loss =
 // cross-entropy of the query labels. Evaluation uses fixed meta-test episodes (the same for every
 // mechanism and seed; different ones for "val" and "test"). Metrics: "loss", "acc" (query
@@ -48,6 +50,7 @@ struct FewShotTaskConfig : CommonTaskConfig {
   int64_t steps = 2000;             // optimiser updates
   int64_t val_episodes = 200;       // fixed meta-test episodes for validation
   int64_t test_episodes = 1000;     // fixed meta-test episodes for the test
+  std::string readout = "labels";   // "labels" (in-context classification) or "head"
 };
 
 const train::ConfigSchema<FewShotTaskConfig>& few_shot_task_schema();
