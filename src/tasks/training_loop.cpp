@@ -183,7 +183,7 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
     if (loop.sampler != nullptr) loop.sampler->load_state(state.data);
     std::error_code ec;
     if (state.step >= total && std::filesystem::exists(results_path, ec)) {
-      return nlohmann::json::parse(util::read_file(results_path, "resume"));
+      return train::read_results(results_path);
     }
   }
   // Records past the checkpoint belong to the interrupted continuation (none for a new run).
@@ -399,7 +399,7 @@ TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& ru
   summary["threads"] = at::get_num_threads();
   summary["test"] = test;
   summary["best_val"] = {{loop.best_metric, best}, {"step", best_step}};
-  util::write_file_atomic(results_path, summary.dump(2) + "\n", "results");
+  train::write_results(results_path, summary);
   return summary;
 }
 
