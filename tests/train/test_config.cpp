@@ -190,8 +190,9 @@ TEST(TrainConfig, NumberTooLargeInAFileIsANamedError) {
   EXPECT_HAS(message, "number overflow");
 }
 
-// A --set string must be UTF-8 like every JSON string: otherwise printing or saving the resolved
-// config failed later, in the JSON library, without naming the override.
+// Found by fuzzing (fuzz/corpus/config/set-not-utf8.txt): a --set string must be UTF-8 like every
+// JSON string, otherwise printing or saving the resolved config failed later, in the JSON
+// library, without naming the override.
 TEST(TrainConfig, SetStringsMustBeUtf8) {
   for (const std::string set : {"task=\xFFsort", "variants=kv,\xC3"}) {
     const auto message = error_of([&] { resolve_sets({set}); });
