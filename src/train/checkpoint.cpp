@@ -101,7 +101,10 @@ void read_archive(const std::string& who, const std::string& path, const std::st
   } catch (const std::exception& e) {
     reason = e.what();
   }
-  TORCH_CHECK(false, who, ": ", path, ": ", what, " (", reason.substr(0, reason.find('\n')), ")");
+  // The first line with text (TorchScript's error reports start with a blank one).
+  const size_t start = std::min(reason.find_first_not_of(" \n"), reason.size());
+  TORCH_CHECK(false, who, ": ", path, ": ", what, " (",
+              reason.substr(start, reason.find('\n', start) - start), ")");
 }
 
 // Little-endian integers of a zip structure; 0 past the end (the callers check sizes first).

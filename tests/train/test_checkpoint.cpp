@@ -427,6 +427,7 @@ TEST(TrainCheckpoint, LibTorchErrorsOfAnyTypeAreRefusedWithTheFileNamed) {
         error_of([&] { T::read_checkpoint_meta(path); })}) {
     EXPECT_HAS(message, path + ": not a readable checkpoint (");
     EXPECT_EQ(message.find("damaged archive"), std::string::npos) << message;
+    EXPECT_EQ(message.find("()"), std::string::npos) << "no reason given: " << message;
   }
 }
 

@@ -199,7 +199,7 @@ TEST(TrainConfig, SetStringsMustBeUtf8) {
     EXPECT_HAS(message, "config synthetic: --set " + set);
     EXPECT_HAS(message, "not valid UTF-8");
   }
-  EXPECT_EQ(resolve_sets({"task=s\xC3\xBCd"}).task, "s\xC3\xBCd");
+  EXPECT_EQ(resolve_sets({"task=s\xC3\xBC" "d"}).task, "s\xC3\xBC" "d");
 }
 
 TEST(TrainConfig, PresetThenFileThenSets) {
