@@ -125,7 +125,7 @@ bool entry_data(const std::string& bytes, size_t offset, uint64_t method, uint64
     return true;
   }
   // Deflate expands at most ~1032 times: a larger claimed size is a damaged header.
-  if (method != 8 || size > compressed * 1040 + 1024) return false;
+  if (method != 8 || compressed > 0xFFFFFFFF || size > compressed * 1040 + 1024) return false;
   out.assign(size, '\0');
   z_stream z{};
   if (inflateInit2(&z, -MAX_WBITS) != Z_OK) return false;
@@ -142,17 +142,20 @@ bool entry_data(const std::string& bytes, size_t offset, uint64_t method, uint64
 // LibTorch reads checkpoint archives (zip files) without checking the CRC-32 of their entries
 // (its miniz is built with MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS), and parses the TorchScript
 // source and pickles inside as they are: fuzzing found damaged entries that crash it (a segfault
-// in its TorchScript importer). So every entry is checked against its CRC-32 here first, and a
-// damaged file is refused before LibTorch sees it. (A file made to crash LibTorch, with valid
-// CRCs, is beyond this check: like torch.load, load checkpoints you trust.) Archives in the zip64
-// format (over 4 GiB, or 65535 entries) are left to LibTorch unchecked.
+// in its TorchScript importer) or make it allocate what a damaged size field says (4 GiB). So the
+// archive's directory (zip64 records included: LibTorch writes them) and every entry's size and
+// CRC-32 are checked here first, and a damaged file is refused before LibTorch sees it. (A file
+// made to crash LibTorch, with consistent CRCs, is beyond this check: like torch.load, load
+// checkpoints you trust.)
 void verify_zip_checksums(const std::string& who, const std::string& path) {
   const std::string bytes = util::read_file(path, who);
   const auto damaged = [&](const std::string& why) {
     TORCH_CHECK(false, who, ": ", path, ": not a readable checkpoint (damaged archive: ", why, ")");
   };
-  // End of central directory: 22 bytes plus a comment of up to 65535.
   constexpr uint32_t kEnd = 0x06054b50, kCentral = 0x02014b50, kLocal = 0x04034b50;
+  constexpr uint32_t kEnd64 = 0x06064b50, kLocator64 = 0x07064b50;
+  constexpr uint64_t k32 = 0xFFFFFFFF;
+  // End of central directory: 22 bytes plus a comment of up to 65535.
   if (bytes.size() < 22) damaged("too short for a zip file");
   size_t end = std::string::npos;
   const size_t lowest = bytes.size() > 22 + 65535 ? bytes.size() - 22 - 65535 : 0;
@@ -163,26 +166,64 @@ void verify_zip_checksums(const std::string& who, const std::string& path) {
     }
   }
   if (end == std::string::npos) damaged("no end of central directory");
-  const uint64_t entries = le(bytes, end + 10, 2);
-  const uint64_t directory_size = le(bytes, end + 12, 4);
-  const uint64_t directory = le(bytes, end + 16, 4);
-  if (entries == 0xFFFF || directory == 0xFFFFFFFF || directory_size == 0xFFFFFFFF) return;  // zip64
-  if (directory > end || directory_size > end - directory) damaged("central directory out of range");
+  uint64_t entries = le(bytes, end + 10, 2);
+  uint64_t directory_size = le(bytes, end + 12, 4);
+  uint64_t directory = le(bytes, end + 16, 4);
+  uint64_t directory_end = end;
+  if (end >= 20 && le(bytes, end - 20, 4) == kLocator64) {  // zip64 end record, located
+    const uint64_t end64 = le(bytes, end - 20 + 8, 8);
+    if (end64 > end - 20 || end - 20 - end64 < 56 || le(bytes, end64, 4) != kEnd64) {
+      damaged("bad zip64 end of central directory");
+    }
+    entries = le(bytes, end64 + 32, 8);
+    directory_size = le(bytes, end64 + 40, 8);
+    directory = le(bytes, end64 + 48, 8);
+    directory_end = end64;
+  }
+  if (directory > directory_end || directory_size > directory_end - directory) {
+    damaged("central directory out of range");
+  }
   size_t at = directory;
   for (uint64_t i = 0; i < entries; ++i) {
-    if (at + 46 > end || le(bytes, at, 4) != kCentral) damaged("bad central directory entry");
+    if (at + 46 > directory_end || le(bytes, at, 4) != kCentral) {
+      damaged("bad central directory entry");
+    }
     const uint64_t method = le(bytes, at + 10, 2);
     const uint64_t crc = le(bytes, at + 16, 4);
-    const uint64_t compressed = le(bytes, at + 20, 4);
-    const uint64_t size = le(bytes, at + 24, 4);
+    uint64_t compressed = le(bytes, at + 20, 4);
+    uint64_t size = le(bytes, at + 24, 4);
     const uint64_t name_length = le(bytes, at + 28, 2);
     const uint64_t extra_length = le(bytes, at + 30, 2);
     const uint64_t comment_length = le(bytes, at + 32, 2);
-    const uint64_t local = le(bytes, at + 42, 4);
-    if (at + 46 + name_length > end) damaged("bad central directory entry");
+    uint64_t local = le(bytes, at + 42, 4);
+    if (at + 46 + name_length + extra_length > directory_end) damaged("bad central directory entry");
     const std::string name = bytes.substr(at + 46, name_length);
-    if (compressed == 0xFFFFFFFF || size == 0xFFFFFFFF || local == 0xFFFFFFFF) return;  // zip64
-    if (local + 30 > bytes.size() || le(bytes, local, 4) != kLocal) {
+    if (size == k32 || compressed == k32 || local == k32) {
+      // The 64-bit values are in the zip64 extra field (id 1), in this order, only those whose
+      // 32-bit field is 0xFFFFFFFF.
+      size_t field = at + 46 + name_length;
+      const size_t fields_end = field + extra_length;
+      bool found = false;
+      while (field + 4 <= fields_end) {
+        const uint64_t id = le(bytes, field, 2), length = le(bytes, field + 2, 2);
+        if (field + 4 + length > fields_end) break;
+        if (id == 1) {
+          size_t value = field + 4;
+          const size_t values_end = value + length;
+          for (uint64_t* v : {&size, &compressed, &local}) {
+            if (*v != k32) continue;
+            if (value + 8 > values_end) damaged("bad zip64 sizes of " + name);
+            *v = le(bytes, value, 8);
+            value += 8;
+          }
+          found = true;
+          break;
+        }
+        field += 4 + length;
+      }
+      if (!found) damaged("bad sizes of " + name);
+    }
+    if (local > bytes.size() || bytes.size() - local < 30 || le(bytes, local, 4) != kLocal) {
       damaged("bad local header of " + name);
     }
     const uint64_t data = local + 30 + le(bytes, local + 26, 2) + le(bytes, local + 28, 2);
@@ -191,9 +232,8 @@ void verify_zip_checksums(const std::string& who, const std::string& path) {
         !entry_data(bytes, static_cast<size_t>(data), method, compressed, size, content)) {
       damaged("cannot read entry " + name);
     }
-    const auto actual =
-        crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(content.data()),
-              static_cast<uInt>(content.size()));
+    const auto actual = crc32_z(crc32_z(0L, Z_NULL, 0),
+                                reinterpret_cast<const Bytef*>(content.data()), content.size());
     if (actual != crc) damaged("CRC-32 mismatch in " + name);
     at += 46 + name_length + extra_length + comment_length;
   }

@@ -398,6 +398,16 @@ TEST(TrainCheckpoint, DamagedEntryIsRefusedBeforeLibTorchReadsIt) {
     EXPECT_HAS(message, path + ": not a readable checkpoint (damaged archive: CRC-32 mismatch in ");
     EXPECT_HAS(message, "code/__torch__");
   }
+  // Found by fuzzing (fuzz/corpus/checkpoint/zip-size-ffffffff.pt): a size field of 0xFFFFFFFF
+  // without the zip64 field it announces made LibTorch allocate 4 GiB.
+  T::save_checkpoint(path, *net, opt, T::TrainingState{});
+  std::string sized = bytes_of(path);
+  const size_t central = sized.find(std::string("PK\x01\x02", 4));
+  ASSERT_NE(central, std::string::npos);
+  sized.replace(central + 24, 4, std::string(4, '\xFF'));  // uncompressed size of the entry
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << sized;
+  EXPECT_HAS(error_of([&] { T::read_checkpoint_meta(path); }),
+             path + ": not a readable checkpoint (damaged archive: bad sizes of archive/");
   // Cut short: the zip's directory is gone.
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
   EXPECT_HAS(error_of([&] { T::read_checkpoint_meta(path); }),
