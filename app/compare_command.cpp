@@ -13,6 +13,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "config_options.h"
@@ -89,10 +90,14 @@ std::vector<std::string> metric_columns(const tasks::TaskInfo& task,
     }
   }
   // Keys that differ only in a trailing number ("mse_n2", "mse_n16") in numeric order.
+  // The number compares as (digit count, digits) after its leading zeros: no overflow.
   const auto split_number = [](const std::string& key) {
     size_t i = key.size();
     while (i > 0 && std::isdigit(static_cast<unsigned char>(key[i - 1]))) --i;
-    return std::make_pair(key.substr(0, i), i < key.size() ? std::stoll(key.substr(i)) : -1LL);
+    size_t first = i;
+    while (first + 1 < key.size() && key[first] == '0') ++first;
+    const std::string digits = key.substr(first);
+    return std::make_tuple(key.substr(0, i), i < key.size() ? digits.size() : 0, digits);
   };
   std::stable_sort(keys.begin() + 1, keys.end(), [&](const std::string& a, const std::string& b) {
     return split_number(a) < split_number(b);
@@ -121,7 +126,9 @@ std::vector<Row> aggregate(const std::vector<std::string>& mechanisms,
       row.projection = r.summary.value("projection", "");
       for (const auto& key : columns) {
         const auto& test = r.summary.at("test");
-        row.metrics[key].push_back(test.contains(key) ? test[key].get<double>() : NAN);
+        row.metrics[key].push_back(test.contains(key) && test[key].is_number()
+                                       ? test[key].get<double>()
+                                       : NAN);
       }
       row.params.push_back(r.summary.value("params", 0.0));
       row.seconds.push_back(r.summary.value("train_seconds", 0.0));
@@ -181,10 +188,10 @@ std::string runs_csv(const std::vector<std::string>& columns, const std::vector<
     out << r.mechanism << "," << r.seed << "," << s.value("projection", "");
     for (const auto& c : columns) {
       const auto& test = s.at("test");
-      out << "," << (test.contains(c) ? test[c].get<double>() : NAN);
+      out << "," << (test.contains(c) && test[c].is_number() ? test[c].get<double>() : NAN);
     }
-    out << "," << s.value("params", 0) << "," << s.value("train_seconds", 0.0) << ","
-        << s.value("steps", 0) << "," << r.run_dir << "\n";
+    out << "," << s.value("params", int64_t{0}) << "," << s.value("train_seconds", 0.0) << ","
+        << s.value("steps", int64_t{0}) << "," << r.run_dir << "\n";
   }
   return out.str();
 }
@@ -298,7 +305,11 @@ std::string plot_context_curve(const tasks::TaskInfo& task,
     Curve c;
     for (const auto& [key, value] : test.items()) {
       if (prefix.empty() || key.rfind(prefix, 0) != 0 || !value.is_number()) continue;
-      c.x.push_back(std::stod(key.substr(prefix.size())));
+      const std::string n = key.substr(prefix.size());
+      if (n.empty() || n.size() > 15 || n.find_first_not_of("0123456789") != std::string::npos) {
+        continue;  // not "<prefix><N>"
+      }
+      c.x.push_back(std::stod(n));
       c.y.push_back(value.get<double>());
     }
     return average_curves({c});  // sorted by N

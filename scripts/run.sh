@@ -54,4 +54,13 @@ else
   echo "== test suite"
   # One torch thread per test process; ctest runs one process per core.
   OMP_NUM_THREADS=1 ctest --test-dir build --output-on-failure -j"$jobs"
+  # The readers of every input format again, under AddressSanitizer and UBSan: only kvq_formats
+  # and its replay driver are built (not the mechanisms, models and tasks), and every fuzz corpus
+  # file (fuzz/corpus) runs through its target. The whole suite under the sanitizers takes too
+  # long for CI; README.md (Tests) has the command.
+  echo "== sanitizer subset: the format readers on the fuzz corpora (ASan + UBSan)"
+  cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DKVQ_SANITIZE=address,undefined -DKVQ_BUILD_TESTS=OFF -DKVQ_BUILD_BENCHMARKS=OFF
+  cmake --build build-sanitize -j"$jobs" --target kvq_fuzz_replay_formats
+  OMP_NUM_THREADS=1 ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L fuzz-formats
 fi

@@ -20,7 +20,7 @@ std::string read_gz_file(const std::string& who, const std::string& path) {
   gzFile file = gzopen(path.c_str(), "rb");
   TORCH_CHECK(file != nullptr, who, ": ", path, ": cannot open: ", std::strerror(errno));
   std::string bytes;
-  std::vector<char> chunk(1 << 20);
+  std::vector<char> chunk(1 << 16);  // not more: each file zeroes it (a large one each time)
   while (true) {
     const int got = gzread(file, chunk.data(), static_cast<unsigned>(chunk.size()));
     if (got < 0) {

@@ -76,8 +76,11 @@ std::string unescape_po_string(const std::string& literal, const std::string& wh
         int value = 0, digits = 0;
         while (i + 2 < literal.size() && std::isxdigit(static_cast<unsigned char>(literal[i + 1]))) {
           const char h = literal[++i];
-          value = value * 16 + (std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
-                                                                            : (h | 0x20) - 'a' + 10);
+          // Capped at 256 (rejected below): every hex digit belongs to the escape, and a long
+          // run of them must not overflow.
+          value = std::min(256, value * 16 + (std::isdigit(static_cast<unsigned char>(h))
+                                                  ? h - '0'
+                                                  : (h | 0x20) - 'a' + 10));
           ++digits;
         }
         TORCH_CHECK(digits > 0 && value < 256, where, ": bad \\x escape in ", literal);
@@ -238,6 +241,9 @@ std::vector<TextPair> read_parallel_tsv(const std::string& path, bool ignore_ext
 
 void write_parallel_tsv(const std::string& path, const std::vector<TextPair>& pairs) {
   std::string bytes;
+  // The reader drops a byte-order mark at the start of the file: a first field that starts with
+  // U+FEFF keeps it only behind a mark of the file's own.
+  if (!pairs.empty() && pairs[0].source.compare(0, 3, "\xEF\xBB\xBF") == 0) bytes = "\xEF\xBB\xBF";
   for (size_t i = 0; i < pairs.size(); ++i) {
     const auto& p = pairs[i];
     TORCH_CHECK(!p.source.empty() && !p.target.empty() && !has_forbidden_tsv_char(p.source) &&

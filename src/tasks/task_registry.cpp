@@ -177,8 +177,12 @@ const std::vector<std::string>& resume_changeable_keys() {
 std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_dir) {
   const auto run = train::RunDir::open(run_dir);
   auto config = load_saved_config(run);
-  const TaskInfo& task = find_task(config["task"].get<std::string>());
-  return {&task, std::move(config)};
+  const std::string name = config["task"].get<std::string>();
+  const auto names = task_names();
+  TORCH_CHECK(std::find(names.begin(), names.end(), name) != names.end(), "run directory: ",
+              run.config_path().string(), ": unknown task '", name,
+              "'; valid tasks: ", train::join_names(names));
+  return {&find_task(name), std::move(config)};
 }
 
 namespace {

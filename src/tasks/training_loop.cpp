@@ -192,13 +192,17 @@ class LoopRun {
                 state_.schedule.dump(), ", the config gives ", wanted.dump());
     state_.schedule = wanted;
     if (loop_.sampler != nullptr) loop_.sampler->load_state(state_.data);
-    std::string results;
+    nlohmann::json results;
     std::error_code ec;
     if (main_ && state_.step >= total_ && std::filesystem::exists(results_path_, ec)) {
-      results = util::read_file(results_path_, "resume");
+      results = train::read_results(results_path_);
     }
-    if (dist_) results = dist_->broadcast_string(results, "the finished run's results");
-    if (!results.empty()) return nlohmann::json::parse(results);
+    if (dist_) {
+      const auto text = dist_->broadcast_string(results.is_null() ? "" : results.dump(),
+                                                "the finished run's results");
+      if (!main_ && !text.empty()) results = nlohmann::json::parse(text);
+    }
+    if (!results.is_null()) return results;
     return c10::nullopt;
   }
 
@@ -364,7 +368,7 @@ class LoopRun {
       summary["comm_seconds"] = comm_seconds_;
     }
     if (!main_) return summary;  // rank 0 writes the results
-    util::write_file_atomic(results_path_, summary.dump(2) + "\n", "results");
+    train::write_results(results_path_, summary);
     return summary;
   }
 

@@ -88,6 +88,16 @@ std::vector<std::string> split_list(const std::string& text) {
 
 std::string quote(const std::string& text) { return "'" + text + "'"; }
 
+// Whether `text` is valid UTF-8, which a JSON string must be (nlohmann's dump() throws on it).
+bool valid_utf8(const std::string& text) {
+  try {
+    (void)nlohmann::json(text).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 std::string field_type_name(FieldType type) {
@@ -263,6 +273,7 @@ nlohmann::json ConfigSchemaBase::parse_value(const Field& field, const std::stri
       return {};
     }
     case FieldType::String:
+      if (!valid_utf8(text)) bad(" (not valid UTF-8)");
       return text;
     case FieldType::IntList: {
       nlohmann::json out = nlohmann::json::array();
@@ -276,6 +287,7 @@ nlohmann::json ConfigSchemaBase::parse_value(const Field& field, const std::stri
     }
     case FieldType::StringList: {
       nlohmann::json out = nlohmann::json::array();
+      if (!valid_utf8(text)) bad(" (not valid UTF-8)");
       for (const auto& item : split_list(text)) out.push_back(item);
       return out;
     }
@@ -327,7 +339,7 @@ void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& pat
   nlohmann::json patch;
   try {
     patch = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
     fail(source, std::string("not valid JSON: ") + e.what());
   }
   apply_json(values, patch, source);

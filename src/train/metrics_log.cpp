@@ -138,7 +138,7 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
     nlohmann::json record;
     try {
       record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
       TORCH_CHECK(false, "read_metrics: ", path, ":", line_number, ": not valid JSON: ", e.what());
     }
     TORCH_CHECK(record.is_object(), "read_metrics: ", path, ":", line_number,
@@ -164,6 +164,49 @@ int64_t truncate_metrics(const std::string& path, int64_t max_step, const std::s
   }
   util::write_file_atomic(path, kept, "truncate_metrics");
   return dropped;
+}
+
+void write_results(const std::string& path, const nlohmann::json& summary) {
+  TORCH_CHECK(summary.is_object(), "write_results: ", path, ": the summary must be a JSON object");
+  util::write_file_atomic(path, encode_non_finite(summary).dump(2) + "\n", "write_results");
+}
+
+nlohmann::json read_results(const std::string& path) {
+  const std::string text = util::read_file(path, "read_results");
+  nlohmann::json results;
+  try {
+    results = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
+    TORCH_CHECK(false, "read_results: ", path, ": not valid JSON: ", e.what());
+  }
+  TORCH_CHECK(results.is_object(), "read_results: ", path, ": not a JSON object");
+  TORCH_CHECK(results.contains("test") && results.at("test").is_object(), "read_results: ", path,
+              ": no \"test\" object (the test metrics of a finished run)");
+  for (const char* key : {"test", "best_val"}) {
+    if (!results.contains(key) || !results.at(key).is_object()) continue;
+    auto& object = results.at(key);
+    for (auto it = object.begin(); it != object.end(); ++it) {
+      auto& value = it.value();
+      if (value.is_null()) value = std::numeric_limits<double>::quiet_NaN();
+      value = decode_non_finite(value);
+    }
+  }
+  for (const auto& [name, value] : results.at("test").items()) {
+    TORCH_CHECK(value.is_number(), "read_results: ", path, ": test metric \"", name,
+                "\" is not a number: ", value.dump());
+  }
+  TORCH_CHECK(!results.contains("train_seconds") || results.at("train_seconds").is_number(),
+              "read_results: ", path, ": \"train_seconds\" is not a number: ",
+              results.at("train_seconds").dump());
+  for (const char* key : {"params", "steps"}) {
+    TORCH_CHECK(!results.contains(key) || results.at(key).is_number_integer(), "read_results: ",
+                path, ": \"", key, "\" is not an integer: ", results.at(key).dump());
+  }
+  for (const char* key : {"task", "mechanism", "projection"}) {
+    TORCH_CHECK(!results.contains(key) || results.at(key).is_string(), "read_results: ", path,
+                ": \"", key, "\" is not a string: ", results.at(key).dump());
+  }
+  return results;
 }
 
 MetricSeries metric_series(const std::vector<nlohmann::json>& records, const std::string& y_key,

@@ -130,7 +130,7 @@ nlohmann::json RunDir::load_config() const {
   const std::string text = util::read_file(path, "run directory");
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
     TORCH_CHECK(false, "run directory: ", path, ": not valid JSON: ", e.what());
   }
   return {};

@@ -98,6 +98,22 @@ TEST(DataParallelText, WriteThenReadRoundTrips) {
                {tmp.file("x.tsv"), "pair 0"});
 }
 
+// Found by fuzzing (fuzz/corpus/parallel_tsv/bom-in-first-field.tsv): a U+FEFF that starts the
+// first source (a blank first line put it there) came first in the written file, where the
+// reader drops it as a byte-order mark.
+TEST(DataParallelText, FirstFieldStartingWithAByteOrderMarkRoundTrips) {
+  TempDir tmp;
+  const auto path = tmp.write("in.tsv", "\r\n\xEF\xBB\xBFHi.\tHallo!\r\n");
+  const auto pairs = D::read_parallel_tsv(path);
+  ASSERT_EQ(pairs.size(), 1u);
+  EXPECT_EQ(pairs[0].source, "\xEF\xBB\xBFHi.");
+  D::write_parallel_tsv(tmp.file("out.tsv"), pairs);
+  expect_pairs(D::read_parallel_tsv(tmp.file("out.tsv")), pairs);
+  // No mark is added otherwise.
+  D::write_parallel_tsv(tmp.file("plain.tsv"), {{"Hi.", "Hallo!"}});
+  EXPECT_EQ(read_file(tmp.file("plain.tsv")), "Hi.\tHallo!\n");
+}
+
 // ---- Tokeniser ----
 
 TEST(DataParallelText, TokeniserFollowsItsDocumentedRules) {
@@ -268,6 +284,14 @@ TEST(DataParallelText, ParsesPoText) {
                     "latin.po");
       },
       {"latin.po", "charset is ISO-8859-1"});
+}
+
+// Found by fuzzing (fuzz/corpus/po/long-hex-escape.po): the value of a \x escape with many hex
+// digits overflowed an int (undefined behaviour) before it was checked against 255.
+TEST(DataParallelText, LongHexEscapeIsRejectedWithoutOverflow) {
+  expect_error([] { D::parse_po("msgid \"a\\x123456789abcdef0123\"\nmsgstr \"b\"\n", "hex.po"); },
+               {"hex.po:1", "bad \\x escape"});
+  expect_pairs(D::parse_po("msgid \"a\\x41\\x0042\"\nmsgstr \"b\"\n", "ok.po"), {{"aAB", "b"}});
 }
 
 TEST(DataParallelText, GettextFilter) {

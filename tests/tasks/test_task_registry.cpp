@@ -44,6 +44,18 @@ TEST(TaskRegistry, UnknownTaskNamesTheValidOnes) {
   for (const char* name : kvq::data::kSyntheticTaskNames) EXPECT_HAS(message, name);
 }
 
+// A run directory's config.json naming no registered task: the error names the file (it said
+// only "unknown task", with nothing pointing at the run directory).
+TEST(TaskRegistry, RunOfAnUnknownTaskNamesItsConfigFile) {
+  kvq_test_files::TempDir dir;
+  const auto path = dir.write("config.json", R"({"task": "sorting", "seed": 0})");
+  const auto message = error_of([&] { kvq::tasks::task_of_run(dir.dir()); });
+  EXPECT_HAS(message, "run directory: " + path + ": unknown task 'sorting'; valid tasks: ");
+  EXPECT_HAS(message, "sort");
+  dir.write("config.json", R"({"seed": 0})");
+  EXPECT_HAS(error_of([&] { kvq::tasks::task_of_run(dir.dir()); }), "has no \"task\" field");
+}
+
 TEST(TaskRegistry, ResolvedConfigCarriesTheTaskName) {
   for (const char* name : kvq::data::kSyntheticTaskNames) {
     EXPECT_EQ(resolve(name, "", {})["task"], name);

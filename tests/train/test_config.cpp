@@ -177,6 +177,31 @@ TEST(TrainConfig, FileOverridesAreTypeChecked) {
   EXPECT_HAS(message, "no such file");
 }
 
+// Found by fuzzing (fuzz/corpus/config/number-overflow.json): a number too large for a double is
+// not a parse_error in nlohmann_json but an out_of_range, which escaped as a library exception
+// naming no file. The readers of metrics, results, run directories and checkpoint metadata
+// caught the same too narrow exception type.
+TEST(TrainConfig, NumberTooLargeInAFileIsANamedError) {
+  TempDir dir;
+  const auto path = dir.write("huge.json", R"({"lr": 47.5E6320368})");
+  const auto message = error_of([&] { synthetic_schema().resolve({"", path, {}}); });
+  EXPECT_HAS(message, "config synthetic: file " + path);
+  EXPECT_HAS(message, "not valid JSON");
+  EXPECT_HAS(message, "number overflow");
+}
+
+// Found by fuzzing (fuzz/corpus/config/set-not-utf8.txt): a --set string must be UTF-8 like every
+// JSON string, otherwise printing or saving the resolved config failed later, in the JSON
+// library, without naming the override.
+TEST(TrainConfig, SetStringsMustBeUtf8) {
+  for (const std::string set : {"task=\xFFsort", "variants=kv,\xC3"}) {
+    const auto message = error_of([&] { resolve_sets({set}); });
+    EXPECT_HAS(message, "config synthetic: --set " + set);
+    EXPECT_HAS(message, "not valid UTF-8");
+  }
+  EXPECT_EQ(resolve_sets({"task=s\xC3\xBC" "d"}).task, "s\xC3\xBC" "d");
+}
+
 TEST(TrainConfig, PresetThenFileThenSets) {
   TempDir dir;
   const auto file = dir.write("o.json", R"({"length": 16, "lr": 0.5})");

@@ -108,4 +108,53 @@ TEST(TrainMetricsLog, SeriesSelectsByFieldsAndSkipsNonNumbers) {
   EXPECT_EQ(all.y, (std::vector<double>{3.0, 2.5, 2.0, 1.5}));
 }
 
+TEST(TrainResults, NonFiniteMetricsRoundTrip) {
+  TempDir dir;
+  const auto path = dir.file("results.json");
+  const double inf = std::numeric_limits<double>::infinity();
+  T::write_results(path, {{"task", "sort"}, {"params", 12}, {"train_seconds", 1.5},
+                          {"test", {{"loss", std::nan("")}, {"mse_n2", -inf}, {"samples", 64}}},
+                          {"best_val", {{"loss", inf}, {"step", 3}}}});
+  // JSON has no NaN: written as the metrics file writes it, not as null.
+  EXPECT_HAS(text_of(path), "\"NaN\"");
+  const auto back = T::read_results(path);
+  EXPECT_TRUE(std::isnan(back.at("test").at("loss").get<double>()));
+  EXPECT_EQ(back.at("test").at("mse_n2").get<double>(), -inf);
+  EXPECT_EQ(back.at("test").at("samples").get<int64_t>(), 64);
+  EXPECT_EQ(back.at("best_val").at("loss").get<double>(), inf);
+  EXPECT_EQ(back.at("params").get<int64_t>(), 12);
+}
+
+TEST(TrainResults, NullMetricOfOlderFilesReadsAsNaN) {
+  TempDir dir;
+  const auto path = dir.write("results.json", R"({"test": {"loss": null, "accuracy": 0.5}})");
+  const auto back = T::read_results(path);
+  EXPECT_TRUE(std::isnan(back.at("test").at("loss").get<double>()));
+  EXPECT_EQ(back.at("test").at("accuracy").get<double>(), 0.5);
+}
+
+// Found while writing the results fuzz target: results.json used to be read with a bare
+// nlohmann::json::parse, and `kvq compare --resume` then indexed it unchecked, so a damaged file
+// ended in a JSON library exception that named no file, or in an out-of-range float-to-int
+// conversion.
+TEST(TrainResults, DamagedFilesFailNamingTheFileAndTheField) {
+  TempDir dir;
+  const auto check = [&](const std::string& text, const std::string& part) {
+    const auto path = dir.write("results.json", text);
+    const auto message = error_of([&] { T::read_results(path); });
+    EXPECT_HAS(message, "read_results: " + path);
+    EXPECT_HAS(message, part);
+  };
+  check("{\"test\": {\"loss\": 1", "not valid JSON");
+  check("[1, 2]", "not a JSON object");
+  check("{\"steps\": 3}", "no \"test\" object");
+  check(R"({"test": [1]})", "no \"test\" object");
+  check(R"({"test": {"loss": "low"}})", "test metric \"loss\" is not a number");
+  check(R"({"test": {}, "steps": 1e300})", "\"steps\" is not an integer");
+  check(R"({"test": {}, "params": "many"})", "\"params\" is not an integer");
+  check(R"({"test": {}, "train_seconds": "1"})", "\"train_seconds\" is not a number");
+  check(R"({"test": {}, "projection": 2})", "\"projection\" is not a string");
+  EXPECT_HAS(error_of([&] { T::read_results(dir.file("missing.json")); }), "missing.json");
+}
+
 }  // namespace

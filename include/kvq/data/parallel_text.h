@@ -26,7 +26,9 @@ struct TextPair {
 // TAB. Errors name the file and the 1-based line: wrong field count, an empty field, invalid UTF-8.
 std::vector<TextPair> read_parallel_tsv(const std::string& path, bool ignore_extra_columns = false);
 
-// The inverse of read_parallel_tsv. Throws when a field is empty or holds a TAB, CR or LF.
+// The inverse of read_parallel_tsv. Throws when a field is empty or holds a TAB, CR or LF. When
+// the first source starts with U+FEFF, the file starts with a byte-order mark of its own (which
+// the reader drops), so that the field reads back whole.
 void write_parallel_tsv(const std::string& path, const std::vector<TextPair>& pairs);
 
 // ---- Tokens ----

@@ -47,6 +47,18 @@ std::vector<nlohmann::json> read_metrics(const std::string& path);
 int64_t truncate_metrics(const std::string& path, int64_t max_step,
                          const std::string& step_key = "step");
 
+// results.json, the summary of a finished run (kvq::tasks::TrainSummary): pretty-printed JSON,
+// written atomically, with non-finite numbers as the strings of the metrics file ("NaN", ...).
+void write_results(const std::string& path, const nlohmann::json& summary);
+
+// A results.json read back (by a resumed run, and so by `kvq compare --resume`): a JSON object
+// whose "test" is an object of numbers, the final test metrics. The strings "NaN", "Infinity",
+// "-Infinity" and null (how older files hold a NaN) in "test" and "best_val" become numbers.
+// The fields read as integers ("params", "steps"), numbers ("train_seconds") and strings ("task",
+// "mechanism", "projection") must have that type when present. Errors name the file and the
+// field.
+nlohmann::json read_results(const std::string& path);
+
 // One numeric column of `records` against another, for tables and plots: the (x, y) pairs of
 // the records that have both as numbers and whose fields equal every field of `where`
 // (e.g. {{"split", "val"}}).
