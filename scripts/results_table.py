@@ -32,7 +32,7 @@ INTENTION = {
     "icl-sinusoid": (["mse"], {}, "the paper prints no figures"),
     "few-shot": (["acc", "proto_acc"], {}, "the paper prints no figures; proto_acc: the prototype "
                  "baseline on the same encoder"),
-    "distill": (["agreement", "success", "teacher_success", "random_success"], {},
+    "distill": (["agreement", "success", "success_sampled", "teacher_success", "random_success"], {},
                 "the paper prints no figures"),
 }
 spec = KV if paper == "kv" else INTENTION

@@ -83,14 +83,25 @@ nlohmann::json evaluate_split(models::GridPolicy& model, const Config& c,
     };
     const auto acted = env::evaluate_policy(student, levels, world_options(c),
                                             env::EvalOptions().batch_size(c.eval_batch_size));
+    // The student is trained towards the teacher's soft-max policy, so it also acts by sampling
+    // its own distribution (as the teacher does at its temperature), beside the greedy argmax.
+    const uint64_t act_seed = mix_seeds(static_cast<uint64_t>(c.seed), 0xAC7);
+    const auto sampled = env::evaluate_policy(
+        student, levels, world_options(c),
+        env::EvalOptions().batch_size(c.eval_batch_size).greedy(false).seed(act_seed));
     const auto teacher = env::evaluate_teacher(
         levels, world_options(c), env::TeacherOptions().temperature(c.temperature).greedy(true));
+    const auto teacher_sampled = env::evaluate_teacher(
+        levels, world_options(c), env::TeacherOptions().temperature(c.temperature), act_seed);
     const auto random = env::evaluate_random_policy(levels, world_options(c));
     out["success"] = acted.success_rate;
     out["return"] = acted.mean_return;
     out["length"] = acted.mean_length;
+    out["success_sampled"] = sampled.success_rate;
+    out["return_sampled"] = sampled.mean_return;
     out["teacher_success"] = teacher.success_rate;
     out["teacher_return"] = teacher.mean_return;
+    out["teacher_success_sampled"] = teacher_sampled.success_rate;
     out["random_success"] = random.success_rate;
     out["random_return"] = random.mean_return;
   }

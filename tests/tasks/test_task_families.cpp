@@ -142,9 +142,12 @@ TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
   // The teacher acts optimally on solvable levels; a random walk does not always arrive.
   EXPECT_EQ(test.at("teacher_success").get<double>(), 1.0);
   EXPECT_LT(test.at("random_success").get<double>(), 1.0);
-  for (const char* key : {"agreement", "success", "return", "loss"}) {
+  for (const char* key : {"agreement", "success", "return", "loss", "success_sampled",
+                          "return_sampled", "teacher_success_sampled"}) {
     ASSERT_TRUE(test.contains(key)) << key;
   }
+  EXPECT_GT(test.at("teacher_success_sampled").get<double>(),
+            test.at("random_success").get<double>());
   EXPECT_GE(test.at("agreement").get<double>(), 0.0);
   EXPECT_LE(test.at("agreement").get<double>(), 1.0);
 }
