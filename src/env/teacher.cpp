@@ -146,17 +146,83 @@ torch::Tensor optimal_actions(const Level& level, const std::vector<int64_t>& di
   return optimal;
 }
 
+namespace {
+
+// Collects (observation, teacher distribution, optimal actions) records of one world size and packs
+// them into a TrajectoryDataset.
+class StateRecorder {
+ public:
+  explicit StateRecorder(const GridWorldOptions& world)
+      : world_(world), cells_(world.height() * world.width()) {}
+
+  // Records the agent at `agent` of `level` (level index `index`) and returns the teacher's
+  // probabilities; the recorded action is the lowest optimal one until set_last_action.
+  const double* record(const Level& level, const std::vector<int64_t>& distances, Position agent,
+                       double temperature, int64_t index) {
+    const auto obs = observe(level, agent);
+    const int64_t* t = obs.types.data_ptr<int64_t>();
+    types_.insert(types_.end(), t, t + cells_);
+    pi_ = teacher_policy(level, distances, agent, temperature);
+    const auto opt = optimal_actions(level, distances, agent);
+    const double* p = pi_.data_ptr<double>();
+    const bool* o = opt.data_ptr<bool>();
+    int64_t action = -1;
+    for (int64_t a = 0; a < kNumActions; ++a) {
+      probs_.push_back(static_cast<float>(p[a]));
+      optimal_.push_back(o[a]);
+      if (action < 0 && o[a]) action = a;
+    }
+    actions_.push_back(action);
+    level_index_.push_back(index);
+    return p;
+  }
+
+  // Replaces the action of the last record.
+  void set_last_action(int64_t action) { actions_.back() = action; }
+  int64_t last_action() const { return actions_.back(); }
+
+  TrajectoryDataset pack() {
+    const auto s = static_cast<int64_t>(actions_.size());
+    const auto cell = torch::arange(cells_, torch::kInt64);
+    TrajectoryDataset out;
+    out.height = world_.height();
+    out.width = world_.width();
+    out.types = torch::from_blob(types_.data(), {s, cells_}, torch::kInt64).clone();
+    out.rows = cell.div(world_.width(), "floor").expand({s, cells_}).contiguous();
+    out.cols = cell.remainder(world_.width()).expand({s, cells_}).contiguous();
+    out.teacher_probs =
+        torch::from_blob(probs_.data(), {s, kNumActions}, torch::kFloat32).clone();
+    out.optimal =
+        torch::from_blob(optimal_.data(), {s, kNumActions}, torch::kUInt8).to(torch::kBool);
+    out.actions = torch::from_blob(actions_.data(), {s}, torch::kInt64).clone();
+    out.level_index = torch::from_blob(level_index_.data(), {s}, torch::kInt64).clone();
+    return out;
+  }
+
+ private:
+  GridWorldOptions world_;
+  int64_t cells_;
+  torch::Tensor pi_;
+  std::vector<int64_t> types_, actions_, level_index_;
+  std::vector<float> probs_;
+  std::vector<uint8_t> optimal_;
+};
+
+void check_dataset_args(const char* fn, int64_t num_levels, const GridWorldOptions& world,
+                        const TeacherOptions& teacher) {
+  TORCH_CHECK(num_levels >= 0, fn, ": num_levels must be >= 0, got ", num_levels);
+  TORCH_CHECK(teacher.temperature() >= 0.0, fn, ": temperature must be >= 0, got ",
+              teacher.temperature());
+  check_options(world);
+}
+
+}  // namespace
+
 TrajectoryDataset make_teacher_dataset(uint64_t seed0, int64_t num_levels,
                                        const GridWorldOptions& world,
                                        const TeacherOptions& teacher) {
-  TORCH_CHECK(num_levels >= 0, "make_teacher_dataset: num_levels must be >= 0, got ", num_levels);
-  TORCH_CHECK(teacher.temperature() >= 0.0, "make_teacher_dataset: temperature must be >= 0, got ",
-              teacher.temperature());
-  check_options(world);
-  const int64_t n = world.height() * world.width();
-  std::vector<int64_t> types, actions, level_index;
-  std::vector<float> probs;
-  std::vector<uint8_t> optimal;
+  check_dataset_args("make_teacher_dataset", num_levels, world, teacher);
+  StateRecorder recorder(world);
   GridWorld env(world);
   for (int64_t i = 0; i < num_levels; ++i) {
     const uint64_t seed = seed0 + static_cast<uint64_t>(i);
@@ -165,87 +231,30 @@ TrajectoryDataset make_teacher_dataset(uint64_t seed0, int64_t num_levels,
     std::mt19937_64 engine(mix(seed));
     env.reset(level);
     while (!env.done()) {
-      const auto obs = observe(level, env.agent());
-      const int64_t* t = obs.types.data_ptr<int64_t>();
-      types.insert(types.end(), t, t + n);
-      const auto pi = teacher_policy(level, distances, env.agent(), teacher.temperature());
-      const auto opt = optimal_actions(level, distances, env.agent());
-      const double* p = pi.data_ptr<double>();
-      const bool* o = opt.data_ptr<bool>();
-      int64_t action = -1;
-      for (int64_t a = 0; a < kNumActions; ++a) {
-        probs.push_back(static_cast<float>(p[a]));
-        optimal.push_back(o[a]);
-        if (action < 0 && o[a]) action = a;
-      }
-      if (!teacher.greedy()) action = sample_index(p, kNumActions, engine);
-      actions.push_back(action);
-      level_index.push_back(i);
-      env.step(action);
+      const double* p = recorder.record(level, distances, env.agent(), teacher.temperature(), i);
+      if (!teacher.greedy()) recorder.set_last_action(sample_index(p, kNumActions, engine));
+      env.step(recorder.last_action());
     }
   }
-  const auto s = static_cast<int64_t>(actions.size());
-  const auto cell = torch::arange(n, torch::kInt64);
-  TrajectoryDataset out;
-  out.height = world.height();
-  out.width = world.width();
-  out.types = torch::from_blob(types.data(), {s, n}, torch::kInt64).clone();
-  out.rows = cell.div(world.width(), "floor").expand({s, n}).contiguous();
-  out.cols = cell.remainder(world.width()).expand({s, n}).contiguous();
-  out.teacher_probs = torch::from_blob(probs.data(), {s, kNumActions}, torch::kFloat32).clone();
-  out.optimal = torch::from_blob(optimal.data(), {s, kNumActions}, torch::kUInt8).to(torch::kBool);
-  out.actions = torch::from_blob(actions.data(), {s}, torch::kInt64).clone();
-  out.level_index = torch::from_blob(level_index.data(), {s}, torch::kInt64).clone();
-  return out;
+  return recorder.pack();
 }
 
 TrajectoryDataset make_state_dataset(uint64_t seed0, int64_t num_levels,
                                      const GridWorldOptions& world,
                                      const TeacherOptions& teacher) {
-  TORCH_CHECK(num_levels >= 0, "make_state_dataset: num_levels must be >= 0, got ", num_levels);
-  TORCH_CHECK(teacher.temperature() >= 0.0, "make_state_dataset: temperature must be >= 0, got ",
-              teacher.temperature());
-  check_options(world);
+  check_dataset_args("make_state_dataset", num_levels, world, teacher);
+  StateRecorder recorder(world);
   const int64_t n = world.height() * world.width();
-  std::vector<int64_t> types, actions, level_index;
-  std::vector<float> probs;
-  std::vector<uint8_t> optimal;
   for (int64_t i = 0; i < num_levels; ++i) {
     const Level level = generate_level(seed0 + static_cast<uint64_t>(i), world);
     const auto distances = goal_distances(level);
     for (int64_t cell = 0; cell < n; ++cell) {
       if (distances[static_cast<size_t>(cell)] <= 0) continue;
-      const Position agent{cell / world.width(), cell % world.width()};
-      const auto obs = observe(level, agent);
-      const int64_t* t = obs.types.data_ptr<int64_t>();
-      types.insert(types.end(), t, t + n);
-      const auto pi = teacher_policy(level, distances, agent, teacher.temperature());
-      const auto opt = optimal_actions(level, distances, agent);
-      const double* p = pi.data_ptr<double>();
-      const bool* o = opt.data_ptr<bool>();
-      int64_t action = -1;
-      for (int64_t a = 0; a < kNumActions; ++a) {
-        probs.push_back(static_cast<float>(p[a]));
-        optimal.push_back(o[a]);
-        if (action < 0 && o[a]) action = a;
-      }
-      actions.push_back(action);
-      level_index.push_back(i);
+      recorder.record(level, distances, Position{cell / world.width(), cell % world.width()},
+                      teacher.temperature(), i);
     }
   }
-  const auto s = static_cast<int64_t>(actions.size());
-  const auto cell = torch::arange(n, torch::kInt64);
-  TrajectoryDataset out;
-  out.height = world.height();
-  out.width = world.width();
-  out.types = torch::from_blob(types.data(), {s, n}, torch::kInt64).clone();
-  out.rows = cell.div(world.width(), "floor").expand({s, n}).contiguous();
-  out.cols = cell.remainder(world.width()).expand({s, n}).contiguous();
-  out.teacher_probs = torch::from_blob(probs.data(), {s, kNumActions}, torch::kFloat32).clone();
-  out.optimal = torch::from_blob(optimal.data(), {s, kNumActions}, torch::kUInt8).to(torch::kBool);
-  out.actions = torch::from_blob(actions.data(), {s}, torch::kInt64).clone();
-  out.level_index = torch::from_blob(level_index.data(), {s}, torch::kInt64).clone();
-  return out;
+  return recorder.pack();
 }
 
 EvalResult evaluate_policy(const Policy& policy, const std::vector<Level>& levels,
