@@ -13,12 +13,12 @@
 #include <string>
 
 #include "kvq/data/synthetic_tasks.h"
-#include "kvq/models/sequence_tagger.h"
 #include "kvq/tasks/sequence_task.h"
 #include "kvq/tasks/training_loop.h"
 #include "kvq/train/distributed.h"
 #include "kvq/train/run_dir.h"
 #include "kvq/util/sampler.h"
+#include "dist_worker_model.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {
@@ -45,13 +45,7 @@ int main(int argc, char** argv) {
         data::SyntheticTask::Sort, 7, data::SyntheticTaskOptions().vocab_size(vocab).length(length),
         256, 40, 40);
     torch::manual_seed(3);
-    models::SequenceTagger model(models::SequenceTaggerOptions(vocab, vocab)
-                                     .d_model(16)
-                                     .num_heads(2)
-                                     .num_layers(1)
-                                     .dropout(0.0)
-                                     .mechanism("softmax"));
-    model->to(dtype);
+    auto model = test_tools::dist_worker_model(dtype);
     // SGD, not Adam: Adam turns the rounding noise of gradients that are zero in exact
     // arithmetic (the key bias under softmax) into steps of +-lr, which would differ between any
     // two summation orders and hide what this test checks.

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "kvq/models/sequence_tagger.h"
+#include "tools/dist_worker_model.h"
 #include "kvq/train/checkpoint.h"
 #include "kvq/train/distributed.h"
 #include "kvq/train/metrics_log.h"
@@ -74,13 +74,7 @@ int wait_status(pid_t pid) {
 
 // The model of kvq_dist_worker, with the parameters of `checkpoint`.
 kvq::models::SequenceTagger load_model(const std::string& checkpoint, torch::Dtype dtype) {
-  kvq::models::SequenceTagger model(kvq::models::SequenceTaggerOptions(8, 8)
-                                        .d_model(16)
-                                        .num_heads(2)
-                                        .num_layers(1)
-                                        .dropout(0.0)
-                                        .mechanism("softmax"));
-  model->to(dtype);
+  auto model = kvq::test_tools::dist_worker_model(dtype);
   kvq::train::load_model_weights(checkpoint, *model);
   return model;
 }
