@@ -9,7 +9,8 @@
 #   intention: icl-linear icl-gp icl-sinusoid few-shot distill;
 #              softmax, linear, intention, softmax-intention (preset "paper" = the tasks' `full`)
 # seeds: default 1 at quick, 3 at paper. Runs go to runs/reproduce/<paper>_<preset>/<task>; an
-# interrupted call resumes when run again. Sequential; set OMP_NUM_THREADS to share the machine.
+# interrupted call resumes when run again. Sequential; set OMP_NUM_THREADS to share the machine, and
+# KVQ to run another kvq binary than build/kvq (e.g. a copy that a rebuild cannot replace mid-run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 paper="${1:?usage: scripts/reproduce.sh kv|intention [quick|paper] [seeds] [task ...]}"
@@ -34,7 +35,7 @@ for task in "${tasks[@]}"; do
   resume=()
   if [ -d "$dir" ]; then resume=(--resume); fi
   echo "== $task ($task_preset, $seeds seed(s)) -> $dir"
-  ./build/kvq compare --task "$task" --preset "$task_preset" --seeds "$seeds" \
+  "${KVQ:-./build/kvq}" compare --task "$task" --preset "$task_preset" --seeds "$seeds" \
     --mechanisms "$mechanisms" --run-dir "$dir" --quiet "${resume[@]}"
 done
 mkdir -p docs/results
