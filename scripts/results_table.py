@@ -1,5 +1,7 @@
 """Writes the Markdown table of scripts/reproduce.sh from the comparisons' summary.csv files.
-Usage: results_table.py kv|intention quick|paper SEEDS RUN_ROOT COMMAND  (table on stdout)"""
+Usage: results_table.py kv|intention quick|paper SEEDS RUN_ROOT COMMAND [--grid]  (table on stdout)
+--grid: the runs are cells of a grid (RUN_ROOT/<task>/grid/<cell>); the table gives the mean over
+the cells run beside the paper's grid mean, then every cell."""
 import csv
 import datetime
 import os
@@ -7,6 +9,9 @@ import subprocess
 import sys
 
 paper, preset, seeds, root, command = sys.argv[1:6]
+grid = sys.argv[6:] == ["--grid"]
+if sys.argv[6:] not in ([], ["--grid"]):
+    sys.exit(__doc__)
 
 # task -> (metrics shown, {mechanism: paper figure}, note on the setups)
 GRID = ("the paper prints the mean over a grid (L in {64, 128}, d in {64, 256}, depth in {2, 4}, "
@@ -42,27 +47,76 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
 title = "Key-Value Transformer (Borji 2023)" if paper == "kv" else "Intention (Garnelo & Czarnecki 2023)"
-print(f"# {title}: kvq at the `{preset}` preset beside the paper\n")
+print(f"# {title}: kvq at the `{preset}` preset{' over cells of a grid' if grid else ''} "
+      "beside the paper\n")
 print(f"Command: `{command}`; commit {commit}{' (with local changes)' if dirty else ''}; "
       f"{datetime.date.today().isoformat()}; {seeds} seed(s) per mechanism; mean ± sample standard "
       "deviation over seeds (± 0 with one seed); test metrics of the final model.\n")
 if preset == "quick":
     print("The `quick` preset is far smaller than the papers' setups: its figures show that "
           "everything runs and how the mechanisms rank, not the papers' numbers.\n")
-print("| task | metric | mechanism | kvq | paper | note |")
-print("|---|---|---|---|---|---|")
-for task, (metrics, figures, note) in spec.items():
-    path = os.path.join(root, task, "summary.csv")
-    if not os.path.exists(path):
-        print(f"| {task} | | | not run | | |")
-        continue
+
+
+def read_summary(path):
     with open(path) as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for metric in metrics:
-            if f"{metric}_mean" not in row:
-                continue
-            mean, sd = float(row[f"{metric}_mean"]), float(row[f"{metric}_sd"] or 0)
-            sd_text = "0" if sd != sd else f"{sd:.4f}"
-            print(f"| {task} | {metric} | {row['mechanism']} | {mean:.4f} ± {sd_text} | "
-                  f"{figures.get(row['mechanism'], '-') if metric == metrics[0] else '-'} | {note} |")
+        return list(csv.DictReader(f))
+
+
+def mean_sd(row, metric):
+    mean, sd = float(row[f"{metric}_mean"]), float(row[f"{metric}_sd"] or 0)
+    return mean, "0" if sd != sd else f"{sd:.4f}"
+
+
+if not grid:
+    print("| task | metric | mechanism | kvq | paper | note |")
+    print("|---|---|---|---|---|---|")
+    for task, (metrics, figures, note) in spec.items():
+        path = os.path.join(root, task, "summary.csv")
+        if not os.path.exists(path):
+            print(f"| {task} | | | not run | | |")
+            continue
+        for row in read_summary(path):
+            for metric in metrics:
+                if f"{metric}_mean" not in row:
+                    continue
+                mean, sd_text = mean_sd(row, metric)
+                print(f"| {task} | {metric} | {row['mechanism']} | {mean:.4f} ± {sd_text} | "
+                      f"{figures.get(row['mechanism'], '-') if metric == metrics[0] else '-'} "
+                      f"| {note} |")
+    sys.exit(0)
+
+# Grid: per task and mechanism, the mean over the cells run of each cell's mean over seeds.
+cells_of = {}
+for task in spec:
+    base = os.path.join(root, task, "grid")
+    if os.path.isdir(base):
+        cells_of[task] = sorted(c for c in os.listdir(base)
+                                if os.path.exists(os.path.join(base, c, "summary.csv")))
+print("Mean over the cells run (each cell: mean over its seeds) ± sample standard deviation over "
+      "those cells, beside the paper's mean over its whole grid.\n")
+print("| task | metric | mechanism | cells run | kvq, mean over cells | paper, grid mean |")
+print("|---|---|---|---|---|---|")
+for task, cells in cells_of.items():
+    metric, figures = spec[task][0][0], spec[task][1]
+    by_mechanism = {}
+    for cell in cells:
+        for row in read_summary(os.path.join(root, task, "grid", cell, "summary.csv")):
+            if f"{metric}_mean" in row:
+                by_mechanism.setdefault(row["mechanism"], []).append(float(row[f"{metric}_mean"]))
+    for mechanism, values in by_mechanism.items():
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
+            if len(values) > 1 else 0.0
+        print(f"| {task} | {metric} | {mechanism} | {len(values)} | {mean:.4f} ± {sd:.4f} | "
+              f"{figures.get(mechanism, '-')} |")
+print("\nEvery cell (mean ± sample standard deviation over its seeds):\n")
+print("| task | cell | mechanism | seeds | kvq |")
+print("|---|---|---|---|---|")
+for task, cells in cells_of.items():
+    metric = spec[task][0][0]
+    for cell in cells:
+        for row in read_summary(os.path.join(root, task, "grid", cell, "summary.csv")):
+            if f"{metric}_mean" in row:
+                mean, sd_text = mean_sd(row, metric)
+                print(f"| {task} | {cell} | {row['mechanism']} | {row['seeds']} | "
+                      f"{mean:.4f} ± {sd_text} |")
