@@ -130,16 +130,18 @@ const train::ConfigSchema<Config>& distill_task_schema() {
                "every state of those levels, labelled by the teacher")
         .preset("full",
                 {{"height", 9}, {"width", 9}, {"train_levels", 10000}, {"val_levels", 500},
-                 {"test_levels", 1000}, {"epochs", 10}, {"d_model", 64}, {"num_heads", 4},
-                 {"num_layers", 3}, {"batch_size", 64}, {"lr", 1e-3}, {"schedule", "cosine"},
-                 {"warmup_steps", 200}},
-                "9x9 levels, 10k training levels, 10 epochs, d 64, 4 heads, 3 layers")
+                 {"test_levels", 1000}, {"train_states", "all"}, {"epochs", 4}, {"d_model", 64},
+                 {"num_heads", 4}, {"num_layers", 4}, {"batch_size", 64}, {"lr", 1e-3},
+                 {"schedule", "cosine"}, {"warmup_steps", 200}},
+                "9x9 levels, every state of 10k training levels, 4 epochs, d 64, 4 heads, 4 layers")
         .preset("quick",
                 {{"height", 9}, {"width", 9}, {"train_levels", 1500}, {"val_levels", 200},
-                 {"test_levels", 500}, {"epochs", 4}, {"d_model", 64}, {"num_heads", 4},
-                 {"num_layers", 2}, {"batch_size", 64}, {"lr", 2e-3}, {"schedule", "cosine"},
-                 {"warmup_steps", 100}, {"eval_every", 200}, {"checkpoint_every", 200}},
-                "9x9 levels, 1500 training levels, 4 epochs, d 64, 4 heads, 2 layers")
+                 {"test_levels", 500}, {"train_states", "all"}, {"epochs", 4}, {"d_model", 64},
+                 {"num_heads", 4}, {"num_layers", 4}, {"batch_size", 64}, {"lr", 2e-3},
+                 {"schedule", "cosine"}, {"warmup_steps", 100}, {"eval_every", 200},
+                 {"checkpoint_every", 200}},
+                "9x9 levels, every state of 1500 training levels, 4 epochs, d 64, 4 heads, 4 "
+                "layers")
         .check("height and width must be in [2, 32]",
                [](const Config& c) {
                  return c.height >= 2 && c.width >= 2 && c.height <= 32 && c.width <= 32;
