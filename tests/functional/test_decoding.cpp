@@ -133,7 +133,8 @@ TEST(Decoding, StatesOfTheWrongKindOrSizeAreRefused) {
   const auto in = make_inputs(c, 3);
   torch::NoGradGuard no_grad;
   auto one = [](const torch::Tensor& x) { return x.narrow(2, 0, 1); };
-  auto [out, state] = F::intention_prefill(in.q, in.k, in.v, in.alpha);
+  // Not structured bindings: C++17 lambdas cannot capture them (GCC allows it, clang does not).
+  F::DecodeState state = F::intention_prefill(in.q, in.k, in.v, in.alpha).second;
   expect_error_naming([&] { F::softmax_step(state, one(in.q), one(in.k), one(in.v)); },
                       {"softmax_prefill"}, "an intention state in a softmax step");
   F::DecodeState empty;
@@ -156,7 +157,7 @@ TEST(Decoding, StatesOfTheWrongKindOrSizeAreRefused) {
                       "v of the wrong width");
   // A step that fails leaves the state as it was.
   EXPECT_EQ(state.length, 5);
-  auto [sm, cache] = F::softmax_prefill(in.q, in.k, in.v);
+  F::DecodeState cache = F::softmax_prefill(in.q, in.k, in.v).second;
   expect_error_naming(
       [&] {
         F::softmax_step(

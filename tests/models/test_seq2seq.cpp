@@ -264,7 +264,9 @@ TEST(Seq2Seq, BadOptionsAndInputsNameTheArgument) {
   expect_error_naming([] { M::Seq2Seq(tiny().activation("swish")); }, {"activation"},
                       "bad activation");
   M::Seq2Seq model(tiny());
-  auto [src, mask] = padded_source();
+  const auto source = padded_source();  // not a structured binding: lambdas capture it below
+  const auto& src = source.first;
+  const auto& mask = source.second;
   expect_error_naming([&] { model->greedy_decode(src, mask, kVocab, kEos, 5); }, {"bos"},
                       "bos out of range");
   expect_error_naming([&] { model->greedy_decode(src, mask, kBos, -1, 5); }, {"eos"},

@@ -111,7 +111,7 @@ TEST(MultiHeadKVQDecoding, CachesThatDoNotFitAreRefused) {
   auto m = make_module("intention", "");
   const auto x = torch::randn({2, 4, 12}, torch::kFloat64);
   torch::NoGradGuard no_grad;
-  auto [out, cache] = m->prefill(x);
+  auto cache = m->prefill(x).second;  // not a structured binding: lambdas capture it below
   kvq::nn::AttentionCache empty;
   expect_error_naming([&] { m->step(x.narrow(1, 0, 1), empty); }, {"prefill"}, "an empty cache");
   expect_error_naming([&] { m->step(x.narrow(1, 0, 2), cache); }, {"x_t"}, "two tokens");
