@@ -13,6 +13,9 @@ struct HeadsView {
   int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
 
   T* row(int64_t b, int64_t h, int64_t r) const {
+    // An empty operand (a zero-length sequence) has no data: offsetting its null pointer would
+    // be undefined behaviour even though nothing is read (clang's UBSan reports it).
+    if (data == nullptr) return nullptr;
     return data + b * batch_stride + h * head_stride + r * row_stride;
   }
 };
