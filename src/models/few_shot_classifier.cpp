@@ -168,11 +168,40 @@ void FewShotClassifierImpl::reset() {
   TORCH_CHECK(!labels || (std::isfinite(o.readout_scale_init()) && o.readout_scale_init() > 0),
               "FewShotClassifier: readout_scale_init must be > 0, got ", o.readout_scale_init());
 
+  TORCH_CHECK(o.encoder() == "conv4" || o.encoder() == "mlp",
+              "FewShotClassifier: encoder must be 'conv4' or 'mlp', got '", o.encoder(), "'");
+  TORCH_CHECK(o.readout_features() == "projected" || o.readout_features() == "encoder",
+              "FewShotClassifier: readout_features must be 'projected' or 'encoder', got '",
+              o.readout_features(), "'");
+  const bool on_encoder = labels && o.readout_features() == "encoder";
+  TORCH_CHECK(!on_encoder || o.num_layers() == 1,
+              "FewShotClassifier: readout_features 'encoder' needs num_layers = 1 (the blocks ",
+              "work on the projected features), got ", o.num_layers());
+
   const int64_t d = o.d_model();
-  encoder = register_module("encoder", ConvEncoder(o.encoder_options()));
-  feature_proj = register_module("feature_proj", torch::nn::Linear(encoder->output_dim(), d));
-  feature_norm =
-      register_module("feature_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  encoder = nullptr;
+  mlp_encoder = nullptr;
+  if (o.encoder() == "conv4") {
+    encoder = register_module("encoder", ConvEncoder(o.encoder_options()));
+  } else {
+    TORCH_CHECK(o.encoder_blocks() > 0 && o.encoder_channels() > 0,
+                "FewShotClassifier: the mlp encoder needs encoder_blocks > 0 and ",
+                "encoder_channels > 0, got ", o.encoder_blocks(), " and ", o.encoder_channels());
+    mlp_encoder = register_module("mlp_encoder", torch::nn::Sequential());
+    int64_t in = o.in_channels() * o.image_size() * o.image_size();
+    for (int64_t i = 0; i < o.encoder_blocks(); ++i) {
+      if (i > 0) mlp_encoder->push_back(torch::nn::ReLU());
+      mlp_encoder->push_back(torch::nn::Linear(in, o.encoder_channels()));
+      in = o.encoder_channels();
+    }
+  }
+  feature_proj = nullptr;
+  feature_norm = nullptr;
+  if (!on_encoder) {
+    feature_proj = register_module("feature_proj", torch::nn::Linear(feature_dim(), d));
+    feature_norm =
+        register_module("feature_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  }
   label_embedding = register_module("label_embedding", torch::nn::Embedding(o.num_ways(), d));
   blocks = register_module("blocks", torch::nn::ModuleList());
   const size_t num_blocks = labels ? names.size() - 1 : names.size();
@@ -197,8 +226,10 @@ void FewShotClassifierImpl::reset() {
     head = register_module("head", torch::nn::Linear(d, o.num_ways()));
     return;
   }
-  TORCH_CHECK(d % o.num_heads() == 0, "FewShotClassifier: d_model must be a multiple of num_heads, ",
-              "got d_model = ", d, ", num_heads = ", o.num_heads());
+  const int64_t width = on_encoder ? feature_dim() : d;
+  TORCH_CHECK(width % o.num_heads() == 0, "FewShotClassifier: ",
+              on_encoder ? "the encoder's feature width" : "d_model",
+              " must be a multiple of num_heads, got ", width, " and num_heads = ", o.num_heads());
   const auto attention = nn::layer_attention(o.attention(), names.back());
   const auto& info = find_mechanism(names.back());
   const Projection projection = attention.projection().empty()
@@ -214,8 +245,10 @@ void FewShotClassifierImpl::reset() {
     layer->weight.copy_(torch::eye(d));
     return layer;
   };
-  if (projection == Projection::QKV) readout_q = identity("readout_q");
-  readout_k = identity("readout_k");
+  if (!on_encoder) {
+    if (projection == Projection::QKV) readout_q = identity("readout_q");
+    readout_k = identity("readout_k");
+  }
   {
     torch::NoGradGuard no_grad;
     torch::nn::init::orthogonal_(label_embedding->weight);
@@ -240,12 +273,13 @@ torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
                                                    const torch::Tensor& support_labels) {
   const auto& info = find_mechanism(readout_mechanism_);
   const int64_t B = x.size(0), M = x.size(1), S = support.size(1);
-  const int64_t H = options.num_heads(), dh = options.d_model() / H;
+  const int64_t H = options.num_heads(), dh = x.size(2) / H;
   auto split = [&](const torch::Tensor& t, int64_t len) {
-    return t.view({B, len, H, dh}).transpose(1, 2);  // (B, H, len, d_h)
+    return t.reshape({B, len, H, dh}).transpose(1, 2);  // (B, H, len, d_h)
   };
-  const auto k = split(readout_k(support), S);
-  const auto q = readout_q.is_empty() ? split(readout_k(x), M) : split(readout_q(x), M);
+  const bool projected = !readout_k.is_empty();
+  const auto k = split(projected ? readout_k(support) : support, S);
+  const auto q = split(!projected ? x : readout_q.is_empty() ? readout_k(x) : readout_q(x), M);
   const auto E = label_embedding->weight;  // (N, d)
   const auto v = label_embedding(support_labels).unsqueeze(1).expand({B, H, S, E.size(1)});
   functional::AttentionFuncOptions fo;
@@ -262,16 +296,24 @@ torch::Tensor FewShotClassifierImpl::encode(const torch::Tensor& images) {
               images.defined() ? images.sizes() : c10::IntArrayRef{});
   if (images.dim() == 5) {
     check_images("FewShotClassifier", "images", images, 5, c, s);
-    return encoder(images.flatten(0, 1)).reshape({images.size(0), images.size(1), -1});
+    return run_encoder(images.flatten(0, 1)).reshape({images.size(0), images.size(1), -1});
   }
   check_images("FewShotClassifier", "images", images, 4, c, s);
-  return encoder(images);
+  return run_encoder(images);
+}
+
+torch::Tensor FewShotClassifierImpl::run_encoder(const torch::Tensor& images) {
+  return encoder.is_empty() ? mlp_encoder->forward(images.flatten(1)) : encoder(images);
+}
+
+int64_t FewShotClassifierImpl::feature_dim() const {
+  return encoder.is_empty() ? options.encoder_channels() : encoder->output_dim();
 }
 
 torch::Tensor FewShotClassifierImpl::forward_features(const torch::Tensor& support_features,
                                                       const torch::Tensor& support_labels,
                                                       const torch::Tensor& query_features) {
-  const int64_t F = encoder->output_dim();
+  const int64_t F = feature_dim();
   TORCH_CHECK(
       support_features.defined() && support_features.dim() == 3 && support_features.size(2) == F,
       "FewShotClassifier: support_features must have shape (B, S, F) with F = ", F, ", got ",
@@ -287,6 +329,10 @@ torch::Tensor FewShotClassifierImpl::forward_features(const torch::Tensor& suppo
               "FewShotClassifier: support_labels must have shape (B, S) = (", B, ", ", S, "), got ",
               support_labels.sizes());
 
+  if (feature_proj.is_empty()) {  // readout_features "encoder"
+    return label_readout(torch::layer_norm(query_features, {F}),
+                         torch::layer_norm(support_features, {F}), support_labels);
+  }
   const auto support = feature_norm(feature_proj(support_features));
   auto x = feature_norm(feature_proj(query_features));
   if (!blocks->is_empty()) {
@@ -315,7 +361,7 @@ torch::Tensor FewShotClassifierImpl::forward(const torch::Tensor& support_images
               "FewShotClassifier: support_labels must have shape (B, S) = (", B, ", ", S, "), got ",
               support_labels.defined() ? support_labels.sizes() : c10::IntArrayRef{});
   const auto features =
-      encoder(torch::cat({support_images.flatten(0, 1), query_images.flatten(0, 1)}, 0));
+      run_encoder(torch::cat({support_images.flatten(0, 1), query_images.flatten(0, 1)}, 0));
   const auto support_features = features.narrow(0, 0, B * S).reshape({B, S, -1});
   const auto query_features = features.narrow(0, B * S, B * M).reshape({B, M, -1});
   return forward_features(support_features, support_labels, query_features);

@@ -184,6 +184,73 @@ TEST(FewShotClassifier, LabelReadoutIsRidgeOrSoftNearestNeighbour) {
   }
 }
 
+// readout_features "encoder" with the mlp encoder on points (6-channel 1x1 images): no projection;
+// the readout is the same rule on the encoder's features f normalised by a parameter-free
+// LayerNorm; one shot, softmax's prediction is the nearest normalised support feature.
+TEST(FewShotClassifier, LabelReadoutOnEncoderFeatures) {
+  for (const char* mechanism : {"intention", "softmax"}) {
+    SCOPED_TRACE(mechanism);
+    torch::manual_seed(7);
+    M::FewShotClassifier model(tiny(3, mechanism)
+                                   .in_channels(6)
+                                   .image_size(1)
+                                   .encoder("mlp")
+                                   .encoder_blocks(2)
+                                   .encoder_channels(8)
+                                   .num_heads(1)
+                                   .readout("labels")
+                                   .readout_features("encoder"));
+    model->to(torch::kFloat64);
+    EXPECT_TRUE(model->feature_proj.is_empty() && model->readout_k.is_empty() &&
+                model->readout_q.is_empty() && model->encoder.is_empty());
+    EXPECT_EQ(model->feature_dim(), 8);
+    auto support = torch::randn({2, 3, 6, 1, 1}, torch::kFloat64);
+    auto query = torch::randn({2, 4, 6, 1, 1}, torch::kFloat64);
+    auto labels = torch::tensor({2, 0, 1, 1, 2, 0}, torch::kInt64).reshape({2, 3});
+    // The documented encoder: Linear - ReLU - Linear on the flattened points.
+    auto mlp = [&](const torch::Tensor& x) {
+      const auto& l1 = *model->mlp_encoder->ptr<torch::nn::LinearImpl>(0);
+      const auto& l2 = *model->mlp_encoder->ptr<torch::nn::LinearImpl>(2);
+      auto h = torch::relu(torch::matmul(x.flatten(2), l1.weight.t()) + l1.bias);
+      return torch::matmul(h, l2.weight.t()) + l2.bias;
+    };
+    EXPECT_TRUE(model->encode(support).allclose(mlp(support), 0, 1e-12));
+    auto ln = [](const torch::Tensor& f) {
+      auto c = f - f.mean(-1, true);
+      return c / (c.pow(2).mean(-1, true) + 1e-5).sqrt();
+    };
+    auto K = ln(mlp(support)), X = ln(mlp(query));
+    auto Y = torch::one_hot(labels, 3).to(torch::kFloat64);
+    const auto E = model->label_embedding->weight;
+    torch::Tensor scores;
+    if (std::string(mechanism) == "intention") {
+      auto A = torch::matmul(K.transpose(1, 2), K) +
+               model->readout_alpha() * torch::eye(8, torch::kFloat64);
+      scores = torch::matmul(torch::matmul(X, torch::linalg_inv(A)),
+                             torch::matmul(K.transpose(1, 2), Y));
+    } else {
+      scores = torch::matmul(
+          torch::softmax(torch::matmul(X, K.transpose(1, 2)) / std::sqrt(8.0), -1), Y);
+      auto nearest = (X.unsqueeze(2) - K.unsqueeze(1)).pow(2).sum(3).argmin(2);  // (B, M)
+      auto predicted = model(support, labels, query).argmax(2);
+      EXPECT_TRUE(torch::equal(predicted, labels.gather(1, nearest)));
+    }
+    auto want = model->readout_log_scale.exp() * torch::matmul(scores, torch::matmul(E, E.t()));
+    EXPECT_TRUE(model(support, labels, query).allclose(want, 0, 1e-10));
+  }
+  expect_error_naming(
+      [] { M::FewShotClassifier(tiny(3, "softmax").readout("labels").readout_features("raw")); },
+      {"readout_features", "projected", "encoder"}, "unknown readout_features");
+  expect_error_naming(
+      [] {
+        M::FewShotClassifier(
+            tiny(3, "softmax").num_layers(2).readout("labels").readout_features("encoder"));
+      },
+      {"readout_features", "num_layers = 1"}, "encoder features with blocks");
+  expect_error_naming([] { M::FewShotClassifier(tiny(3, "softmax").encoder("rnn")); },
+                      {"encoder", "conv4", "mlp"}, "unknown encoder");
+}
+
 // readout "labels" with more layers: the first num_layers - 1 are blocks, the last the readout;
 // every mechanism runs except the kv-pos projection, which the readout refuses by name.
 TEST(FewShotClassifier, LabelReadoutForEveryMechanism) {

@@ -89,8 +89,13 @@ struct FewShotClassifierOptions {
   TORCH_ARG(int64_t, image_size) = 28;
   /// Channels of the encoder blocks. Default: 64.
   TORCH_ARG(int64_t, encoder_channels) = 64;
-  /// Encoder blocks. Default: 4.
+  /// Encoder blocks (conv4) or Linear layers (mlp). Default: 4.
   TORCH_ARG(int64_t, encoder_blocks) = 4;
+  /// Encoder kind: "conv4" (ConvEncoder) or "mlp", for points given as C-channel 1x1 images
+  /// (kvq/data/gaussian_episodes.h): the flattened input (C H W) through encoder_blocks Linear
+  /// layers of width encoder_channels with a ReLU between two layers (none after the last).
+  /// Default: "conv4".
+  TORCH_ARG(std::string, encoder) = "conv4";
   /// Encoder normalisation, "group", "batch" or "none" (see ConvEncoderOptions). Default: "group".
   TORCH_ARG(std::string, encoder_norm) = "group";
   /// Groups of the encoder's GroupNorm; must divide encoder_channels. Default: 8.
@@ -119,6 +124,12 @@ struct FewShotClassifierOptions {
   /// classification: the last layer is a label readout whose values are the support labels'
   /// embeddings and whose output is scored against the same embeddings. Default: "head".
   TORCH_ARG(std::string, readout) = "head";
+  /// What the "labels" readout compares: "projected", the projections W_q, W_k of the shared
+  /// projection P of the features (after the blocks, if any); or "encoder", the encoder features
+  /// f themselves, each normalised by a LayerNorm without parameters (no P, W_q, W_k: the
+  /// prototype / ridge rule on the encoder's own features; needs num_layers = 1 and
+  /// num_heads dividing the feature width). Default: "projected".
+  TORCH_ARG(std::string, readout_features) = "projected";
   /// Initial temperature tau of the "labels" readout (learned as log tau). Default: 10.
   TORCH_ARG(double, readout_scale_init) = 10.0;
 
@@ -145,6 +156,10 @@ struct FewShotClassifierOptions {
 // with softmax a_j = softmax(q_j K^T scale), the soft nearest-neighbour / prototype rule; with
 // intention a_j = q_j (K^T K + alpha I)^{-1} K^T, the ridge classifier on the support features
 // regressing the one-hot labels. The kv-pos projection does not apply to the readout.
+// readout_features "encoder": k_i = LN(f_i), q_j = LN(f_j) (LayerNorm without parameters, no P,
+// W_q, W_k), so the readout is that rule on the encoder's own (normalised) features: with one
+// shot, softmax's argmax is the nearest support feature in Euclidean distance after the
+// normalisation, as the prototype rule is on the features unnormalised.
 // forward: encode (support and query images in one call, so a "batch"-norm encoder sees the whole
 // episode batch while training), then forward_features.
 //   support_images float (B, S, C, H, W), support_labels int64 (B, S) in [0, N),
@@ -171,15 +186,20 @@ class FewShotClassifierImpl : public torch::nn::Cloneable<FewShotClassifierImpl>
                                  const torch::Tensor& support_labels,
                                  const torch::Tensor& query_features);
 
+  // The encoder's feature width F.
+  int64_t feature_dim() const;
+
   FewShotClassifierOptions options;
-  ConvEncoder encoder{nullptr};
-  torch::nn::Linear feature_proj{nullptr};
-  torch::nn::LayerNorm feature_norm{nullptr};
+  ConvEncoder encoder{nullptr};                  // encoder "conv4" only
+  torch::nn::Sequential mlp_encoder{nullptr};    // encoder "mlp" only
+  torch::nn::Linear feature_proj{nullptr};       // not with readout_features "encoder"
+  torch::nn::LayerNorm feature_norm{nullptr};    // not with readout_features "encoder"
   torch::nn::Embedding label_embedding{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm final_norm{nullptr};  // Pre-LN with at least one block only
   torch::nn::Linear head{nullptr};           // readout "head" only
-  // readout "labels" only: W_q (undefined with the kv projection), W_k, the ridge parameter of
+  // readout "labels" only: W_q (undefined with the kv projection or readout_features
+  // "encoder"), W_k (undefined with readout_features "encoder"), the ridge parameter of
   // the readout's heads ((H), alpha = softplus(raw) + alpha_floor; mechanisms with alpha) and
   // log tau.
   torch::nn::Linear readout_q{nullptr}, readout_k{nullptr};
@@ -190,7 +210,10 @@ class FewShotClassifierImpl : public torch::nn::Cloneable<FewShotClassifierImpl>
   torch::Tensor readout_alpha() const;
 
  private:
-  // logits (B, M, N) of the label readout: x (B, M, d), support (B, S, d), labels (B, S).
+  // images (M, C, H, W) -> features (M, F) of the chosen encoder.
+  torch::Tensor run_encoder(const torch::Tensor& images);
+  // logits (B, M, N) of the label readout: x (B, M, w), support (B, S, w), labels (B, S); w = d,
+  // or F with readout_features "encoder".
   torch::Tensor label_readout(const torch::Tensor& x, const torch::Tensor& support,
                               const torch::Tensor& support_labels);
   std::string readout_mechanism_;
