@@ -35,7 +35,8 @@ bool uses_pos_channels(const AttentionOptions& o, const MechanismInfo& info) {
 }  // namespace
 
 void check_attention_options(const AttentionOptions& o, const std::string& owner,
-                             const std::vector<std::string>& layer_mechanisms) {
+                             const std::vector<std::string>& layer_mechanisms,
+                             const AttentionOptions& defaults) {
   std::vector<const MechanismInfo*> layers;
   if (layer_mechanisms.empty()) {
     try {
@@ -82,7 +83,6 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
     }
     return false;
   };
-  const AttentionOptions defaults;
   const auto has_alpha = [](const MechanismInfo& m) { return m.uses_alpha; };
   for (const auto& [name, changed] :
        std::vector<std::pair<std::string, bool>>{

@@ -131,6 +131,26 @@ TEST(TaskFamilies, InContextLinearRegressionReportsBayesAndResumesExactly) {
   expect_resume_is_exact("icl-linear", sets, 15);
 }
 
+// Gaussian-cluster few-shot episodes: fresh classes every update, the Bayes-optimal and the
+// input prototype accuracies on the same test episodes, and an exact resume.
+TEST(TaskFamilies, FewShotGaussianReportsBayesAndResumesExactly) {
+  const std::vector<std::string> sets = {
+      "episodes=gaussian", "point_dim=8",      "num_shots=2",        "num_queries=3",
+      "encoder_channels=16", "steps=40",       "batch_size=8",       "eval_every=15",
+      "checkpoint_every=15", "val_episodes=20", "test_episodes=60",  "warmup_steps=5",
+      "mechanism=intention"};
+  TempDir tmp;
+  const auto out = KT::train_task("few-shot", tiny(sets, tmp.file("run")));
+  const auto& test = out.summary.at("test");
+  for (const char* key : {"acc", "loss", "proto_acc", "bayes_acc", "input_proto_acc"}) {
+    ASSERT_TRUE(test.contains(key)) << key << " missing in " << test;
+  }
+  // 5-way: chance is 0.2; the optimal rule on 2 shots of 8-D clusters is far above it.
+  EXPECT_GT(test.at("bayes_acc").get<double>(), 0.4) << test;
+  EXPECT_GE(test.at("bayes_acc").get<double>(), test.at("acc").get<double>()) << test;
+  expect_resume_is_exact("few-shot", sets, 15);
+}
+
 TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
   TempDir tmp;
   const auto out = KT::train_task(

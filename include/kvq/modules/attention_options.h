@@ -39,12 +39,13 @@ struct AttentionOptions {
 // Checks `options` for layers running `layer_mechanisms` (empty = options.mechanism() alone):
 // every name is registered, the projection is valid for each (kv-pos needs a softmax), alpha_init
 // > alpha_floor > 0, chunk_size >= 0, pos_channels >= 1, scale > 0; and each option set away from
-// its default applies to at least one of the layers (alpha_init, alpha_floor, learn_alpha: a
-// mechanism with alpha; chunk_size: a chunk-parallel causal mechanism; pos_channels: the kv-pos
-// projection). Errors start with `owner` and name the option, its valid values or the mechanisms
-// it applies to.
+// its default (`defaults`: AttentionOptions() unless the owner has its own, e.g. a task config's)
+// applies to at least one of the layers (alpha_init, alpha_floor, learn_alpha: a mechanism with
+// alpha; chunk_size: a chunk-parallel causal mechanism; pos_channels: the kv-pos projection).
+// Errors start with `owner` and name the option, its valid values or the mechanisms it applies to.
 void check_attention_options(const AttentionOptions& options, const std::string& owner,
-                             const std::vector<std::string>& layer_mechanisms = {});
+                             const std::vector<std::string>& layer_mechanisms = {},
+                             const AttentionOptions& defaults = {});
 
 // The options of one layer of a stack checked with check_attention_options: `options` running
 // `mechanism`, the options that do not apply to it at their defaults (a softmax layer in a stack

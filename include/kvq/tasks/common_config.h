@@ -115,7 +115,9 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
              "before the run stops; 0 = stop at the first")
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
-      .check([](const Config& c) { nn::check_attention_options(c.attention, "attention"); })
+      .check([](const Config& c) {
+        nn::check_attention_options(c.attention, "attention", {}, Config().attention);
+      })
       .check("seed must be >= 0", [](const Config& c) { return c.seed >= 0; })
       .check("d_model must be a positive multiple of num_heads",
              [](const Config& c) {
