@@ -238,7 +238,7 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
   };
   loop.evaluate_part = [&](const std::string& split, int64_t part, int64_t parts) {
     const auto& s = split == "test" ? splits.test : splits.val;
-    const int64_t n = s.images.size(0), begin = n * part / parts, end = n * (part + 1) / parts;
+    const auto [begin, end] = part_range(s.images.size(0), part, parts);
     return evaluate_image_model(model, s.images.slice(0, begin, end),
                                 s.labels.slice(0, begin, end), c.eval_batch_size);
   };

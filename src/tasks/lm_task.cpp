@@ -232,8 +232,8 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
       if (part != 0) all["tokens"] = 0;
       return all;
     }
-    const std::vector<int64_t> mine(starts.begin() + n * part / parts,
-                                    starts.begin() + n * (part + 1) / parts);
+    const auto [begin, end] = part_range(n, part, parts);
+    const std::vector<int64_t> mine(starts.begin() + begin, starts.begin() + end);
     return evaluate_lm_model(model, corpus.val, mine, c.context, c.eval_batch_size, unigram);
   };
   loop.eval_count_key = "tokens";

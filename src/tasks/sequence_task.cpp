@@ -157,7 +157,7 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   };
   loop.evaluate_part = [&](const std::string& split, int64_t part, int64_t parts) {
     const auto& data = split == "test" ? splits.test : splits.val;
-    const int64_t n = data.inputs.size(0), begin = n * part / parts, end = n * (part + 1) / parts;
+    const auto [begin, end] = part_range(data.inputs.size(0), part, parts);
     return evaluate_sequence_model(model, data.inputs.slice(0, begin, end),
                                    data.targets.slice(0, begin, end), c.eval_batch_size);
   };

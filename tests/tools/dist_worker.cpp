@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
     };
     loop.evaluate_part = [&](const std::string& split, int64_t part, int64_t parts) {
       const auto& d = split == "test" ? splits.test : splits.val;
-      const int64_t n = d.inputs.size(0), begin = n * part / parts, end = n * (part + 1) / parts;
+      const auto [begin, end] = tasks::part_range(d.inputs.size(0), part, parts);
       return tasks::evaluate_sequence_model(model, d.inputs.slice(0, begin, end),
                                             d.targets.slice(0, begin, end), 16);
     };

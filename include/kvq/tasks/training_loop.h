@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvq/tasks/common_config.h"
@@ -77,7 +78,7 @@ struct TrainingLoop {
   // parts (means weighted by their counts). Unset: every worker evaluates the whole split with
   // `evaluate` and rank 0's metrics are taken. Never used with one worker.
   std::function<nlohmann::json(const std::string& split, int64_t part, int64_t parts)>
-      evaluate_part;
+      evaluate_part;  // part_range below gives its items
   std::string eval_count_key;
   // The global batch of an update (items per sampler batch, or drawn by the loss callback
   // without a sampler); several workers split it and must divide it. 0 = the sampler's.
@@ -145,6 +146,12 @@ class NumericalFault : public c10::Error {
 // previous file stays intact (atomic_file.h).
 TrainSummary run_training_loop(const TrainingLoop& loop, const train::RunDir& run,
                                const TrainContext& context, nlohmann::json summary);
+
+// Part `part` (in [0, parts)) of n items, as evaluate_part takes them: the contiguous range
+// [n part / parts, n (part + 1) / parts) as {begin, end}; the parts cover 0..n-1 once.
+inline std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t parts) {
+  return {n * part / parts, n * (part + 1) / parts};
+}
 
 // A loop with the parts every task sets the same way: `model`, `optimizer`, the config's
 // schedule over `total_steps` (errors name `schema_name`), its log / eval / checkpoint frequencies
