@@ -35,8 +35,10 @@ INTENTION = {
     "icl-linear": (["mse"], {}, "the paper prints no figures; Bayes-optimal ridge in `kvq compare`'s table"),
     "icl-gp": (["mse"], {}, "the paper prints no figures"),
     "icl-sinusoid": (["mse"], {}, "the paper prints no figures"),
-    "few-shot": (["acc", "proto_acc"], {}, "the paper prints no figures; proto_acc: the prototype "
-                 "baseline on the same encoder"),
+    "few-shot": (["acc", "proto_acc", "norm_proto_acc", "bayes_acc", "input_proto_acc"], {},
+                 "the paper prints no figures; proto_acc: the prototype baseline on the same "
+                 "encoder (norm_: on its normalised features); bayes_acc, input_proto_acc "
+                 "(Gaussian episodes): the Bayes-optimal and the prototype rule on the points"),
     "distill": (["agreement", "success", "success_sampled", "teacher_success", "random_success"], {},
                 "the paper prints no figures"),
 }

@@ -74,7 +74,9 @@ nlohmann::json evaluate_episodes(models::FewShotClassifier& model, const Config&
   model->eval();
   const int64_t n = episodes.support_images.size(0);
   double loss_sum = 0;
-  int64_t correct = 0, proto_correct = 0, bayes_correct = 0, input_proto_correct = 0, queries = 0;
+  const bool on_encoder = c.readout == "labels" && c.readout_features == "encoder";
+  int64_t correct = 0, proto_correct = 0, norm_proto_correct = 0, bayes_correct = 0,
+          input_proto_correct = 0, queries = 0;
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
     const int64_t end = std::min(n, start + c.eval_batch_size);
     const auto support = model->encode(episodes.support_images.slice(0, start, end));
@@ -85,23 +87,26 @@ nlohmann::json evaluate_episodes(models::FewShotClassifier& model, const Config&
     loss_sum += F::cross_entropy(logits.reshape({-1, c.num_ways}), y.reshape({-1}),
                                  F::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
-    correct += (logits.argmax(-1) == y).sum().item<int64_t>();
-    proto_correct +=
-        (data::prototype_predict(support, support_labels, query, c.num_ways) == y)
-            .sum()
-            .item<int64_t>();
+    auto hits = [&](const torch::Tensor& predicted) {
+      return (predicted == y).sum().item<int64_t>();
+    };
+    auto prototype_hits = [&](const torch::Tensor& s, const torch::Tensor& q) {
+      return hits(data::prototype_predict(s, support_labels, q, c.num_ways));
+    };
+    correct += hits(logits.argmax(-1));
+    proto_correct += prototype_hits(support, query);
+    if (on_encoder) {  // the features the readout compares
+      const int64_t width = support.size(2);
+      norm_proto_correct +=
+          prototype_hits(torch::layer_norm(support, {width}), torch::layer_norm(query, {width}));
+    }
     if (gaussian(c)) {
       const auto points = episodes.support_images.slice(0, start, end).flatten(2);
       const auto query_points = episodes.query_images.slice(0, start, end).flatten(2);
-      bayes_correct += (data::gaussian_bayes_logits(points, support_labels, query_points,
-                                                    c.num_ways, c.class_std, c.noise_std)
-                            .argmax(-1) == y)
-                           .sum()
-                           .item<int64_t>();
-      input_proto_correct +=
-          (data::prototype_predict(points, support_labels, query_points, c.num_ways) == y)
-              .sum()
-              .item<int64_t>();
+      bayes_correct += hits(data::gaussian_bayes_logits(points, support_labels, query_points,
+                                                        c.num_ways, c.class_std, c.noise_std)
+                                .argmax(-1));
+      input_proto_correct += prototype_hits(points, query_points);
     }
     queries += y.numel();
   }
@@ -111,6 +116,7 @@ nlohmann::json evaluate_episodes(models::FewShotClassifier& model, const Config&
                         {"acc", static_cast<double>(correct) / q},
                         {"proto_acc", static_cast<double>(proto_correct) / q},
                         {"episodes", n}};
+  if (on_encoder) out["norm_proto_acc"] = static_cast<double>(norm_proto_correct) / q;
   if (gaussian(c)) {
     out["bayes_acc"] = static_cast<double>(bayes_correct) / q;
     out["input_proto_acc"] = static_cast<double>(input_proto_correct) / q;

@@ -142,7 +142,8 @@ TEST(TaskFamilies, FewShotGaussianReportsBayesAndResumesExactly) {
   TempDir tmp;
   const auto out = KT::train_task("few-shot", tiny(sets, tmp.file("run")));
   const auto& test = out.summary.at("test");
-  for (const char* key : {"acc", "loss", "proto_acc", "bayes_acc", "input_proto_acc"}) {
+  for (const char* key :
+       {"acc", "loss", "proto_acc", "norm_proto_acc", "bayes_acc", "input_proto_acc"}) {
     ASSERT_TRUE(test.contains(key)) << key << " missing in " << test;
   }
   // 5-way: chance is 0.2; the optimal rule on 2 shots of 8-D clusters is far above it.

@@ -13,8 +13,9 @@
 // cross-entropy of the query labels. Evaluation uses fixed meta-test episodes (the same for every
 // mechanism and seed; different ones for "val" and "test"). Metrics: "loss", "acc" (query
 // accuracy) and "proto_acc", the prototype (nearest class mean, Snell et al. 2017) baseline on
-// the same encoder's features; with episodes "gaussian" also "bayes_acc" (the Bayes-optimal rule)
-// and "input_proto_acc" (the prototype rule on the points themselves).
+// the same encoder's features; with readout_features "encoder" also "norm_proto_acc", the
+// prototype rule on the normalised features the readout compares; with episodes "gaussian" also
+// "bayes_acc" (the Bayes-optimal rule) and "input_proto_acc" (the prototype rule on the points).
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
