@@ -6,6 +6,7 @@
 
 #include "kvq/data/few_shot.h"
 #include "kvq/data/gaussian_episodes.h"
+#include "kvq/registry.h"
 #include "kvq/tasks/training_loop.h"
 #include "kvq/train/checkpoint.h"
 
@@ -35,6 +36,24 @@ data::GaussianEpisodeOptions gaussian_options(const Config& c) {
 }
 
 bool gaussian(const Config& c) { return c.episodes == "gaussian"; }
+
+// A config saved by an earlier kvq, in today's terms. Before the label readout (no "readout")
+// the model had a linear head; before "readout_features" it compared projected features, and
+// its "alpha_init" was then the default 1, which a mechanism without alpha never read and which
+// the check now refuses for one (the default is 10 since).
+void upgrade_saved_config(nlohmann::json& saved) {
+  if (!saved.contains("readout")) saved["readout"] = "head";
+  if (saved.contains("readout_features")) return;
+  saved["readout_features"] = "projected";
+  const auto mechanism = saved.find("mechanism");
+  if (mechanism == saved.end() || !mechanism->is_string()) return;
+  const auto names = mechanism_names();
+  const auto name = mechanism->get<std::string>();
+  if (std::find(names.begin(), names.end(), name) != names.end() &&
+      !find_mechanism(name).uses_alpha) {
+    saved.erase("alpha_init");
+  }
+}
 
 // Where episodes come from: Fashion-MNIST's meta splits (loaded once) or the Gaussian family.
 class EpisodeSource {
@@ -177,6 +196,7 @@ const train::ConfigSchema<Config>& few_shot_task_schema() {
                  {"checkpoint_every", 1000}, {"val_episodes", 100}, {"test_episodes", 600}},
                 "Gaussian clusters (D 32, class std 1, noise std 1.5), 5-way 1-shot, 5 queries, "
                 "MLP encoder of width 64, 16 episodes a batch, 10k updates, Adam 2e-3 cosine")
+        .upgrade(upgrade_saved_config)
         .check("episodes must be \"fashion-mnist\" or \"gaussian\"",
                [](const Config& c) {
                  return c.episodes == "fashion-mnist" || c.episodes == "gaussian";

@@ -110,7 +110,7 @@ std::string resume_hints(const TaskInfo& task, const nlohmann::json& config,
   out << "\n  to resume from there, change what caused the fault (each changes the run):";
   for (const auto& h : hints) {
     try {
-      task.resolve({"", run.config_path().string(), h.sets});
+      task.resolve({"", run.config_path().string(), h.sets, true});
     } catch (const c10::Error&) {
       continue;  // a value this task's config refuses
     }
@@ -182,7 +182,9 @@ std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_di
   TORCH_CHECK(std::find(names.begin(), names.end(), name) != names.end(), "run directory: ",
               run.config_path().string(), ": unknown task '", name,
               "'; valid tasks: ", train::join_names(names));
-  return {&find_task(name), std::move(config)};
+  const TaskInfo& task = find_task(name);
+  task.schema->upgrade_saved(config);
+  return {&task, std::move(config)};
 }
 
 namespace {
@@ -256,14 +258,15 @@ PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
       const auto saved = load_saved_config(*run);
       TORCH_CHECK(saved["task"] == task.name, "train: --resume: ", run->config_path().string(),
                   " is a run of task ", saved["task"].dump(), ", not '", task.name, "'");
-      // Keys added to the task after the run was saved take their defaults. Plain --set
+      // Keys added to the task after the run was saved take the values the task's upgrades give
+      // them (train::ConfigSchema::upgrade), else their defaults. Plain --set
       // overrides apply to the saved config; a preset or config file restates the whole config.
       const std::string saved_path = run->config_path().string();
-      const auto saved_resolved = task.resolve({"", saved_path, {}});
+      const auto saved_resolved = task.resolve({"", saved_path, {}, true});
       if (!any_source) {
         config = saved_resolved;
       } else if (sources.preset.empty() && sources.file.empty()) {
-        config = task.resolve({"", saved_path, sources.sets});
+        config = task.resolve({"", saved_path, sources.sets, true});
       } else {
         config = task.resolve(sources);
       }

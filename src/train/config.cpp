@@ -177,6 +177,10 @@ void ConfigSchemaBase::add_preset(Preset preset) {
   presets_.push_back(std::move(preset));
 }
 
+void ConfigSchemaBase::add_upgrade(std::function<void(nlohmann::json&)> upgrade) {
+  upgrades_.push_back(std::move(upgrade));
+}
+
 const ConfigSchemaBase::Field& ConfigSchemaBase::field_info(const std::string& key,
                                                             const std::string& source) const {
   for (const auto& f : fields_) {
@@ -328,7 +332,8 @@ void ConfigSchemaBase::apply_preset(nlohmann::json& values, const std::string& p
                                  (names.empty() ? std::string("(none)") : join_names(names)));
 }
 
-void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& path) const {
+void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& path,
+                                  bool saved_by_run) const {
   const std::string source = "file " + path;
   std::string text;
   try {
@@ -342,12 +347,17 @@ void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& pat
   } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
     fail(source, std::string("not valid JSON: ") + e.what());
   }
+  if (saved_by_run && patch.is_object()) upgrade_saved(patch);
   apply_json(values, patch, source);
+}
+
+void ConfigSchemaBase::upgrade_saved(nlohmann::json& saved) const {
+  for (const auto& upgrade : upgrades_) upgrade(saved);
 }
 
 void ConfigSchemaBase::apply_sources(nlohmann::json& values, const ConfigSources& sources) const {
   if (!sources.preset.empty()) apply_preset(values, sources.preset);
-  if (!sources.file.empty()) apply_file(values, sources.file);
+  if (!sources.file.empty()) apply_file(values, sources.file, sources.file_is_saved_run);
   for (const auto& assignment : sources.sets) apply_assignment(values, assignment);
 }
 

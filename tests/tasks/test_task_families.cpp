@@ -152,6 +152,58 @@ TEST(TaskFamilies, FewShotGaussianReportsBayesAndResumesExactly) {
   expect_resume_is_exact("few-shot", sets, 15);
 }
 
+// Runs saved before the label readout ("readout", then a linear head) or before
+// "readout_features" (then projected features, and alpha_init the default 1 whatever the
+// mechanism) still evaluate, with the model they were trained as, and resume exactly.
+TEST(TaskFamilies, FewShotRunsSavedBeforeTheReadoutKeysEvaluateAndResume) {
+  struct Case {
+    std::vector<std::string> sets;
+    std::vector<std::string> keys_then_absent;
+  };
+  const std::vector<std::string> common = {
+      "episodes=gaussian", "point_dim=8",        "num_shots=2",      "num_queries=3",
+      "encoder_channels=16", "steps=30",         "batch_size=8",     "eval_every=15",
+      "checkpoint_every=15", "val_episodes=10",  "test_episodes=30", "warmup_steps=5"};
+  const std::vector<Case> cases = {
+      {{"mechanism=softmax", "readout_features=projected"}, {"readout_features"}},
+      {{"mechanism=intention", "readout=head", "readout_features=projected"},
+       {"readout", "readout_features"}}};
+  for (const auto& c : cases) {
+    auto sets = common;
+    sets.insert(sets.end(), c.sets.begin(), c.sets.end());
+    SCOPED_TRACE(sets.back());
+    TempDir tmp;
+    const auto whole = KT::train_task("few-shot", tiny(sets, tmp.file("whole")));
+    auto first = tiny(sets, tmp.file("parts"));
+    first.context.stop_after_step = 15;
+    KT::train_task("few-shot", first);
+
+    const auto config_path = fs::path(tmp.file("parts")) / "config.json";
+    const auto saved = kvq::train::RunDir::open(tmp.file("parts")).load_config();
+    auto old = saved;
+    for (const auto& key : c.keys_then_absent) old.erase(key);
+    old["alpha_init"] = 1.0;
+    KT::EvalOptions last;
+    last.checkpoint = "last";
+    const auto evaluate = [&] {
+      const auto [task, config] = KT::task_of_run(tmp.file("parts"));
+      return task->evaluate(config, kvq::train::RunDir::open(tmp.file("parts")), last);
+    };
+    const auto expected = evaluate();
+    tmp.write("parts/config.json", old.dump(2));
+    EXPECT_EQ(evaluate(), expected);
+    EXPECT_EQ(KT::task_of_run(tmp.file("parts")).second.at("readout"), saved.at("readout"));
+
+    auto second = tiny(sets, tmp.file("parts"));
+    second.sources.sets.clear();
+    second.seed.reset();
+    second.resume = true;
+    const auto resumed = KT::train_task("few-shot", second);
+    EXPECT_EQ(resumed.summary.at("test"), whole.summary.at("test"));
+    EXPECT_EQ(records(resumed.run_dir), records(whole.run_dir));
+  }
+}
+
 TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
   TempDir tmp;
   const auto out = KT::train_task(

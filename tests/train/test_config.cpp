@@ -291,6 +291,37 @@ TEST(TrainConfig, SavedConfigReadsBackAsAFileOverride) {
   EXPECT_EQ(changes.size(), 6u);  // task, length, d_model, lr, causal, seeds
 }
 
+// A key added after a run was saved: the schema's upgrade says what its absence meant, for a
+// run's saved config only; a --config file without the key still gets today's default.
+TEST(TrainConfig, UpgradesApplyOnlyToConfigsSavedByRuns) {
+  const auto schema =
+      T::ConfigSchema<SyntheticConfig>("synthetic")
+          .field("task", &SyntheticConfig::task, "task")
+          .field("causal", &SyntheticConfig::causal, "causal attention mask")
+          .field("dropout", &SyntheticConfig::dropout, "dropout probability")
+          .upgrade([](nlohmann::json& saved) {
+            if (!saved.contains("causal")) saved["causal"] = true;
+          })
+          .upgrade([](nlohmann::json& saved) {  // in declaration order, after the first
+            if (saved.value("causal", false)) saved["dropout"] = 0.0;
+          });
+  TempDir dir;
+  const auto old_run = dir.write("old.json", R"({"task": "sort", "dropout": 0.3})");
+  const auto new_run = dir.write("new.json", R"({"task": "sort", "causal": false})");
+  const auto old_config = schema.resolve({"", old_run, {}, true});
+  EXPECT_TRUE(old_config.causal);
+  EXPECT_EQ(old_config.dropout, 0.0);
+  const auto as_file = schema.resolve({"", old_run, {}});
+  EXPECT_FALSE(as_file.causal);
+  EXPECT_EQ(as_file.dropout, 0.3);
+  const auto new_config = schema.resolve({"", new_run, {"dropout=0.2"}, true});
+  EXPECT_FALSE(new_config.causal);
+  EXPECT_EQ(new_config.dropout, 0.2);
+  nlohmann::json saved = {{"task", "copy"}};
+  schema.upgrade_saved(saved);
+  EXPECT_EQ(saved, nlohmann::json({{"task", "copy"}, {"causal", true}, {"dropout", 0.0}}));
+}
+
 TEST(TrainConfig, WithAppliesOneMoreOverride) {
   const auto& schema = synthetic_schema();
   const auto c = schema.with(SyntheticConfig{}, "depth=6");

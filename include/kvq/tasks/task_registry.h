@@ -213,7 +213,8 @@ TrainOutcome train_task(const std::string& task, const TrainOptions& options);
 // grad_clip, alpha_floor, max_skipped_steps. A task config has those it declares.
 const std::vector<std::string>& resume_changeable_keys();
 
-// The task named in <run_dir>/config.json ("task"), and that config. Errors name the file.
+// The task named in <run_dir>/config.json ("task"), and that config after the task's upgrades
+// (train::ConfigSchema::upgrade) for runs saved by an earlier kvq. Errors name the file.
 std::pair<const TaskInfo*, nlohmann::json> task_of_run(const std::string& run_dir);
 
 }  // namespace tasks

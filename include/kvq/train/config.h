@@ -64,6 +64,9 @@ struct ConfigSources {
   std::string preset;              // a declared preset name; "" = none
   std::string file;                // a JSON file holding an object of overrides; "" = none
   std::vector<std::string> sets;   // "key=value" strings, applied in order
+  // `file` is the config.json of a run directory, perhaps written by an earlier kvq: the
+  // schema's upgrades (ConfigSchema::upgrade) edit it before it is applied.
+  bool file_is_saved_run = false;
 };
 
 // The untyped half of a schema: field metadata, presets, and every operation on the JSON form
@@ -115,8 +118,13 @@ class ConfigSchemaBase {
   // A declared preset; an unknown name fails with the list of presets.
   void apply_preset(nlohmann::json& values, const std::string& preset) const;
   // A JSON file holding one object; errors name the file (missing, unparsable, not an object,
-  // unknown key, bad type).
-  void apply_file(nlohmann::json& values, const std::string& path) const;
+  // unknown key, bad type). `saved_by_run`: the file is a run's config.json (upgrade_saved runs
+  // on it first).
+  void apply_file(nlohmann::json& values, const std::string& path,
+                  bool saved_by_run = false) const;
+  // Runs the declared upgrades (ConfigSchema::upgrade), in order, on `saved`, a config object a
+  // run directory saved.
+  void upgrade_saved(nlohmann::json& saved) const;
   // preset, then file, then sets, as given in `sources`.
   void apply_sources(nlohmann::json& values, const ConfigSources& sources) const;
 
@@ -134,12 +142,14 @@ class ConfigSchemaBase {
   explicit ConfigSchemaBase(std::string name);
   void add_field(Field field);
   void add_preset(Preset preset);
+  void add_upgrade(std::function<void(nlohmann::json&)> upgrade);
   [[noreturn]] void fail(const std::string& source, const std::string& message) const;
 
  private:
   std::string name_;
   std::vector<Field> fields_;
   std::vector<Preset> presets_;
+  std::vector<std::function<void(nlohmann::json&)>> upgrades_;
 };
 
 namespace detail {
@@ -217,6 +227,16 @@ class ConfigSchema : public ConfigSchemaBase {
   ConfigSchema& preset(const std::string& name, nlohmann::json values,
                        const std::string& help = "") {
     add_preset(Preset{name, help, std::move(values)});
+    return *this;
+  }
+
+  // Declares how a config that a run saved with an earlier kvq reads today: `upgrade` edits the
+  // saved JSON object before it is applied over today's defaults, e.g. gives a key added since
+  // the value that kept the old behaviour (a key absent from a saved config otherwise takes
+  // today's default). Runs only on run directories' configs (RunDir::config_path), never on
+  // presets, --config files or --set.
+  ConfigSchema& upgrade(std::function<void(nlohmann::json&)> upgrade) {
+    add_upgrade(std::move(upgrade));
     return *this;
   }
 
