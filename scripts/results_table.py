@@ -32,8 +32,10 @@ KV = {
     "fashion-mnist": (["acc"], {}, "paper's ViT figures are plots only"),
 }
 INTENTION = {
-    "icl-linear": (["mse"], {}, "the paper prints no figures; Bayes-optimal ridge in `kvq compare`'s table"),
-    "icl-gp": (["mse"], {}, "the paper prints no figures"),
+    "icl-linear": (["mse", "bayes"], {}, "the paper prints no figures; bayes: the Bayes-optimal "
+                   "ridge predictor on the same episodes"),
+    "icl-gp": (["mse", "bayes"], {}, "the paper prints no figures; bayes: the GP posterior mean "
+               "given the episode's true length scale (an oracle bound)"),
     "icl-sinusoid": (["mse"], {}, "the paper prints no figures"),
     "few-shot": (["acc", "proto_acc", "norm_proto_acc", "bayes_acc", "input_proto_acc"], {},
                  "the paper prints no figures; proto_acc: the prototype baseline on the same "
@@ -52,7 +54,8 @@ title = "Key-Value Transformer (Borji 2023)" if paper == "kv" else "Intention (G
 print(f"# {title}: kvq at the `{preset}` preset{' over cells of a grid' if grid else ''} "
       "beside the paper\n")
 print(f"Command: `{command}`; commit {commit}{' (with local changes)' if dirty else ''}; "
-      f"{datetime.date.today().isoformat()}; {seeds} seed(s) per mechanism; mean ± sample standard "
+      f"{datetime.date.today().isoformat()}; {seeds} seed(s) per mechanism asked for (the `seeds` "
+      "column: the runs each row averages); mean ± sample standard "
       "deviation over seeds (± 0 with one seed); test metrics of the final model.\n")
 if preset == "quick":
     print("The `quick` preset is far smaller than the papers' setups: its figures show that "
@@ -70,19 +73,20 @@ def mean_sd(row, metric):
 
 
 if not grid:
-    print("| task | metric | mechanism | kvq | paper | note |")
-    print("|---|---|---|---|---|---|")
+    print("| task | metric | mechanism | seeds | kvq | paper | note |")
+    print("|---|---|---|---|---|---|---|")
     for task, (metrics, figures, note) in spec.items():
         path = os.path.join(root, task, "summary.csv")
         if not os.path.exists(path):
-            print(f"| {task} | | | not run | | |")
+            print(f"| {task} | | | | not run | | |")
             continue
         for row in read_summary(path):
             for metric in metrics:
                 if f"{metric}_mean" not in row:
                     continue
                 mean, sd_text = mean_sd(row, metric)
-                print(f"| {task} | {metric} | {row['mechanism']} | {mean:.4f} ± {sd_text} | "
+                print(f"| {task} | {metric} | {row['mechanism']} | {row['seeds']} | "
+                      f"{mean:.4f} ± {sd_text} | "
                       f"{figures.get(row['mechanism'], '-') if metric == metrics[0] else '-'} "
                       f"| {note} |")
     sys.exit(0)
