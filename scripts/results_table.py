@@ -48,7 +48,9 @@ spec = KV if paper == "kv" else INTENTION
 
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                         text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+# The tables themselves (written while this runs) are not local changes of the code.
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                        ":!docs/results"],
                        capture_output=True, text=True).stdout.strip()
 title = "Key-Value Transformer (Borji 2023)" if paper == "kv" else "Intention (Garnelo & Czarnecki 2023)"
 print(f"# {title}: kvq at the `{preset}` preset{' over cells of a grid' if grid else ''} "
