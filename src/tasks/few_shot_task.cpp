@@ -47,10 +47,8 @@ void upgrade_saved_config(nlohmann::json& saved) {
   saved["readout_features"] = "projected";
   const auto mechanism = saved.find("mechanism");
   if (mechanism == saved.end() || !mechanism->is_string()) return;
-  const auto names = mechanism_names();
   const auto name = mechanism->get<std::string>();
-  if (std::find(names.begin(), names.end(), name) != names.end() &&
-      !find_mechanism(name).uses_alpha) {
+  if (detail::contains_name(mechanism_names(), name) && !find_mechanism(name).uses_alpha) {
     saved.erase("alpha_init");
   }
 }

@@ -333,7 +333,7 @@ void ConfigSchemaBase::apply_preset(nlohmann::json& values, const std::string& p
 }
 
 void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& path,
-                                  bool saved_by_run) const {
+                                  bool file_is_saved_run) const {
   const std::string source = "file " + path;
   std::string text;
   try {
@@ -347,7 +347,7 @@ void ConfigSchemaBase::apply_file(nlohmann::json& values, const std::string& pat
   } catch (const nlohmann::json::exception& e) {  // also out_of_range: 1e999
     fail(source, std::string("not valid JSON: ") + e.what());
   }
-  if (saved_by_run && patch.is_object()) upgrade_saved(patch);
+  if (file_is_saved_run && patch.is_object()) upgrade_saved(patch);
   apply_json(values, patch, source);
 }
 

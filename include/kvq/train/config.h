@@ -118,10 +118,10 @@ class ConfigSchemaBase {
   // A declared preset; an unknown name fails with the list of presets.
   void apply_preset(nlohmann::json& values, const std::string& preset) const;
   // A JSON file holding one object; errors name the file (missing, unparsable, not an object,
-  // unknown key, bad type). `saved_by_run`: the file is a run's config.json (upgrade_saved runs
+  // unknown key, bad type). `file_is_saved_run`: the file is a run's config.json (upgrade_saved runs
   // on it first).
   void apply_file(nlohmann::json& values, const std::string& path,
-                  bool saved_by_run = false) const;
+                  bool file_is_saved_run = false) const;
   // Runs the declared upgrades (ConfigSchema::upgrade), in order, on `saved`, a config object a
   // run directory saved.
   void upgrade_saved(nlohmann::json& saved) const;
