@@ -4,6 +4,7 @@ Usage: results_table.py kv|intention quick|paper SEEDS RUN_ROOT COMMAND [--grid]
 the cells run beside the paper's grid mean, then every cell."""
 import csv
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,13 @@ if not grid:
         if not os.path.exists(path):
             print(f"| {task} | | | | not run | | |")
             continue
+        row_note = note
+        compare_json = os.path.join(root, task, "compare.json")
+        if os.path.exists(compare_json):
+            with open(compare_json) as f:
+                sets = json.load(f).get("sets", [])
+            if sets:  # the preset was changed: say how
+                row_note += "; run with " + ", ".join(f"`--set {s}`" for s in sets)
         for row in read_summary(path):
             for metric in metrics:
                 if f"{metric}_mean" not in row:
@@ -90,7 +98,7 @@ if not grid:
                 print(f"| {task} | {metric} | {row['mechanism']} | {row['seeds']} | "
                       f"{mean:.4f} ± {sd_text} | "
                       f"{figures.get(row['mechanism'], '-') if metric == metrics[0] else '-'} "
-                      f"| {note} |")
+                      f"| {row_note} |")
     sys.exit(0)
 
 # Grid: per task and mechanism, the mean over the cells run of each cell's mean over seeds.
