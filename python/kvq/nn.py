@@ -33,14 +33,17 @@ class MultiHeadKVQ(nn.Module):
         alpha_init, alpha_floor, learn_alpha: the per-head ridge parameter
             alpha = softplus(alpha_raw) + alpha_floor, learned unless learn_alpha is False.
         pos_channels: channels p of kv-pos's positional table.
+        pos_map: kv-pos's map Linear(p, 1): 'head' = one per head (pos_weight (H, p), pos_bias
+            (H)), 'layer' = one shared by the heads (pos_weight (p), pos_bias ()), as the
+            paper's code.
         chunk_size: chunk of the causal chunk-parallel algorithms; 0 = the head width.
         scale: score scale; None = 1 / sqrt(head width).
     """
 
     def __init__(self, embed_dim, num_heads, mechanism="softmax", projection=None, dropout=0.0,
                  bias=True, batch_first=False, alpha_init=1.0, alpha_floor=1e-4,
-                 learn_alpha=True, pos_channels=10, chunk_size=0, scale=None, device=None,
-                 dtype=None):
+                 learn_alpha=True, pos_channels=10, pos_map="head", chunk_size=0, scale=None,
+                 device=None, dtype=None):
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"MultiHeadKVQ: embed_dim must be a positive multiple of num_heads, "
@@ -89,10 +92,14 @@ class MultiHeadKVQ(nn.Module):
         if projection == "kv-pos":
             if pos_channels <= 0:
                 raise ValueError(f"MultiHeadKVQ: pos_channels must be positive, got {pos_channels}")
+            if pos_map not in ("head", "layer"):
+                raise ValueError(f"MultiHeadKVQ: pos_map must be 'head' (one kv-pos map per head) "
+                                 f"or 'layer' (one per layer), got '{pos_map}'")
             bound = 1.0 / math.sqrt(pos_channels)
+            heads = (num_heads,) if pos_map == "head" else ()
             self.pos_weight = nn.Parameter(
-                torch.empty(num_heads, pos_channels, **factory).uniform_(-bound, bound))
-            self.pos_bias = nn.Parameter(torch.empty(num_heads, **factory).uniform_(-bound, bound))
+                torch.empty(heads + (pos_channels,), **factory).uniform_(-bound, bound))
+            self.pos_bias = nn.Parameter(torch.empty(heads, **factory).uniform_(-bound, bound))
 
     def alpha(self):
         """The positive per-head ridge parameter (H), or None for mechanisms without one."""

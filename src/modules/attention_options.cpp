@@ -28,7 +28,7 @@ Projection projection_of(const AttentionOptions& o, const MechanismInfo& info) {
   return o.projection().empty() ? info.projection : parse_projection(o.projection());
 }
 
-bool uses_pos_channels(const AttentionOptions& o, const MechanismInfo& info) {
+bool uses_kv_pos(const AttentionOptions& o, const MechanismInfo& info) {
   return projection_of(o, info) == Projection::KVPos;
 }
 
@@ -69,6 +69,9 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
               o.chunk_size());
   TORCH_CHECK(o.pos_channels() >= 1, owner, ": pos_channels must be >= 1, got ",
               o.pos_channels());
+  TORCH_CHECK(o.pos_map() == "head" || o.pos_map() == "layer", owner,
+              ": pos_map must be head (one kv-pos map per head) or layer (one per layer), got '",
+              o.pos_map(), "'");
   TORCH_CHECK(!o.scale() || *o.scale() > 0, owner, ": scale must be > 0, got ",
               o.scale() ? *o.scale() : 0.0);
 
@@ -97,11 +100,14 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
   TORCH_CHECK(o.chunk_size() == defaults.chunk_size() || applies_somewhere(chunked), owner,
               ": chunk_size applies only to the chunk-parallel causal mechanisms (",
               mechanisms_where(chunked), "), not to ", running, "; leave it unset");
-  TORCH_CHECK(o.pos_channels() == defaults.pos_channels() ||
-                  applies_somewhere([&](const MechanismInfo& m) { return uses_pos_channels(o, m); }),
-              owner, ": pos_channels applies only to the kv-pos projection, and ", running,
-              " runs with projection '",
-              projection_name(projection_of(o, *layers.front())), "'; leave it unset");
+  const auto kv_pos = [&](const MechanismInfo& m) { return uses_kv_pos(o, m); };
+  for (const auto& [name, changed] : std::vector<std::pair<std::string, bool>>{
+           {"pos_channels", o.pos_channels() != defaults.pos_channels()},
+           {"pos_map", o.pos_map() != defaults.pos_map()}}) {
+    TORCH_CHECK(!changed || applies_somewhere(kv_pos), owner, ": ", name,
+                " applies only to the kv-pos projection, and ", running, " runs with projection '",
+                projection_name(projection_of(o, *layers.front())), "'; leave it unset");
+  }
 }
 
 AttentionOptions layer_attention(const AttentionOptions& options, const std::string& mechanism) {
@@ -115,7 +121,9 @@ AttentionOptions layer_attention(const AttentionOptions& options, const std::str
         .learn_alpha(defaults.learn_alpha());
   }
   if (!info.chunked) out.chunk_size(defaults.chunk_size());
-  if (!uses_pos_channels(options, info)) out.pos_channels(defaults.pos_channels());
+  if (!uses_kv_pos(options, info)) {
+    out.pos_channels(defaults.pos_channels()).pos_map(defaults.pos_map());
+  }
   return out;
 }
 

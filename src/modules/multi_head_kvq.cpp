@@ -51,11 +51,16 @@ void MultiHeadKVQImpl::reset() {
                                       : register_buffer("alpha_raw", raw);
   }
   if (projection_ == Projection::KVPos) {
-    // Linear(p, 1) per head with PyTorch's default initialisation, as in the paper's code.
-    const double bound = 1.0 / std::sqrt(static_cast<double>(options.pos_channels()));
-    pos_weight = register_parameter(
-        "pos_weight", torch::empty({heads, options.pos_channels()}).uniform_(-bound, bound));
-    pos_bias = register_parameter("pos_bias", torch::empty({heads}).uniform_(-bound, bound));
+    // Linear(p, 1) per head, or one per layer as in the paper's code, with PyTorch's default
+    // initialisation (the paper's ViT; its synthetic-task code Xavier-initialises the map).
+    const int64_t p = options.pos_channels();
+    const bool per_head = options.pos_map() == "head";
+    const double bound = 1.0 / std::sqrt(static_cast<double>(p));
+    auto uniform = [&](torch::IntArrayRef shape) {
+      return torch::empty(shape).uniform_(-bound, bound);
+    };
+    pos_weight = register_parameter("pos_weight", per_head ? uniform({heads, p}) : uniform({p}));
+    pos_bias = register_parameter("pos_bias", per_head ? uniform({heads}) : uniform({}));
   }
 }
 

@@ -22,6 +22,12 @@ TEST(AttentionOptions, RefusesOptionsThatApplyToNoLayer) {
       [] { MultiHeadKVQ(MultiHeadKVQOptions(8, 2).mechanism("intention").pos_channels(6)); },
       {"pos_channels"}, "pos_channels without kv-pos");
   expect_error_naming(
+      [] { MultiHeadKVQ(MultiHeadKVQOptions(8, 2).mechanism("kv").pos_map("layer")); },
+      {"pos_map", "kv-pos"}, "pos_map without kv-pos");
+  expect_error_naming(
+      [] { MultiHeadKVQ(MultiHeadKVQOptions(8, 2).mechanism("kv-pos").pos_map("heads")); },
+      {"pos_map", "head", "layer", "'heads'"}, "pos_map not head or layer");
+  expect_error_naming(
       [] { MultiHeadKVQ(MultiHeadKVQOptions(8, 2).mechanism("kernel-intention").chunk_size(4)); },
       {"chunk_size"}, "chunk_size on kernel-intention (not chunk-parallel)");
   expect_error_naming([] { MultiHeadKVQ(MultiHeadKVQOptions(8, 2).mechanism("attn")); },
@@ -32,7 +38,7 @@ TEST(AttentionOptions, RefusesOptionsThatApplyToNoLayer) {
     auto o = MultiHeadKVQOptions(8, 2).mechanism(info.name);
     if (info.chunked) o.chunk_size(4);
     if (info.uses_alpha) o.alpha_init(2.0).alpha_floor(0.01).learn_alpha(false);
-    if (info.projection == kvq::Projection::KVPos) o.pos_channels(6);
+    if (info.projection == kvq::Projection::KVPos) o.pos_channels(6).pos_map("layer");
     EXPECT_NO_THROW(MultiHeadKVQ{o});
   }
 }

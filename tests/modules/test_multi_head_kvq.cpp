@@ -85,18 +85,31 @@ TEST_F(MultiHeadKVQTest, KvProjectionTiesQueryToKey) {
   EXPECT_LE(max_rel_err(kv->forward_self(x), want), 1e-12);
 }
 
+// pos_map "head": one Linear(p, 1) per head, (H, p) and (H); "layer": one for the layer, (p) and
+// (), which is the per-head map with every head's row equal to it.
 TEST_F(MultiHeadKVQTest, KvPosModuleMatchesFunctional) {
   const int64_t e = 8, h = 2;
-  MultiHeadKVQ mod(MultiHeadKVQOptions(e, h).mechanism("kv-pos").pos_channels(6));
-  mod->to(torch::kFloat64);
-  ASSERT_EQ(mod->pos_weight.sizes(), (std::vector<int64_t>{h, 6}));
-  auto x = torch::randn({2, 5, e}, torch::kFloat64);
-  auto split = [&](const torch::Tensor& y) { return y.view({2, 5, h, e / h}).transpose(1, 2); };
-  auto heads = kvq::functional::kv_pos_attention(split(mod->k_proj(x)), split(mod->v_proj(x)),
-                                                 mod->pos_weight, mod->pos_bias,
-                                                 kvq::functional::AttentionFuncOptions().causal(true));
-  auto want = mod->out_proj(heads.transpose(1, 2).reshape({2, 5, e}));
-  EXPECT_LE(max_rel_err(mod->forward_self(x, {}, true), want), 1e-12);
+  for (const std::string map : {"head", "layer"}) {
+    SCOPED_TRACE(map);
+    MultiHeadKVQ mod(MultiHeadKVQOptions(e, h).mechanism("kv-pos").pos_channels(6).pos_map(map));
+    mod->to(torch::kFloat64);
+    const bool per_head = map == "head";
+    ASSERT_EQ(mod->pos_weight.sizes(),
+              per_head ? std::vector<int64_t>({h, 6}) : std::vector<int64_t>({6}));
+    ASSERT_EQ(mod->pos_bias.sizes(), per_head ? std::vector<int64_t>({h}) : std::vector<int64_t>());
+    auto x = torch::randn({2, 5, e}, torch::kFloat64);
+    auto split = [&](const torch::Tensor& y) { return y.view({2, 5, h, e / h}).transpose(1, 2); };
+    auto k = split(mod->k_proj(x)), v = split(mod->v_proj(x));
+    const auto causal = kvq::functional::AttentionFuncOptions().causal(true);
+    auto heads = kvq::functional::kv_pos_attention(k, v, mod->pos_weight, mod->pos_bias, causal);
+    auto want = mod->out_proj(heads.transpose(1, 2).reshape({2, 5, e}));
+    EXPECT_LE(max_rel_err(mod->forward_self(x, {}, true), want), 1e-12);
+    if (map == "layer") {
+      auto per_head = kvq::functional::kv_pos_attention(
+          k, v, mod->pos_weight.expand({h, 6}), mod->pos_bias.expand({h}), causal);
+      EXPECT_LE(max_rel_err(heads, per_head), 1e-12);
+    }
+  }
 }
 
 TEST_F(MultiHeadKVQTest, AlphaIsPositiveLearnedPerHead) {

@@ -1,5 +1,6 @@
 // MultiHeadKVQ's decoding API: prefill + step equals forward_self(causal) for every registered
-// mechanism and every projection it takes (qkv, kv, kv-pos), with learned per-head alpha and
+// mechanism and every projection it takes (qkv, kv, kv-pos with a map per head or per layer), with
+// learned per-head alpha and
 // padded prefix tokens, in float64; project_memory + forward_memory equals cross-attention; caches
 // that do not fit are refused with a message that names the problem.
 #include <gtest/gtest.h>
@@ -13,19 +14,22 @@ using kvq::nn::MultiHeadKVQ;
 using kvq::nn::MultiHeadKVQOptions;
 using kvq_test::max_rel_err;
 
-// The projections `info` combines with: kv-pos only with a softmax.
+// The projections `info` combines with: kv-pos only with a softmax, "kv-pos/layer" being kv-pos
+// with pos_map "layer".
 std::vector<std::string> projections_of(const kvq::MechanismInfo& info) {
   std::vector<std::string> out = {"qkv", "kv"};
-  if (info.has_softmax) out.push_back("kv-pos");
+  if (info.has_softmax) out.insert(out.end(), {"kv-pos", "kv-pos/layer"});
   return out;
 }
 
 // A float64 module in eval mode with non-zero biases and a different alpha per head.
 MultiHeadKVQ make_module(const std::string& mechanism, const std::string& projection,
                          bool batch_first = true) {
+  const bool shared_map = projection == "kv-pos/layer";
   MultiHeadKVQ m(MultiHeadKVQOptions(12, 3)
                      .mechanism(mechanism)
-                     .projection(projection)
+                     .projection(shared_map ? "kv-pos" : projection)
+                     .pos_map(shared_map ? "layer" : "head")
                      .chunk_size(kvq::find_mechanism(mechanism).chunked ? 4 : 0)
                      .batch_first(batch_first));
   m->to(torch::kFloat64);

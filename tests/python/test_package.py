@@ -163,6 +163,24 @@ def test_state_dict_round_trip_between_cpp_and_python(tmp_path, mechanism, proje
     assert torch.equal(cpp.forward(x, x, x, pad, True), want)
 
 
+def test_kv_pos_map_per_layer_is_the_per_head_map_with_equal_rows():
+    torch.manual_seed(5)
+    E, H = 16, 4
+    layer = kvq.nn.MultiHeadKVQ(E, H, mechanism="kv-pos", pos_map="layer", batch_first=True,
+                                dtype=D64)
+    assert layer.pos_weight.shape == (10,) and layer.pos_bias.shape == ()
+    head = kvq.nn.MultiHeadKVQ(E, H, mechanism="kv-pos", batch_first=True, dtype=D64)
+    assert head.pos_weight.shape == (H, 10) and head.pos_bias.shape == (H,)
+    state = layer.state_dict()
+    state["pos_weight"] = layer.pos_weight.detach().expand(H, 10).clone()
+    state["pos_bias"] = layer.pos_bias.detach().expand(H).clone()
+    head.load_state_dict(state)
+    x = torch.randn(2, 6, E, dtype=D64)
+    assert rel_err(head(x, x, x, is_causal=True)[0], layer(x, x, x, is_causal=True)[0]) <= 1e-12
+    with pytest.raises(ValueError, match="pos_map must be 'head'.*or 'layer'.*got 'heads'"):
+        kvq.nn.MultiHeadKVQ(E, H, mechanism="kv-pos", pos_map="heads")
+
+
 def test_bad_input_names_the_argument(qkv):
     q, k, v, mask = qkv
     with pytest.raises(RuntimeError, match="alpha must be > 0"):

@@ -130,8 +130,9 @@ TEST(TaskRegistry, AttentionOptionsApplyOrAreRefusedByName) {
   EXPECT_EQ(config.at("chunk_size"), 8);
   EXPECT_EQ(config.at("learn_alpha"), false);
   EXPECT_EQ(config.at("alpha_init"), 0.5);
-  config = resolve("sort", "quick", {"mechanism=kv-pos", "pos_channels=6"});
+  config = resolve("sort", "quick", {"mechanism=kv-pos", "pos_channels=6", "pos_map=layer"});
   EXPECT_EQ(config.at("pos_channels"), 6);
+  EXPECT_EQ(config.at("pos_map"), "layer");
 
   auto message = error_of([] { resolve("sort", "quick", {"mechanism=softmax", "chunk_size=8"}); });
   EXPECT_HAS(message, "chunk_size applies only to");
@@ -143,6 +144,8 @@ TEST(TaskRegistry, AttentionOptionsApplyOrAreRefusedByName) {
   EXPECT_HAS(message, "learn_alpha applies only to");
   message = error_of([] { resolve("sort", "quick", {"mechanism=intention", "pos_channels=6"}); });
   EXPECT_HAS(message, "pos_channels applies only to the kv-pos projection");
+  message = error_of([] { resolve("sort", "quick", {"mechanism=softmax", "pos_map=layer"}); });
+  EXPECT_HAS(message, "pos_map applies only to the kv-pos projection");
   message = error_of([] { resolve("sort", "quick", {"mechanism=intention", "projection=kv-pos"}); });
   EXPECT_HAS(message, "projection 'kv-pos' adds a term to softmax scores");
   message = error_of([] { resolve("sort", "quick", {"projection=qk"}); });

@@ -113,7 +113,7 @@ struct FewShotClassifierOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Pre-LN layers with a final LayerNorm when true, Post-LN when false. Default: true.
   TORCH_ARG(bool, norm_first) = true;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
   // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
   // options of every layer's attention (kvq/modules/attention_options.h).
   KVQ_ATTENTION_ARGS;

@@ -40,7 +40,7 @@ struct InContextRegressorOptions {
   /// Dropout on the residual branches, the feed-forward hidden layer and the attention weights
   /// (mechanisms with a softmax). Default: 0.
   TORCH_ARG(double, dropout) = 0.0;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
   // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
   // options of every layer's attention (kvq/modules/attention_options.h).
   KVQ_ATTENTION_ARGS;

@@ -30,7 +30,7 @@ struct LanguageModelOptions {
   TORCH_ARG(std::string, activation) = "relu";
   /// Dropout on residual branches, FFN hidden layer and attention weights. Default: 0.2.
   TORCH_ARG(double, dropout) = 0.2;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
   // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
   // options of every layer's attention (kvq/modules/attention_options.h).
   KVQ_ATTENTION_ARGS;

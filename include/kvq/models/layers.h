@@ -59,8 +59,8 @@ struct TransformerBlockOptions {
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
   /// Biases in the attention projections and the feed-forward layers. Default: true.
   TORCH_ARG(bool, bias) = true;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size, scale
-  // (the attention's score scale; unset = 1/sqrt(head width)): the fields of `attention`.
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
+  // scale (the attention's score scale; unset = 1/sqrt(head width)): the fields of `attention`.
   KVQ_ATTENTION_ARGS;
 
  public:

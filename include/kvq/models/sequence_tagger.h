@@ -28,7 +28,7 @@ struct SequenceTaggerOptions {
   TORCH_ARG(int64_t, ffn_dim) = 0;
   /// Dropout in the blocks (residuals, FFN, attention weights) and in the head. Default: 0.1.
   TORCH_ARG(double, dropout) = 0.1;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size,
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
   // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
   // options of every layer's attention (kvq/modules/attention_options.h).
   KVQ_ATTENTION_ARGS;

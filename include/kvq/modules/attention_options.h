@@ -29,6 +29,10 @@ struct AttentionOptions {
   /// Channels p of the 2D positional table (the kv-pos projection). Default: 10 (the paper's
   /// synthetic tasks).
   TORCH_ARG(int64_t, pos_channels) = 10;
+  /// The kv-pos map Linear(p, 1): "head" = one per head (pos_weight (H, p), pos_bias (H)), or
+  /// "layer" = one shared by the layer's heads (pos_weight (p), pos_bias ()), as the paper's code
+  /// has it. Default: "head".
+  TORCH_ARG(std::string, pos_map) = "head";
   /// Chunk length of the causal chunk-parallel algorithms (linear and least-squares mechanisms);
   /// 0 = the head width. Default: 0.
   TORCH_ARG(int64_t, chunk_size) = 0;
@@ -38,10 +42,11 @@ struct AttentionOptions {
 
 // Checks `options` for layers running `layer_mechanisms` (empty = options.mechanism() alone):
 // every name is registered, the projection is valid for each (kv-pos needs a softmax), alpha_init
-// > alpha_floor > 0, chunk_size >= 0, pos_channels >= 1, scale > 0; and each option set away from
-// its default (`defaults`: AttentionOptions() unless the owner has its own, e.g. a task config's)
-// applies to at least one of the layers (alpha_init, alpha_floor, learn_alpha: a mechanism with
-// alpha; chunk_size: a chunk-parallel causal mechanism; pos_channels: the kv-pos projection).
+// > alpha_floor > 0, chunk_size >= 0, pos_channels >= 1, pos_map head or layer, scale > 0; and
+// each option set away from its default (`defaults`: AttentionOptions() unless the owner has its
+// own, e.g. a task config's) applies to at least one of the layers (alpha_init, alpha_floor,
+// learn_alpha: a mechanism with alpha; chunk_size: a chunk-parallel causal mechanism;
+// pos_channels, pos_map: the kv-pos projection).
 // Errors start with `owner` and name the option, its valid values or the mechanisms it applies to.
 void check_attention_options(const AttentionOptions& options, const std::string& owner,
                              const std::vector<std::string>& layer_mechanisms = {},
@@ -72,6 +77,7 @@ AttentionOptions layer_attention(const AttentionOptions& options, const std::str
   KVQ_ATTENTION_FORWARD(double, alpha_floor)                   \
   KVQ_ATTENTION_FORWARD(bool, learn_alpha)                     \
   KVQ_ATTENTION_FORWARD(int64_t, pos_channels)                 \
+  KVQ_ATTENTION_FORWARD(std::string, pos_map)                  \
   KVQ_ATTENTION_FORWARD(int64_t, chunk_size)                   \
   KVQ_ATTENTION_FORWARD(c10::optional<double>, scale)          \
   /** The attention of every layer (kvq/modules/attention_options.h). */ \

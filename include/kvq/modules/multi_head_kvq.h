@@ -25,8 +25,9 @@ struct MultiHeadKVQOptions {
   /// Inputs are (B, T, E) when true, (T, B, E) as torch::nn::MultiheadAttention when false.
   /// Default: true.
   TORCH_ARG(bool, batch_first) = true;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, chunk_size, scale:
-  // the fields of `attention` (kvq/modules/attention_options.h), settable here directly.
+  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map,
+  // chunk_size, scale: the fields of `attention` (kvq/modules/attention_options.h), settable here
+  // directly.
   KVQ_ATTENTION_ARGS;
 };
 
@@ -76,8 +77,8 @@ class MultiHeadKVQImpl : public torch::nn::Cloneable<MultiHeadKVQImpl> {
   MultiHeadKVQOptions options;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
   torch::Tensor alpha_raw;    // (H), alpha = softplus(alpha_raw) + alpha_floor
-  torch::Tensor pos_weight;   // (H, p), kv-pos only
-  torch::Tensor pos_bias;     // (H), kv-pos only
+  torch::Tensor pos_weight;   // (H, p), or (p) with pos_map "layer"; kv-pos only
+  torch::Tensor pos_bias;     // (H), or () with pos_map "layer"; kv-pos only
 
  private:
   // x (B, T, E) in the module's layout, checked (`name` in errors), as (B, T, E).

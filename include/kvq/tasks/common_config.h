@@ -25,8 +25,8 @@ struct CommonTaskConfig {
   int64_t seed = 0;                    // model init, dropout, batch order (and data unless a
                                        // task has a data_seed)
   // The attention of every layer, passed unchanged to the model: config keys mechanism,
-  // projection, alpha_init, alpha_floor, learn_alpha, chunk_size, pos_channels (the fields of
-  // the same names; kvq/modules/attention_options.h). The score scale is the model's.
+  // projection, alpha_init, alpha_floor, learn_alpha, chunk_size, pos_channels, pos_map (the
+  // fields of the same names; kvq/modules/attention_options.h). The score scale is the model's.
   nn::AttentionOptions attention;
   int64_t d_model = 64;                // model width d
   int64_t num_heads = 2;               // attention heads
@@ -88,6 +88,8 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
              "chunk length of the causal chunk-parallel mechanisms; 0 = the head width")
       .field("pos_channels", member<Config>(&C::attention), &A::pos_channels,
              "channels of the 2D positional table (kv-pos projection)")
+      .field("pos_map", member<Config>(&C::attention), &A::pos_map,
+             "kv-pos map Linear(p, 1): head (one per head) | layer (one per layer, the paper's)")
       .field("d_model", member<Config>(&C::d_model), "model width d")
       .field("num_heads", member<Config>(&C::num_heads), "attention heads")
       .field("num_layers", member<Config>(&C::num_layers), "Transformer blocks")
