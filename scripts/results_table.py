@@ -1,7 +1,7 @@
 """Writes the Markdown table of scripts/reproduce.sh from the comparisons' summary.csv files.
 Usage: results_table.py kv|intention quick|paper SEEDS RUN_ROOT COMMAND [--grid]  (table on stdout)
 --grid: the runs are cells of a grid (RUN_ROOT/<task>/grid/<cell>); the table gives the mean over
-the cells run beside the paper's grid mean, then every cell."""
+the cells run beside the paper's mean over its cells, then every cell."""
 import csv
 import datetime
 import json
@@ -109,8 +109,9 @@ for task in spec:
         cells_of[task] = sorted(c for c in os.listdir(base)
                                 if os.path.exists(os.path.join(base, c, "summary.csv")))
 print("Mean over the cells run (each cell: mean over its seeds) ± sample standard deviation over "
-      "those cells, beside the paper's mean over its whole grid.\n")
-print("| task | metric | mechanism | cells run | kvq, mean over cells | paper, grid mean |")
+      "those cells, beside the paper's printed mean over its cells (the grid's 16; 19 for reverse "
+      "and sort, docs/tasks.md).\n")
+print("| task | metric | mechanism | cells run | kvq, mean over cells | paper, mean over cells |")
 print("|---|---|---|---|---|---|")
 for task, cells in cells_of.items():
     metric, figures = spec[task][0][0], spec[task][1]
