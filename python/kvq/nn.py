@@ -2,6 +2,7 @@
 torch.nn.MultiheadAttention and the parameters (names and shapes) of the C++ kvq::nn::MultiHeadKVQ,
 so state dicts move between the two (kvq::nn::save_state_dict / torch.load, torch.save /
 kvq::nn::read_state_dict)."""
+import inspect
 import math
 
 import torch
@@ -13,6 +14,25 @@ from ._library import ops
 __all__ = ["MultiHeadKVQ"]
 
 _PROJECTIONS = ("qkv", "kv", "kv-pos")
+
+
+def _refuse_unused_options(mechanism, projection, uses_alpha, **options):
+    """ValueError for an option away from its default that this layer would ignore, as the C++
+    module's check_attention_options: the ridge options without a ridge alpha, the kv-pos options
+    without the kv-pos projection."""
+    defaults = inspect.signature(MultiHeadKVQ.__init__).parameters
+    for name, value in options.items():
+        if value == defaults[name].default:
+            continue
+        if name.startswith("pos_") and projection != "kv-pos":
+            raise ValueError(f"MultiHeadKVQ: {name} applies only to the kv-pos projection, and "
+                             f"mechanism '{mechanism}' runs with projection '{projection}'; "
+                             f"leave it unset")
+        if not name.startswith("pos_") and not uses_alpha:
+            with_alpha = [m for m in ops.mechanism_names() if ops.mechanism_info(m)[1]]
+            raise ValueError(f"MultiHeadKVQ: {name} applies only to the mechanisms with a ridge "
+                             f"alpha ({', '.join(with_alpha)}), and mechanism '{mechanism}' has "
+                             f"none; leave it unset")
 
 
 class MultiHeadKVQ(nn.Module):
@@ -38,6 +58,10 @@ class MultiHeadKVQ(nn.Module):
             paper's code.
         chunk_size: chunk of the causal chunk-parallel algorithms; 0 = the head width.
         scale: score scale; None = 1 / sqrt(head width).
+
+    As the C++ module, it raises ValueError for an option set away from its default that the
+    layer would ignore: alpha_init, alpha_floor or learn_alpha without a ridge alpha,
+    pos_channels or pos_map without the kv-pos projection.
     """
 
     def __init__(self, embed_dim, num_heads, mechanism="softmax", projection=None, dropout=0.0,
@@ -58,6 +82,9 @@ class MultiHeadKVQ(nn.Module):
         if projection == "kv-pos" and not has_softmax:
             raise ValueError(f"MultiHeadKVQ: projection 'kv-pos' adds a term to softmax scores, "
                              f"and mechanism '{mechanism}' has none")
+        _refuse_unused_options(mechanism, projection, uses_alpha, alpha_init=alpha_init,
+                               alpha_floor=alpha_floor, learn_alpha=learn_alpha,
+                               pos_channels=pos_channels, pos_map=pos_map)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.mechanism, self.projection = mechanism, projection
         self.dropout, self.batch_first = dropout, batch_first

@@ -193,6 +193,18 @@ def test_bad_input_names_the_argument(qkv):
         kvq.nn.MultiHeadKVQ(10, 3)
     with pytest.raises(ValueError, match="projection must be one of"):
         kvq.nn.MultiHeadKVQ(8, 2, projection="qk")
+    with pytest.raises(ValueError, match="pos_map applies only to the kv-pos projection, and "
+                                         "mechanism 'kv' runs with projection 'kv'"):
+        kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv", pos_map="layer")
+    with pytest.raises(ValueError, match="pos_channels applies only to the kv-pos projection"):
+        kvq.nn.MultiHeadKVQ(8, 2, mechanism="softmax", pos_channels=6)
+    with pytest.raises(ValueError, match=r"alpha_init applies only to the mechanisms with a ridge "
+                                         r"alpha \(.*intention.*\), and mechanism 'softmax'"):
+        kvq.nn.MultiHeadKVQ(8, 2, alpha_init=10.0)
+    with pytest.raises(ValueError, match="learn_alpha applies only"):
+        kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv-pos", learn_alpha=False)
+    kvq.nn.MultiHeadKVQ(8, 2, mechanism="softmax", projection="kv-pos", pos_map="layer")
+    kvq.nn.MultiHeadKVQ(8, 2, mechanism="intention", alpha_init=10.0, learn_alpha=False)
     m = kvq.nn.MultiHeadKVQ(8, 2, batch_first=True)
     x = torch.randn(2, 5, 8)
     with pytest.raises(ValueError, match="need_weights"):
