@@ -16,22 +16,32 @@ __all__ = ["MultiHeadKVQ"]
 _PROJECTIONS = ("qkv", "kv", "kv-pos")
 
 
-def _refuse_unused_options(mechanism, projection, uses_alpha, **options):
+def _mechanisms_where(field):
+    """The registered mechanisms whose kvq::mechanism_info flag at index field is set."""
+    return ", ".join(m for m in ops.mechanism_names() if ops.mechanism_info(m)[field])
+
+
+def _refuse_unused_options(mechanism, projection, uses_alpha, chunked, **options):
     """ValueError for an option away from its default that this layer would ignore, as the C++
-    module's check_attention_options: the ridge options without a ridge alpha, the kv-pos options
-    without the kv-pos projection."""
+    module's check_attention_options: the ridge options without a ridge alpha, chunk_size without
+    a chunk-parallel causal form, the kv-pos options without the kv-pos projection."""
     defaults = inspect.signature(MultiHeadKVQ.__init__).parameters
     for name, value in options.items():
         if value == defaults[name].default:
             continue
-        if name.startswith("pos_") and projection != "kv-pos":
-            raise ValueError(f"MultiHeadKVQ: {name} applies only to the kv-pos projection, and "
-                             f"mechanism '{mechanism}' runs with projection '{projection}'; "
-                             f"leave it unset")
-        if not name.startswith("pos_") and not uses_alpha:
-            with_alpha = [m for m in ops.mechanism_names() if ops.mechanism_info(m)[1]]
+        if name.startswith("pos_"):
+            if projection != "kv-pos":
+                raise ValueError(f"MultiHeadKVQ: {name} applies only to the kv-pos projection, "
+                                 f"and mechanism '{mechanism}' runs with projection "
+                                 f"'{projection}'; leave it unset")
+        elif name == "chunk_size":
+            if not chunked:
+                raise ValueError(f"MultiHeadKVQ: chunk_size applies only to the chunk-parallel "
+                                 f"causal mechanisms ({_mechanisms_where(4)}), not to mechanism "
+                                 f"'{mechanism}'; leave it unset")
+        elif not uses_alpha:
             raise ValueError(f"MultiHeadKVQ: {name} applies only to the mechanisms with a ridge "
-                             f"alpha ({', '.join(with_alpha)}), and mechanism '{mechanism}' has "
+                             f"alpha ({_mechanisms_where(1)}), and mechanism '{mechanism}' has "
                              f"none; leave it unset")
 
 
@@ -60,8 +70,8 @@ class MultiHeadKVQ(nn.Module):
         scale: score scale; None = 1 / sqrt(head width).
 
     As the C++ module, it raises ValueError for an option set away from its default that the
-    layer would ignore: alpha_init, alpha_floor or learn_alpha without a ridge alpha,
-    pos_channels or pos_map without the kv-pos projection.
+    layer would ignore: alpha_init, alpha_floor or learn_alpha without a ridge alpha, chunk_size
+    without a chunk-parallel causal form, pos_channels or pos_map without the kv-pos projection.
     """
 
     def __init__(self, embed_dim, num_heads, mechanism="softmax", projection=None, dropout=0.0,
@@ -74,7 +84,7 @@ class MultiHeadKVQ(nn.Module):
                              f"got embed_dim={embed_dim}, num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MultiHeadKVQ: dropout must be in [0, 1), got {dropout}")
-        default_projection, uses_alpha, has_softmax, _ = ops.mechanism_info(mechanism)
+        default_projection, uses_alpha, has_softmax, _, chunked = ops.mechanism_info(mechanism)
         projection = default_projection if projection is None else projection
         if projection not in _PROJECTIONS:
             raise ValueError(f"MultiHeadKVQ: projection must be one of {', '.join(_PROJECTIONS)}"
@@ -82,9 +92,9 @@ class MultiHeadKVQ(nn.Module):
         if projection == "kv-pos" and not has_softmax:
             raise ValueError(f"MultiHeadKVQ: projection 'kv-pos' adds a term to softmax scores, "
                              f"and mechanism '{mechanism}' has none")
-        _refuse_unused_options(mechanism, projection, uses_alpha, alpha_init=alpha_init,
+        _refuse_unused_options(mechanism, projection, uses_alpha, chunked, alpha_init=alpha_init,
                                alpha_floor=alpha_floor, learn_alpha=learn_alpha,
-                               pos_channels=pos_channels, pos_map=pos_map)
+                               chunk_size=chunk_size, pos_channels=pos_channels, pos_map=pos_map)
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.mechanism, self.projection = mechanism, projection
         self.dropout, self.batch_first = dropout, batch_first

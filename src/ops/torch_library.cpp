@@ -151,23 +151,42 @@ StateTuple linear_step_op(const Tensor& kv_sum, const Tensor& key_sum, const Ten
 
 std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
 
-// (default projection, uses alpha, has a softmax, its op schema) of a registered mechanism.
-std::tuple<std::string, bool, bool, std::string> mechanism_info_op(const std::string& name) {
+// (default projection, uses alpha, has a softmax, its op schema, chunk-parallel causal form) of a
+// registered mechanism.
+std::tuple<std::string, bool, bool, std::string, bool> mechanism_info_op(const std::string& name) {
   const auto& info = find_mechanism(name);
-  return {projection_name(info.projection), info.uses_alpha, info.has_softmax, info.op};
+  return {projection_name(info.projection), info.uses_alpha, info.has_softmax, info.op,
+          info.chunked};
 }
 
 // The C++ module itself, for Python code that wants to run or exchange weights with it:
-//   m = torch.classes.kvq.MultiHeadKVQ(embed_dim, num_heads, mechanism, projection, batch_first)
+//   m = torch.classes.kvq.MultiHeadKVQ(embed_dim, num_heads, mechanism, projection, batch_first,
+//                                      dropout=0.0, bias=True, alpha_init=1.0, ..., scale=None)
+// the keyword options and their defaults those of kvq::nn::MultiHeadKVQOptions.
 struct MultiHeadKVQHolder : torch::CustomClassHolder {
   nn::MultiHeadKVQ module;
-  MultiHeadKVQHolder(int64_t embed_dim, int64_t num_heads, const std::string& mechanism,
-                     const std::string& projection, bool batch_first)
-      : module(nn::MultiHeadKVQOptions(embed_dim, num_heads)
-                   .mechanism(mechanism)
-                   .projection(projection)
-                   .batch_first(batch_first)) {}
+  explicit MultiHeadKVQHolder(const nn::MultiHeadKVQOptions& options) : module(options) {}
 };
+
+c10::intrusive_ptr<MultiHeadKVQHolder> make_multi_head_kvq(
+    int64_t embed_dim, int64_t num_heads, std::string mechanism, std::string projection,
+    bool batch_first, double dropout, bool bias, double alpha_init, double alpha_floor,
+    bool learn_alpha, int64_t pos_channels, std::string pos_map, int64_t chunk_size,
+    optional<double> scale) {
+  return c10::make_intrusive<MultiHeadKVQHolder>(nn::MultiHeadKVQOptions(embed_dim, num_heads)
+                                                     .mechanism(mechanism)
+                                                     .projection(projection)
+                                                     .batch_first(batch_first)
+                                                     .dropout(dropout)
+                                                     .bias(bias)
+                                                     .alpha_init(alpha_init)
+                                                     .alpha_floor(alpha_floor)
+                                                     .learn_alpha(learn_alpha)
+                                                     .pos_channels(pos_channels)
+                                                     .pos_map(pos_map)
+                                                     .chunk_size(chunk_size)
+                                                     .scale(scale));
+}
 
 }  // namespace
 }  // namespace kvq
@@ -218,11 +237,25 @@ TORCH_LIBRARY(kvq, m) {
       "-> (Tensor, Tensor, Tensor)",
       &linear_step_op);
   m.def("mechanism_names() -> str[]", &mechanism_names_op);
-  m.def("mechanism_info(str name) -> (str, bool, bool, str)", &mechanism_info_op);
+  m.def("mechanism_info(str name) -> (str, bool, bool, str, bool)", &mechanism_info_op);
 
   using Holder = MultiHeadKVQHolder;
+  const nn::MultiHeadKVQOptions defaults(1, 1);
+  const auto optional_scale = [](optional<double> scale) -> c10::IValue {
+    return scale ? c10::IValue(*scale) : c10::IValue();
+  };
   m.class_<Holder>("MultiHeadKVQ")
-      .def(torch::init<int64_t, int64_t, std::string, std::string, bool>())
+      .def(torch::init(&make_multi_head_kvq), "",
+           {torch::arg("embed_dim"), torch::arg("num_heads"), torch::arg("mechanism"),
+            torch::arg("projection"), torch::arg("batch_first"),
+            torch::arg("dropout") = defaults.dropout(), torch::arg("bias") = defaults.bias(),
+            torch::arg("alpha_init") = defaults.alpha_init(),
+            torch::arg("alpha_floor") = defaults.alpha_floor(),
+            torch::arg("learn_alpha") = defaults.learn_alpha(),
+            torch::arg("pos_channels") = defaults.pos_channels(),
+            torch::arg("pos_map") = defaults.pos_map(),
+            torch::arg("chunk_size") = defaults.chunk_size(),
+            torch::arg("scale") = optional_scale(defaults.scale())})
       .def("forward",
            [](const c10::intrusive_ptr<Holder>& self, const at::Tensor& query,
               const at::Tensor& key, const at::Tensor& value,

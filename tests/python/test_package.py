@@ -131,15 +131,19 @@ def test_multi_head_softmax_equals_torch_multihead_attention(batch_first):
         assert rel_err(got, want) <= 1e-12
 
 
-@pytest.mark.parametrize("mechanism,projection", [("softmax", None), ("kv", None),
-                                                  ("kv-pos", None), ("intention", None),
-                                                  ("softmax-intention", "kv"),
-                                                  ("linear", None)])
-def test_state_dict_round_trip_between_cpp_and_python(tmp_path, mechanism, projection):
+@pytest.mark.parametrize("mechanism,projection,options", [
+    ("softmax", None, {}), ("kv", None, {}), ("kv-pos", None, {}), ("intention", None, {}),
+    ("softmax-intention", "kv", {}), ("linear", None, {}),
+    ("kv-pos", None, {"pos_map": "layer", "pos_channels": 6}),
+    ("intention", None, {"alpha_init": 0.5, "learn_alpha": False, "chunk_size": 2}),
+    ("softmax", None, {"bias": False, "scale": 0.3})])
+def test_state_dict_round_trip_between_cpp_and_python(tmp_path, mechanism, projection, options):
     torch.manual_seed(4)
     E, H = 16, 4
-    cpp = torch.classes.kvq.MultiHeadKVQ(E, H, mechanism, projection or "", True)
-    py = kvq.nn.MultiHeadKVQ(E, H, mechanism=mechanism, projection=projection, batch_first=True)
+    cpp = torch.classes.kvq.MultiHeadKVQ(E, H, mechanism, projection or "", True, **options)
+    py = kvq.nn.MultiHeadKVQ(E, H, mechanism=mechanism, projection=projection, batch_first=True,
+                             **options)
+    assert sorted(cpp.state_dict().keys()) == sorted(py.state_dict().keys())
     x = torch.randn(2, 6, E)
     pad = torch.zeros(2, 6, dtype=torch.bool)
     pad[1, -2:] = True
@@ -149,7 +153,8 @@ def test_state_dict_round_trip_between_cpp_and_python(tmp_path, mechanism, proje
     assert torch.equal(py(x, x, x, key_padding_mask=pad, is_causal=True)[0], want)
     path = str(tmp_path / "cpp_state.pt")
     cpp.save(path)
-    fresh = kvq.nn.MultiHeadKVQ(E, H, mechanism=mechanism, projection=projection, batch_first=True)
+    fresh = kvq.nn.MultiHeadKVQ(E, H, mechanism=mechanism, projection=projection, batch_first=True,
+                                **options)
     fresh.load_state_dict(torch.load(path))
     assert torch.equal(fresh(x, x, x, key_padding_mask=pad, is_causal=True)[0], want)
     # Python -> C++, through torch.save of the state dict.
@@ -203,6 +208,10 @@ def test_bad_input_names_the_argument(qkv):
         kvq.nn.MultiHeadKVQ(8, 2, alpha_init=10.0)
     with pytest.raises(ValueError, match="learn_alpha applies only"):
         kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv-pos", learn_alpha=False)
+    with pytest.raises(ValueError, match=r"chunk_size applies only to the chunk-parallel causal "
+                                         r"mechanisms \(.*intention.*\), not to mechanism 'kv'"):
+        kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv", chunk_size=4)
+    kvq.nn.MultiHeadKVQ(8, 2, mechanism="linear", chunk_size=4)
     kvq.nn.MultiHeadKVQ(8, 2, mechanism="softmax", projection="kv-pos", pos_map="layer")
     kvq.nn.MultiHeadKVQ(8, 2, mechanism="intention", alpha_init=10.0, learn_alpha=False)
     m = kvq.nn.MultiHeadKVQ(8, 2, batch_first=True)
@@ -213,6 +222,8 @@ def test_bad_input_names_the_argument(qkv):
         m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.bool).tril())
     with pytest.raises(ValueError, match="query must have shape"):
         m(x[0], x, x)
+    with pytest.raises(RuntimeError, match="pos_map applies only to the kv-pos projection"):
+        torch.classes.kvq.MultiHeadKVQ(8, 2, "kv", "", True, pos_map="layer")
     cpp = torch.classes.kvq.MultiHeadKVQ(8, 2, "softmax", "", True)
     with pytest.raises(RuntimeError, match="missing key 'q_proj.weight'"):
         cpp.load_state_dict(kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv").state_dict())
