@@ -29,7 +29,9 @@ void MultiHeadKVQImpl::reset() {
     return register_module(name, torch::nn::Linear(
                                      torch::nn::LinearOptions(embed, embed).bias(options.bias())));
   };
-  // Input projections as torch::nn::MultiheadAttention: Xavier-uniform weights, zero biases.
+  // Input projections: Xavier-uniform on each E x E weight, zero biases (as
+  // torch::nn::MultiheadAttention with separate q/k/v weights; docs/mechanisms.md compares its
+  // packed weight and the paper's code).
   for (auto* proj : {&q_proj, &k_proj, &v_proj}) *proj = nullptr;
   if (projection_ == Projection::QKV) q_proj = linear("q_proj");
   k_proj = linear("k_proj");
