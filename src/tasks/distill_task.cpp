@@ -40,10 +40,13 @@ uint64_t sampler_seed(const Config& c) {
   return mix_seeds(static_cast<uint64_t>(c.seed), 0xD157111);
 }
 
+// The student's logits of the states `index` of `d`, on the model's device.
 torch::Tensor logits_of(models::GridPolicy& model, const env::TrajectoryDataset& d,
                         const torch::Tensor& index) {
-  return model->forward(d.types.index_select(0, index), d.rows.index_select(0, index),
-                        d.cols.index_select(0, index));
+  const auto device = train::model_device(*model);
+  return model->forward(d.types.index_select(0, index).to(device),
+                        d.rows.index_select(0, index).to(device),
+                        d.cols.index_select(0, index).to(device));
 }
 
 torch::Tensor kl_teacher_student(const torch::Tensor& logits, const torch::Tensor& teacher) {
@@ -59,7 +62,8 @@ nlohmann::json evaluate_states(models::GridPolicy& model, const Config& c,
   std::vector<torch::Tensor> logits;
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
     logits.push_back(
-        logits_of(model, d, torch::arange(start, std::min(n, start + c.eval_batch_size))));
+        logits_of(model, d, torch::arange(start, std::min(n, start + c.eval_batch_size)))
+            .to(torch::kCPU));
   }
   const auto all = torch::cat(logits, 0);
   return {{"loss", kl_teacher_student(all, d.teacher_probs).item<double>()},
@@ -79,7 +83,10 @@ nlohmann::json evaluate_split(models::GridPolicy& model, const Config& c,
     const auto levels = env::generate_levels(kTestLevelSeed, c.test_levels, world_options(c));
     const env::Policy student = [&](const env::Observation& batch) {
       torch::NoGradGuard no_grad;
-      return model->forward(batch.types, batch.rows, batch.cols);
+      const auto device = train::model_device(*model);
+      return model
+          ->forward(batch.types.to(device), batch.rows.to(device), batch.cols.to(device))
+          .to(torch::kCPU);
     };
     const auto acted = env::evaluate_policy(student, levels, world_options(c),
                                             env::EvalOptions().batch_size(c.eval_batch_size));
@@ -188,6 +195,7 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
   TORCH_CHECK(states >= c.batch_size, "config distill: ", states,
               " training states are fewer than batch_size = ", c.batch_size);
   auto model = make_distill_model(c);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   util::BatchSampler sampler(states, c.batch_size, sampler_seed(c));
   const int64_t total = c.epochs * sampler.batches_per_epoch();
@@ -198,10 +206,12 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto logits = logits_of(model, train_data, index);
     BatchLoss out;
-    out.loss = kl_teacher_student(logits, train_data.teacher_probs.index_select(0, index));
+    out.loss = kl_teacher_student(
+        logits, train_data.teacher_probs.index_select(0, index).to(context.device));
     out.items = index.numel();
     out.correct = static_cast<int64_t>(std::llround(
-        env::action_agreement(logits.detach(), train_data.optimal.index_select(0, index)) *
+        env::action_agreement(logits.detach().to(torch::kCPU),
+                              train_data.optimal.index_select(0, index)) *
         static_cast<double>(index.numel())));
     return out;
   };
@@ -221,6 +231,7 @@ nlohmann::json evaluate_distill_task(const Config& c, const train::RunDir& run,
                                      const EvalOptions& options) {
   const std::string path = checkpoint_to_evaluate(run, options);
   auto model = make_distill_model(c);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   const auto val = options.split == "val" ? dataset(c, kValLevelSeed, c.val_levels)
                                           : env::TrajectoryDataset{};

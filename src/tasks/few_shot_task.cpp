@@ -94,12 +94,16 @@ nlohmann::json evaluate_episodes(models::FewShotClassifier& model, const Config&
   const bool on_encoder = c.readout == "labels" && c.readout_features == "encoder";
   int64_t correct = 0, proto_correct = 0, norm_proto_correct = 0, bayes_correct = 0,
           input_proto_correct = 0, queries = 0;
+  const auto device = train::model_device(*model);
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
     const int64_t end = std::min(n, start + c.eval_batch_size);
-    const auto support = model->encode(episodes.support_images.slice(0, start, end));
-    const auto query = model->encode(episodes.query_images.slice(0, start, end));
-    const auto support_labels = episodes.support_labels.slice(0, start, end);
-    const auto y = episodes.query_labels.slice(0, start, end);
+    const auto batch = [&](const torch::Tensor& t) { return t.slice(0, start, end).to(device); };
+    const auto support_images = batch(episodes.support_images);
+    const auto query_images = batch(episodes.query_images);
+    const auto support = model->encode(support_images);
+    const auto query = model->encode(query_images);
+    const auto support_labels = batch(episodes.support_labels);
+    const auto y = batch(episodes.query_labels);
     const auto logits = model->forward_features(support, support_labels, query);
     loss_sum += F::cross_entropy(logits.reshape({-1, c.num_ways}), y.reshape({-1}),
                                  F::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -118,8 +122,8 @@ nlohmann::json evaluate_episodes(models::FewShotClassifier& model, const Config&
           prototype_hits(torch::layer_norm(support, {width}), torch::layer_norm(query, {width}));
     }
     if (gaussian(c)) {
-      const auto points = episodes.support_images.slice(0, start, end).flatten(2);
-      const auto query_points = episodes.query_images.slice(0, start, end).flatten(2);
+      const auto points = support_images.flatten(2);
+      const auto query_points = query_images.flatten(2);
       bayes_correct += hits(data::gaussian_bayes_logits(points, support_labels, query_points,
                                                         c.num_ways, c.class_std, c.noise_std)
                                 .argmax(-1));
@@ -257,6 +261,7 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
   const EpisodeSource source(c);
   const auto val = source.evaluation("val");
   auto model = make_few_shot_model(c);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.loss = [&](const torch::Tensor& index, int64_t step) {
@@ -267,6 +272,9 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
       e.support_labels = e.support_labels.index_select(0, index);
       e.query_images = e.query_images.index_select(0, index);
       e.query_labels = e.query_labels.index_select(0, index);
+    }
+    for (auto* t : {&e.support_images, &e.support_labels, &e.query_images, &e.query_labels}) {
+      *t = t->to(context.device);
     }
     const auto logits = model->forward(e.support_images, e.support_labels, e.query_images);
     BatchLoss out;
@@ -292,6 +300,7 @@ nlohmann::json evaluate_few_shot_task(const Config& c, const train::RunDir& run,
                                       const EvalOptions& options) {
   const std::string path = checkpoint_to_evaluate(run, options);
   auto model = make_few_shot_model(c);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   auto out = evaluate_episodes(model, c, EpisodeSource(c).evaluation(options.split));
   return with_checkpoint_info(out, path, options);

@@ -191,12 +191,13 @@ nlohmann::json evaluate_image_model(models::ViT& model, const torch::Tensor& ima
   const bool was_training = model->is_training();
   model->eval();
   const int64_t n = images.size(0);
+  const auto device = train::model_device(*model);
   double loss_sum = 0;
   int64_t correct = 0;
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t end = std::min(n, start + batch_size);
-    const auto logits = model->forward(images.slice(0, start, end));
-    const auto y = labels.slice(0, start, end);
+    const auto logits = model->forward(images.slice(0, start, end).to(device));
+    const auto y = labels.slice(0, start, end).to(device);
     loss_sum +=
         F::cross_entropy(logits, y, F::CrossEntropyFuncOptions().reduction(torch::kSum))
             .item<double>();
@@ -212,6 +213,7 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
                               const TrainContext& context) {
   const auto splits = load_images(c);
   auto model = make_image_model(c);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   const int64_t num_train = splits.train.images.size(0);
   TORCH_CHECK(num_train >= c.batch_size, "config ", c.task, ": ", num_train,
@@ -224,7 +226,8 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     auto x = splits.train.images.index_select(0, index);
     if (c.augment) x = augment_batch(x);
-    const auto y = splits.train.labels.index_select(0, index);
+    x = x.to(context.device);
+    const auto y = splits.train.labels.index_select(0, index).to(context.device);
     const auto logits = model->forward(x);
     BatchLoss out;
     out.loss = F::cross_entropy(logits, y);
@@ -257,6 +260,7 @@ nlohmann::json evaluate_image_task(const Config& c, const train::RunDir& run,
                                    const EvalOptions& options) {
   const std::string path = checkpoint_to_evaluate(run, options);
   auto model = make_image_model(c);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   const auto splits = load_images(c);
   const auto& s = options.split == "test" ? splits.test : splits.val;

@@ -169,20 +169,22 @@ nlohmann::json evaluate_lm_model(models::LanguageModel& model, const torch::Tens
   const bool was_training = model->is_training();
   model->eval();
   const auto offsets = torch::arange(context + 1, torch::kInt64);
+  const auto device = train::model_device(*model);
+  const auto unigram_here = unigram.to(device);
   double loss_sum = 0, unigram_sum = 0;
   int64_t correct = 0, tokens = 0;
   for (size_t begin = 0; begin < starts.size(); begin += static_cast<size_t>(batch_size)) {
     const size_t end = std::min(starts.size(), begin + static_cast<size_t>(batch_size));
     const auto s = torch::tensor(std::vector<int64_t>(starts.begin() + begin, starts.begin() + end),
                                  torch::kInt64);
-    const auto windows = stream.index({s.unsqueeze(1) + offsets});
+    const auto windows = stream.index({s.unsqueeze(1) + offsets}).to(device);
     const auto x = windows.slice(1, 0, context), y = windows.slice(1, 1, context + 1);
     const auto logits = model->forward(x);
     loss_sum += F::cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1}),
                                  F::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
     correct += (logits.argmax(-1) == y).sum().item<int64_t>();
-    unigram_sum -= unigram.index({y.reshape({-1})}).sum().item<double>();
+    unigram_sum -= unigram_here.index({y.reshape({-1})}).sum().item<double>();
     tokens += y.numel();
   }
   model->train(was_training);
@@ -201,6 +203,7 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   TORCH_CHECK(num_starts >= c.batch_size, "config ", c.task, ": the training stream has ",
               corpus.train.size(0), " tokens, too few for batch_size windows of context + 1");
   auto model = make_lm_model(c, corpus.vocab_size);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   util::BatchSampler sampler(num_starts, c.batch_size, sampler_seed(c));
   const auto unigram = unigram_log_probs(corpus.train, corpus.vocab_size);
@@ -211,7 +214,7 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.sampler = &sampler;
   loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto windows = corpus.train.index({index.unsqueeze(1) + offsets});
+    const auto windows = corpus.train.index({index.unsqueeze(1) + offsets}).to(context.device);
     const auto x = windows.slice(1, 0, c.context), y = windows.slice(1, 1, c.context + 1);
     const auto logits = model->forward(x);
     BatchLoss out;
@@ -253,6 +256,7 @@ nlohmann::json evaluate_lm_task(const Config& c, const train::RunDir& run,
   const std::string path = checkpoint_to_evaluate(run, options);
   const auto corpus = load_lm_corpus(c);
   auto model = make_lm_model(c, corpus.vocab_size);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   const auto starts = window_starts(corpus.val.size(0), c.context,
                                     options.split == "test" ? 0 : c.eval_windows);
@@ -263,7 +267,7 @@ nlohmann::json evaluate_lm_task(const Config& c, const train::RunDir& run,
 
 Generation generate_from_run(const nlohmann::json& config_json, const train::RunDir& run,
                              const std::string& prompt, const models::GenerateOptions& options,
-                             const std::string& checkpoint) {
+                             const std::string& checkpoint, torch::Device device) {
   const std::string task = config_json.value("task", "");
   TORCH_CHECK(detail::contains_name(lm_task_names(), task), "generate: ",
               run.config_path().string(), " is a run of task '", task,
@@ -274,12 +278,13 @@ Generation generate_from_run(const nlohmann::json& config_json, const train::Run
   const std::string path = checkpoint_to_evaluate(run, eval);
   const auto corpus = load_lm_corpus(c);
   auto model = make_lm_model(c, corpus.vocab_size);
+  model->to(device);
   train::load_model_weights(path, *model);
   model->eval();
   const auto start = prompt.empty() ? corpus.val.slice(0, 0, 1) : corpus.encode(prompt);
   TORCH_CHECK(start.numel() >= 1, "generate: --prompt holds no token");
   const auto began = std::chrono::steady_clock::now();
-  const auto tokens = model->generate(start.unsqueeze(0), options);
+  const auto tokens = model->generate(start.unsqueeze(0).to(device), options).to(torch::kCPU);
   Generation out;
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
   out.new_tokens = options.max_new_tokens();

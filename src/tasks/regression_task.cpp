@@ -67,14 +67,16 @@ nlohmann::json evaluate_model(models::InContextRegressor& model, const Config& c
   const auto kind = kind_of(c.task);
   nlohmann::json out, baselines;
   double mse_sum = 0, bayes_sum = 0;
+  const auto device = train::model_device(*model);
   for (const int64_t n : c.eval_contexts) {
     const auto e = evaluation_episodes(c, split, n);
     std::vector<torch::Tensor> predictions;
     for (int64_t start = 0; start < c.eval_episodes; start += c.eval_batch_size) {
       const int64_t end = std::min(c.eval_episodes, start + c.eval_batch_size);
-      predictions.push_back(model->forward(e.context_x.slice(0, start, end),
-                                           e.context_y.slice(0, start, end),
-                                           e.target_x.slice(0, start, end)));
+      const auto batch = [&](const torch::Tensor& t) { return t.slice(0, start, end).to(device); };
+      predictions.push_back(
+          model->forward(batch(e.context_x), batch(e.context_y), batch(e.target_x))
+              .to(torch::kCPU));
     }
     const std::string suffix = "_n" + std::to_string(n);
     const double model_mse = mse(torch::cat(predictions, 0), e.target_y);
@@ -181,6 +183,7 @@ models::InContextRegressor make_regression_model(const Config& c) {
 TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
                                    const TrainContext& context) {
   auto model = make_regression_model(c);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
   loop.loss = [&](const torch::Tensor& index, int64_t step) {
@@ -190,6 +193,9 @@ TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
       e.context_y = e.context_y.index_select(0, index);
       e.target_x = e.target_x.index_select(0, index);
       e.target_y = e.target_y.index_select(0, index);
+    }
+    for (auto* t : {&e.context_x, &e.context_y, &e.target_x, &e.target_y}) {
+      *t = t->to(context.device);
     }
     BatchLoss out;
     out.loss = torch::mse_loss(model->forward(e.context_x, e.context_y, e.target_x), e.target_y);
@@ -208,6 +214,7 @@ nlohmann::json evaluate_regression_task(const Config& c, const train::RunDir& ru
                                         const EvalOptions& options) {
   const std::string path = checkpoint_to_evaluate(run, options);
   auto model = make_regression_model(c);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   auto out = evaluate_model(model, c, options.split);
   return with_checkpoint_info(out, path, options);

@@ -106,11 +106,13 @@ nlohmann::json evaluate_sequence_model(models::SequenceTagger& model, const torc
   model->eval();
   const int64_t n = inputs.size(0), length = inputs.size(1);
   const int64_t classes = model->options.num_classes();
+  const auto device = train::model_device(*model);
   double loss_sum = 0;
   int64_t correct = 0, rows_correct = 0;
   for (int64_t start = 0; start < n; start += batch_size) {
     const int64_t end = std::min(n, start + batch_size);
-    const auto x = inputs.slice(0, start, end), y = targets.slice(0, start, end);
+    const auto x = inputs.slice(0, start, end).to(device);
+    const auto y = targets.slice(0, start, end).to(device);
     const auto logits = model->forward(x);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits.reshape({-1, classes}), y.reshape({-1}),
@@ -132,6 +134,7 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
                                  const TrainContext& context) {
   const auto splits = make_data(c);
   auto model = make_sequence_model(c);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   util::BatchSampler sampler(c.num_train, c.batch_size, sampler_seed(c));
   const int64_t classes = model->options.num_classes();
@@ -141,8 +144,8 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   loop.sampler = &sampler;
   loop.steps_per_epoch = sampler.batches_per_epoch();
   loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto x = splits.train.inputs.index_select(0, index);
-    const auto y = splits.train.targets.index_select(0, index);
+    const auto x = splits.train.inputs.index_select(0, index).to(context.device);
+    const auto y = splits.train.targets.index_select(0, index).to(context.device);
     const auto logits = model->forward(x);
     BatchLoss out;
     out.loss =
@@ -175,6 +178,7 @@ nlohmann::json evaluate_sequence_task(const Config& c, const train::RunDir& run,
                                       const EvalOptions& options) {
   const std::string path = checkpoint_to_evaluate(run, options);
   auto model = make_sequence_model(c);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   const auto splits = make_data(c);
   const auto& split = options.split == "test" ? splits.test : splits.val;

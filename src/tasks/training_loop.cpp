@@ -359,6 +359,7 @@ class LoopRun {
     summary["steps"] = state_.step;
     summary["train_seconds"] = train_seconds_;
     summary["threads"] = at::get_num_threads();
+    summary["device"] = context_.device.str();
     summary["test"] = test;
     summary["best_val"] = {{loop_.best_metric, best_}, {"step", best_step_}};
     if (world_ > 1) {

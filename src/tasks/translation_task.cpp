@@ -84,13 +84,14 @@ models::Seq2Seq make_model(const Config& c, const TranslationData& d) {
                              .attention(c.attention));
 }
 
-// Teacher-forced logits and targets of a batch of padded rows.
+// Teacher-forced logits and targets of a batch of padded rows, on the model's device.
 struct Forced {
   torch::Tensor logits, targets;
 };
 Forced teacher_forced(models::Seq2Seq& model, const torch::Tensor& source,
                       const torch::Tensor& target) {
-  const auto src = trimmed(source), tgt = trimmed(target);
+  const auto device = train::model_device(*model);
+  const auto src = trimmed(source).to(device), tgt = trimmed(target).to(device);
   const auto tgt_in = tgt.slice(1, 0, tgt.size(1) - 1);
   return {model->forward(src, tgt_in, src == WordVocab::kPad, tgt_in == WordVocab::kPad),
           tgt.slice(1, 1, tgt.size(1))};
@@ -104,10 +105,12 @@ std::vector<std::vector<std::string>> greedy_tokens(models::Seq2Seq& model,
   torch::NoGradGuard no_grad;
   std::vector<std::vector<std::string>> out;
   for (int64_t start = 0; start < source.size(0); start += batch_size) {
-    const auto src = trimmed(source.slice(0, start, std::min(source.size(0), start + batch_size)));
+    const auto src = trimmed(source.slice(0, start, std::min(source.size(0), start + batch_size)))
+                         .to(train::model_device(*model));
     const auto decoded =
         model->greedy_decode(src, src == WordVocab::kPad, WordVocab::kBos, WordVocab::kEos,
                              max_len, use_cache)
+            .to(torch::kCPU)
             .contiguous();
     for (int64_t i = 0; i < decoded.size(0); ++i) {
       const auto row = decoded[i];
@@ -125,6 +128,7 @@ nlohmann::json evaluate_split(models::Seq2Seq& model, const Config& c, const Tra
   const bool was_training = model->is_training();
   model->eval();
   const int64_t n = split.encoded.source.size(0);
+  const auto unigram_here = unigram.to(train::model_device(*model));
   double loss_sum = 0, unigram_sum = 0;
   int64_t correct = 0, tokens = 0;
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
@@ -140,7 +144,7 @@ nlohmann::json evaluate_split(models::Seq2Seq& model, const Config& c, const Tra
                                      .reduction(torch::kSum))
                     .item<double>();
     correct += ((logits.argmax(-1) == y) & keep).sum().item<int64_t>();
-    unigram_sum -= unigram.index({y.masked_select(keep)}).sum().item<double>();
+    unigram_sum -= unigram_here.index({y.masked_select(keep)}).sum().item<double>();
     tokens += keep.sum().item<int64_t>();
   }
   const int64_t decoded = bleu_sentences > 0 ? std::min(bleu_sentences, n) : n;
@@ -240,6 +244,7 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
   TORCH_CHECK(num_train >= c.batch_size, "config translation: ", num_train,
               " training pairs are fewer than batch_size = ", c.batch_size);
   auto model = make_model(c, d);
+  model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   util::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
   const auto unigram = target_unigram(d);
@@ -284,6 +289,7 @@ nlohmann::json evaluate_translation_task(const Config& c, const train::RunDir& r
   const std::string path = checkpoint_to_evaluate(run, options);
   const auto d = load_translation_data(c);
   auto model = make_model(c, d);
+  model->to(options.device);
   train::load_model_weights(path, *model);
   auto out = evaluate_split(model, c, d, options.split == "test" ? d.test : d.val, 0,
                             target_unigram(d));
@@ -292,7 +298,8 @@ nlohmann::json evaluate_translation_task(const Config& c, const train::RunDir& r
 
 Translations translate_with_run(const nlohmann::json& config_json, const train::RunDir& run,
                                 const std::vector<std::string>& sentences,
-                                const std::string& checkpoint, bool use_cache) {
+                                const std::string& checkpoint, bool use_cache,
+                                torch::Device device) {
   TORCH_CHECK(config_json.value("task", "") == "translation", "translate: ",
               run.config_path().string(), " is a run of task '", config_json.value("task", ""),
               "'; translate needs a translation run");
@@ -302,6 +309,7 @@ Translations translate_with_run(const nlohmann::json& config_json, const train::
   const std::string path = checkpoint_to_evaluate(run, eval);
   const auto d = load_translation_data(c);
   auto model = make_model(c, d);
+  model->to(device);
   train::load_model_weights(path, *model);
   model->eval();
   std::vector<data::TextPair> pairs;

@@ -349,14 +349,14 @@ void load_model_part(const std::string& path, const std::string& who, OpenedChec
   for (size_t i = 0; i < buffers.size(); ++i) buffers[i].tensor.copy_(buffer_values[i]);
 }
 
+}  // namespace
+
 torch::Device model_device(const torch::nn::Module& model) {
   for (const auto& p : model.parameters(true)) {
     if (p.defined()) return p.device();
   }
   return torch::Device(torch::kCPU);
 }
-
-}  // namespace
 
 std::string optimizer_kind(const torch::optim::Optimizer& optimizer) {
   if (dynamic_cast<const torch::optim::AdamW*>(&optimizer)) return "AdamW";

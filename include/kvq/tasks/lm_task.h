@@ -81,7 +81,8 @@ nlohmann::json evaluate_lm_task(const LmTaskConfig& config, const train::RunDir&
                                 const EvalOptions& options = {});
 
 // `kvq generate`: samples `options.max_new_tokens` tokens after `prompt` (text; "" = the first
-// token of the validation stream) from a run's checkpoint ("best" | "last").
+// token of the validation stream) from a run's checkpoint ("best" | "last"); the model runs on
+// `device`, the sampling on the CPU (the same tokens for the same logits on any device).
 struct Generation {
   std::string text;        // the decoded prompt + continuation
   int64_t new_tokens = 0;  // tokens generated
@@ -89,7 +90,8 @@ struct Generation {
 };
 Generation generate_from_run(const nlohmann::json& config, const train::RunDir& run,
                              const std::string& prompt, const models::GenerateOptions& options,
-                             const std::string& checkpoint = "best");
+                             const std::string& checkpoint = "best",
+                             torch::Device device = torch::kCPU);
 
 // The registry entry of `name`: char-lm or human-numbers.
 TaskInfo lm_task_info(const std::string& name);

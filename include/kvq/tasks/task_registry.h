@@ -55,6 +55,9 @@ struct TrainContext {
   /// The group of a data-parallel run (train/distributed.h) with more than one worker; null =
   /// one process. Default: null.
   std::shared_ptr<train::Distributed> dist;
+  /// Where the model and each batch live (the data stays on the CPU, batches are moved one at
+  /// a time); with `dist`, the group's device. Default: CPU.
+  torch::Device device = torch::kCPU;
 };
 
 // What a finished training run reports; also written to <run>/results.json.
@@ -72,6 +75,8 @@ struct EvalOptions {
   std::string checkpoint = "best";
   /// "test" or "val". Default: "test".
   std::string split = "test";
+  /// Where the model and each batch live. Default: CPU.
+  torch::Device device = torch::kCPU;
 };
 
 // One registered task. The typed config travels as its JSON form between the generic driver and

@@ -105,7 +105,10 @@ struct TrainingLoop {
 class NumericalFault : public c10::Error {
  public:
   NumericalFault(std::string message, int64_t step, int64_t checkpoint_step)
-      : c10::Error(std::move(message), ""), step_(step), checkpoint_step_(checkpoint_step) {}
+      : c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+                   std::move(message)),
+        step_(step),
+        checkpoint_step_(checkpoint_step) {}
   // The step of the fault (updates counted from 1, as in the metrics) and of the last
   // checkpoint on disk (-1: none yet, the run restarts from step 0).
   int64_t step() const { return step_; }
@@ -126,7 +129,7 @@ class NumericalFault : public c10::Error {
 //
 // Runs (or, with context.resume and a checkpoint in `run`, continues) `loop`, then evaluates the
 // test split and writes results.json: `summary` (task-specific fields: task, mechanism, seed,
-// params, ...) plus "steps", "train_seconds", "threads", "test" (the test metrics) and
+// params, ...) plus "steps", "train_seconds", "threads", "device", "test" (the test metrics) and
 // "best_val" {best_metric: value, "step"}. A resumed run whose results.json exists returns it.
 // With context.stop_after_step the loop stops there and returns {"stopped_at": step} merged into
 // `summary` (no test, no results.json).

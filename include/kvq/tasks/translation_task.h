@@ -64,7 +64,8 @@ const train::ConfigSchema<TranslationTaskConfig>& translation_task_schema();
 
 // `kvq translate`: greedy translations of `sentences` by a run's checkpoint ("best" | "last"),
 // one output string (tokens joined by spaces) per input sentence. use_cache = false decodes
-// without the decoder caches (the whole prefix again at every token; same output).
+// without the decoder caches (the whole prefix again at every token; same output). The model
+// runs on `device`.
 struct Translations {
   std::vector<std::string> lines;
   int64_t tokens = 0;    // target tokens produced: the words plus each row's closing <eos>
@@ -72,7 +73,8 @@ struct Translations {
 };
 Translations translate_with_run(const nlohmann::json& config, const train::RunDir& run,
                                 const std::vector<std::string>& sentences,
-                                const std::string& checkpoint = "best", bool use_cache = true);
+                                const std::string& checkpoint = "best", bool use_cache = true,
+                                torch::Device device = torch::kCPU);
 
 TrainSummary train_translation_task(const TranslationTaskConfig& config, const train::RunDir& run,
                                     const TrainContext& context = {});

@@ -64,6 +64,11 @@ void load_model_weights(const std::string& path, torch::nn::Module& model);
 // without touching any model.
 nlohmann::json read_checkpoint_meta(const std::string& path);
 
+// The device of the model's parameters (the first one's; CPU for a model without any): where
+// load_checkpoint and load_model_weights put what they read, and where the task drivers move
+// each batch before the forward.
+torch::Device model_device(const torch::nn::Module& model);
+
 // "Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "LBFGS" or "unknown": what the meta records and
 // load_checkpoint compares.
 std::string optimizer_kind(const torch::optim::Optimizer& optimizer);
