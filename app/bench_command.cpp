@@ -17,6 +17,10 @@
 #include <sstream>
 #include <thread>
 
+#ifdef KVQ_HAVE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include "device_option.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/registry.h"
@@ -56,11 +60,32 @@ double status_bytes(const std::string& field) {
   return kNaN;
 }
 
-// Peak resident memory while fn runs, above the resident memory before it, in bytes: free heap
+// Waits for the work queued on `device` (a GPU); nothing on the CPU.
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// Peak memory while fn runs, above the memory in use before it, in bytes. On the CPU: free heap
 // memory is returned to the system first (malloc_trim), then Linux's peak counter VmHWM is reset
-// (/proc/self/clear_refs) and read afterwards. Counts everything fn allocates: outputs, gradients,
-// saved activations and workspaces. NaN where /proc is unavailable.
-double peak_extra_bytes(const std::function<void()>& fn) {
+// (/proc/self/clear_refs) and read afterwards. On a GPU: the CUDA caching allocator's peak of
+// allocated bytes, reset before fn. Counts everything fn allocates: outputs, gradients, saved
+// activations and workspaces. NaN where /proc is unavailable, or on a GPU without CUDA headers.
+double peak_extra_bytes(const std::function<void()>& fn, const torch::Device& device) {
+  if (device.is_cuda()) {
+#ifdef KVQ_HAVE_CUDA
+    namespace allocator = c10::cuda::CUDACachingAllocator;
+    synchronize(device);
+    const auto before = allocator::getDeviceStats(device.index()).allocated_bytes[0].current;
+    allocator::resetPeakStats(device.index());
+    fn();
+    synchronize(device);
+    return static_cast<double>(allocator::getDeviceStats(device.index()).allocated_bytes[0].peak -
+                               before);
+#else
+    fn();
+    return kNaN;
+#endif
+  }
   malloc_trim(0);
   {
     std::ofstream reset("/proc/self/clear_refs");
@@ -71,16 +96,19 @@ double peak_extra_bytes(const std::function<void()>& fn) {
   return status_bytes("VmHWM:") - before;
 }
 
-// Best-of-k rate of torch::mm on two 2048 x 2048 matrices of `dtype`, in GFLOP/s: the machine's
-// dense-product ceiling that the mechanisms' GFLOP/s are compared with.
-double measure_gemm_gflops(torch::ScalarType dtype) {
-  auto a = torch::randn({kGemmSize, kGemmSize}, dtype);
-  auto b = torch::randn({kGemmSize, kGemmSize}, dtype);
+// Best-of-k rate of torch::mm on two 2048 x 2048 matrices of `dtype` on `device`, in GFLOP/s:
+// the machine's dense-product ceiling that the mechanisms' GFLOP/s are compared with.
+double measure_gemm_gflops(torch::ScalarType dtype, const torch::Device& device) {
+  const auto options = torch::TensorOptions().dtype(dtype).device(device);
+  auto a = torch::randn({kGemmSize, kGemmSize}, options);
+  auto b = torch::randn({kGemmSize, kGemmSize}, options);
   torch::mm(a, b);
+  synchronize(device);
   double best = std::numeric_limits<double>::infinity();
   for (int i = 0; i < kGemmRepeats; ++i) {
     const auto start = Clock::now();
     torch::mm(a, b);
+    synchronize(device);
     best = std::min(best, seconds_since(start));
   }
   return 2.0 * kGemmSize * kGemmSize * kGemmSize / best / 1e9;
@@ -119,18 +147,20 @@ Problem make_leaves(const MechanismInfo& info, const Tensor& q, const Tensor& k,
 }
 
 // Random inputs with unit-scale entries; alpha = 1 per head; kv-pos weight (H, p) with unit-scale
-// gain sum_c w_c, bias (H).
+// gain sum_c w_c, bias (H). Drawn on the CPU (the same inputs on every device), then moved.
 Problem make_problem(const MechanismInfo& info, const ProblemSize& s, torch::ScalarType dtype,
-                     uint64_t seed) {
+                     uint64_t seed, const torch::Device& device) {
   torch::manual_seed(seed);
   auto opts = torch::TensorOptions().dtype(dtype);
-  auto q = torch::randn({s.batch, s.heads, s.length, s.dim}, opts);
-  auto k = torch::randn({s.batch, s.heads, s.length, s.dim}, opts);
-  auto v = torch::randn({s.batch, s.heads, s.length, s.value_dim}, opts);
-  auto grad_out = torch::randn({s.batch, s.heads, s.length, s.value_dim}, opts);
-  auto pos_weight = torch::randn({s.heads, kPosChannels}, opts) / std::sqrt(double(kPosChannels));
-  auto pos_bias = torch::randn({s.heads}, opts);
-  return make_leaves(info, q, k, v, torch::ones({s.heads}, opts), pos_weight, pos_bias, grad_out);
+  auto draw = [&](at::IntArrayRef sizes) { return torch::randn(sizes, opts).to(device); };
+  auto q = draw({s.batch, s.heads, s.length, s.dim});
+  auto k = draw({s.batch, s.heads, s.length, s.dim});
+  auto v = draw({s.batch, s.heads, s.length, s.value_dim});
+  auto grad_out = draw({s.batch, s.heads, s.length, s.value_dim});
+  auto pos_weight = draw({s.heads, kPosChannels}) / std::sqrt(double(kPosChannels));
+  auto pos_bias = draw({s.heads});
+  return make_leaves(info, q, k, v, torch::ones({s.heads}, opts.device(device)), pos_weight,
+                     pos_bias, grad_out);
 }
 
 // Batch element 0 and head 0 of `p`, as fresh leaves: the check of configurations whose full
@@ -229,13 +259,17 @@ struct Timing {
 
 // Times fn over repetitions until min_time seconds have passed (at least one). The caller has run
 // fn once before (the verification run is the warm-up). The table reports the minimum: on a
-// shared machine interference only ever adds time.
-Timing time_repeated(const std::function<void()>& fn, double min_time) {
+// shared machine interference only ever adds time. On a GPU each repetition ends with a device
+// synchronisation, so it counts the kernels fn queued.
+Timing time_repeated(const std::function<void()>& fn, double min_time,
+                     const torch::Device& device) {
   std::vector<double> ms;
+  synchronize(device);
   const auto start = Clock::now();
   do {
     const auto t0 = Clock::now();
     fn();
+    synchronize(device);
     ms.push_back(seconds_since(t0) * 1e3);
   } while (seconds_since(start) < min_time && ms.size() < kMaxRepeats);
   std::sort(ms.begin(), ms.end());
@@ -326,7 +360,7 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
     }
     if (chosen) break;
   }
-  const auto problem = make_problem(info, dims, ctx.dtype, o.seed + uint64_t(length));
+  const auto problem = make_problem(info, dims, ctx.dtype, o.seed + uint64_t(length), o.device);
   auto ours_step = [&](const Problem& p) {
     return forward_backward([&] { return run_ours(info, p, causal); }, p);
   };
@@ -347,16 +381,16 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
   }
   ours_full = {};
 
-  row.ours_peak_bytes = peak_extra_bytes([&] { ours_step(problem); });
+  row.ours_peak_bytes = peak_extra_bytes([&] { ours_step(problem); }, o.device);
   row.result_bytes = double(problem.grad_out.numel()) * element_size;
   for (const auto& leaf : problem.leaves) row.result_bytes += double(leaf.numel()) * element_size;
-  row.ours = time_repeated([&] { ours_step(problem); }, o.min_time);
-  row.ours_forward = time_repeated([&] { run_ours(info, problem, causal); }, o.min_time);
+  row.ours = time_repeated([&] { ours_step(problem); }, o.min_time, o.device);
+  row.ours_forward = time_repeated([&] { run_ours(info, problem, causal); }, o.min_time, o.device);
   if (chosen && !on_slice) {
     const auto inputs = naive_inputs(problem, *chosen, causal);
     auto naive_step = [&] { forward_backward([&] { return chosen->fn(inputs); }, problem); };
-    row.naive_peak_bytes = peak_extra_bytes(naive_step);
-    row.naive = time_repeated(naive_step, o.min_time);
+    row.naive_peak_bytes = peak_extra_bytes(naive_step, o.device);
+    row.naive = time_repeated(naive_step, o.min_time, o.device);
   }
 
   const double flops = 3 * info.forward_flops(dims, causal, ctx.chunk);
@@ -404,7 +438,8 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
                  double total_seconds) {
   const auto& o = ctx.options;
   out << "kvq bench: B=" << o.batch << " H=" << o.heads << " d=" << o.dim << " dv=" << ctx.value_dim
-      << " " << o.dtype << ", " << at::get_num_threads() << " threads, LibTorch " << TORCH_VERSION
+      << " " << o.dtype << " on " << o.device << ", " << at::get_num_threads()
+      << " threads, LibTorch " << TORCH_VERSION
       << "; gemm (torch::mm " << kGemmSize << "^2 " << o.dtype << ", best of " << kGemmRepeats
       << "): " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s\n\n";
   char line[256];
@@ -439,14 +474,18 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
          " the backward is ours ms - fwd ms.\n"
       << "speedup = naive ms / ours ms. GFLOP/s = 3 x analytic forward FLOPs (fwd+bwd taken as 3x"
          " forward; formulas in src/registry.cpp) / ours time; %gemm = that / the gemm rate.\n"
-      << "MiB: peak resident memory of one forward+backward above the level before it (Linux"
-         " VmHWM), including the output and the input gradients (the 'result' MiB in --json).\n"
+      << "MiB: peak memory of one forward+backward above the level before it (Linux VmHWM on"
+         " the CPU, the CUDA caching allocator's peak on a GPU), including the output and the"
+         " input gradients (the 'result' MiB in --json).\n"
       << "err: normalised RMSE ||ours - naive|| / ||naive|| of the output, the worst of dq/dk/dv"
          " (grad) and the worst of dalpha/dpos_weight/dpos_bias (par); tolerance "
       << format_num(ctx.tolerance, "%.0e") << " (par " << format_num(ctx.param_tolerance, "%.0e")
       << ": sums over all tokens with cancellation).\n"
-      << "ours: the softmax family runs the tiled kernels (src/kernels/cpu); kv-pos with"
-         " kv_pos_key_terms.\n"
+      << (o.device.is_cpu()
+              ? "ours: the softmax family runs the tiled kernels (src/kernels/cpu); kv-pos with"
+                " kv_pos_key_terms.\n"
+              : "ours: on a GPU the mechanisms run their composite ATen forms (softmax through"
+                " PyTorch's fused attention where it applies); kv-pos with kv_pos_key_terms.\n")
       << "naive forms (src/functional/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
          " kv-pos broadcast (B,H,T,T,p) + Linear(p,1), or 'bias' = kv_pos_score_terms + dense;\n"
          "  linear causal cumsum of (B,H,T,d,dv) outer products; intention/softmax-intention"
@@ -462,6 +501,7 @@ nlohmann::json to_json(const std::vector<Row>& rows, const Context& ctx, double 
   nlohmann::json j;
   j["machine"] = {
       {"threads", at::get_num_threads()},
+      {"device", o.device.str()},
       {"hardware_concurrency", std::thread::hardware_concurrency()},
       {"torch_version", TORCH_VERSION},
       {"gemm_gflops", ctx.gemm_gflops},
@@ -557,9 +597,9 @@ bool run_bench(const BenchOptions& options) {
   if (options.causal != "on") causal_modes.push_back(false);
   if (options.causal != "off") causal_modes.push_back(true);
 
-  ctx.gemm_gflops = measure_gemm_gflops(ctx.dtype);
-  std::cerr << "kvq bench: gemm " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s, "
-            << at::get_num_threads() << " threads\n";
+  ctx.gemm_gflops = measure_gemm_gflops(ctx.dtype, options.device);
+  std::cerr << "kvq bench: gemm " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s on "
+            << options.device << ", " << at::get_num_threads() << " threads\n";
 
   const size_t total = selected.size() * causal_modes.size() * options.lengths.size();
   std::vector<Row> rows;
@@ -681,7 +721,7 @@ void add_bench_command(CLI::App& app) {
   auto device = std::make_shared<std::string>("cpu");
   add_device_option(cmd, *device);
   cmd->callback([options, device] {
-    checked_device(*device, "bench");
+    options->device = checked_device(*device);
     for (const auto& name : options->mechanisms) find_mechanism(name);  // fail before any work
     if (!run_bench(*options)) throw CLI::RuntimeError(2);
   });

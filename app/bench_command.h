@@ -1,6 +1,8 @@
 #pragma once
 // `kvq bench`: forward+backward time of every registered mechanism against its naive LibTorch
 // form (the registry row's, kvq/functional/naive_forms.h), after checking that both agree.
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -44,6 +46,10 @@ struct BenchOptions {
   uint64_t seed = 0;
   /// Write the table and machine information as JSON to this file; empty = none. Default: empty.
   std::string json_path;
+  /// Where the inputs live and everything runs: the CPU kernels on the CPU, the composite ATen
+  /// forms (and, for softmax, PyTorch's fused attention) on a GPU. Times on a GPU are taken after
+  /// a device synchronisation. Default: CPU.
+  torch::Device device = torch::kCPU;
 };
 
 // Runs the benchmark: progress on stderr, the table on stdout, JSON if asked.

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "config_options.h"
+#include "device_option.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/util/atomic_file.h"
@@ -41,6 +42,7 @@ struct CompareArgs {
   bool resume = false;
   bool quiet = false;
   double dist_timeout = 300;
+  std::string device = "cpu";
 };
 
 // One finished (mechanism, seed) run.
@@ -540,6 +542,7 @@ void add_compare_command(CLI::App& app) {
                   "others before it fails")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  add_device_option(cmd, args->device);
 
   cmd->callback([args] {
     const auto& task = tasks::find_task(args->task);
@@ -547,8 +550,13 @@ void add_compare_command(CLI::App& app) {
     auto plans = plan_runs(task, *args);
     // Under torchrun every run is data-parallel; rank 0 writes the runs and the summary, the
     // other workers train each run with it.
-    const auto dist = join_group_from_environment(args->dist_timeout, torch::kCPU);
-    for (auto& plan : plans) plan.options.context.dist = dist;
+    const auto device = checked_device(args->device);
+    const c10::DeviceGuard on_device(device);  // NCCL and new CUDA tensors use this GPU
+    const auto dist = join_group_from_environment(args->dist_timeout, device);
+    for (auto& plan : plans) {
+      plan.options.context.dist = dist;
+      plan.options.context.device = device;
+    }
     if (dist && !dist->is_main()) {
       for (auto& plan : plans) tasks::train_task("", plan.options);
       return;

@@ -1,8 +1,7 @@
 #pragma once
 // --device for the commands that run models: cpu, cuda (cuda:LOCAL_RANK under torchrun) or
-// cuda:N. Without CUDA in this LibTorch, a CUDA choice fails with one line
-// (train::parse_device). The task drivers and the benchmark keep their tensors on the CPU for
-// now, so a CUDA device that exists is refused by name as well, never silently ignored.
+// cuda:N. Without CUDA in this LibTorch (or with no GPU) a CUDA choice fails with one line
+// (train::parse_device).
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -17,14 +16,9 @@ inline void add_device_option(CLI::App* cmd, std::string& device) {
       ->capture_default_str();
 }
 
-// The device `text` names, checked; `command` names the command in the error.
-inline torch::Device checked_device(const std::string& text, const std::string& command) {
-  const auto device =
-      train::parse_device(text, train::dist_env_from_environment().local_rank);
-  TORCH_CHECK(device.is_cpu(), command, ": --device ", text,
-              ": kvq's ", command, " keeps its tensors on the CPU; GPU support is not "
-              "implemented yet; use --device cpu");
-  return device;
+// The device `text` names, checked; under torchrun "cuda" is cuda:LOCAL_RANK.
+inline torch::Device checked_device(const std::string& text) {
+  return train::parse_device(text, train::dist_env_from_environment().local_rank);
 }
 
 }  // namespace app

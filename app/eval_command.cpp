@@ -34,7 +34,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", *json, "Print the metrics as one JSON object");
   add_device_option(cmd, *device);
   cmd->callback([run_dir, options, json, device] {
-    checked_device(*device, "eval");
+    options->device = checked_device(*device);
     const auto [task, config] = tasks::task_of_run(*run_dir);
     const auto run = train::RunDir::open(*run_dir);
     const auto metrics = task->evaluate(config, run, *options);

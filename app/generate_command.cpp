@@ -70,11 +70,12 @@ void add_generate_command(CLI::App& app) {
   add_cache_flag(cmd, o->no_cache);
   add_device_option(cmd, o->device);
   cmd->callback([o] {
-    checked_device(o->device, "generate");
+    const auto device = checked_device(o->device);
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
     o->generate.use_cache(!o->no_cache);
-    const auto out = tasks::generate_from_run(config, run, o->prompt, o->generate, o->checkpoint);
+    const auto out =
+        tasks::generate_from_run(config, run, o->prompt, o->generate, o->checkpoint, device);
     std::cout << out.text << std::endl;
     report_speed("generated", out.new_tokens, out.seconds, o->no_cache);
   });
@@ -96,7 +97,7 @@ void add_translate_command(CLI::App& app) {
   add_cache_flag(cmd, o->no_cache);
   add_device_option(cmd, o->device);
   cmd->callback([o] {
-    checked_device(o->device, "translate");
+    const auto device = checked_device(o->device);
     const auto [task, config] = tasks::task_of_run(o->run_dir);
     const auto run = train::RunDir::open(o->run_dir);
     std::vector<std::string> sentences = o->texts;
@@ -106,7 +107,8 @@ void add_translate_command(CLI::App& app) {
       }
     }
     if (sentences.empty()) throw CLI::ValidationError("translate", "no sentence given");
-    const auto out = tasks::translate_with_run(config, run, sentences, o->checkpoint, !o->no_cache);
+    const auto out = tasks::translate_with_run(config, run, sentences, o->checkpoint,
+                                               !o->no_cache, device);
     for (const auto& line : out.lines) std::cout << line << "\n";
     std::cout.flush();
     report_speed("decoded", out.tokens, out.seconds, o->no_cache);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config_options.h"
+#include "device_option.h"
 #include "kvq/registry.h"
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/distributed.h"
@@ -83,9 +84,7 @@ void add_train_command(CLI::App& app) {
                   "before it fails")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--device", args->device,
-                  "cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N")
-      ->capture_default_str();
+  add_device_option(cmd, args->device);
   cmd->add_flag("--dry-run", args->dry_run, "Print the resolved config and exit");
   cmd->add_flag("--keys", args->show_keys, "List the task's config keys and exit");
   // Not in --help: a debugging aid that exercises the fault handling (TrainContext).
@@ -103,12 +102,9 @@ void add_train_command(CLI::App& app) {
       if (status != 0) std::exit(status);
       return;
     }
-    const auto device =
-        train::parse_device(args->device, train::dist_env_from_environment().local_rank);
+    const auto device = checked_device(args->device);
+    const c10::DeviceGuard on_device(device);  // NCCL and new CUDA tensors use this GPU
     const auto dist = join_group_from_environment(args->dist_timeout, device);
-    TORCH_CHECK(device.is_cpu(), "train: --device ", args->device,
-                ": the task drivers keep their data on the CPU; training on a GPU is not "
-                "implemented yet; use --device cpu");
     std::string task = args->task;
     if (dist && !dist->is_main()) task = "(from rank 0)";
     if (task.empty() && args->resume && !args->run_dir.empty()) {
@@ -121,6 +117,7 @@ void add_train_command(CLI::App& app) {
     if (dist && !dist->is_main()) {  // rank 0 sends the task, config and run directory
       tasks::TrainOptions options;
       options.context.dist = dist;
+      options.context.device = device;
       options.context.nan_loss_at_step = args->nan_loss_at_step;
       tasks::train_task("", options);
       return;
@@ -148,6 +145,7 @@ void add_train_command(CLI::App& app) {
     options.context.quiet = args->quiet;
     options.context.nan_loss_at_step = args->nan_loss_at_step;
     options.context.dist = dist;
+    options.context.device = device;
     print_summary(tasks::train_task(task, options));
   });
 }
