@@ -81,12 +81,12 @@ Tensor naive_least_squares_queries(const Tensor& q, const Tensor& k, const Tenso
   auto eye = torch::eye(d, k.options());
   if (!causal) {
     auto gram = torch::matmul(k.transpose(-2, -1), k) + heads_view(alpha) * eye;  // (B, H, d, d)
-    auto factor = torch::linalg::cholesky(gram);
+    auto factor = torch::linalg_cholesky(gram);
     return torch::cholesky_solve(q.transpose(-2, -1), factor).transpose(-2, -1);
   }
   auto grams = torch::cumsum(k.unsqueeze(-1) * k.unsqueeze(-2), 2) +
                alpha.view({1, -1, 1, 1, 1}) * eye;  // (B, H, T, d, d)
-  auto factors = torch::linalg::cholesky(grams);
+  auto factors = torch::linalg_cholesky(grams);
   return torch::cholesky_solve(q.unsqueeze(-1), factors).squeeze(-1);
 }
 
@@ -96,7 +96,7 @@ Tensor naive_intention(const Tensor& q, const Tensor& k, const Tensor& v, const 
     const int64_t d = k.size(-1);
     auto gram =
         torch::matmul(k.transpose(-2, -1), k) + heads_view(alpha) * torch::eye(d, k.options());
-    auto factor = torch::linalg::cholesky(gram);
+    auto factor = torch::linalg_cholesky(gram);
     auto weights = torch::cholesky_solve(torch::matmul(k.transpose(-2, -1), v), factor);
     return torch::matmul(q, weights);
   }

@@ -87,7 +87,7 @@ torch::Tensor naive_linear_attention(const torch::Tensor& q, const torch::Tensor
 
 // Least-squares queries q~_t = A^{-1} q_t with A = K^T K + alpha I (non-causal: one Cholesky per
 // head) or A_t = alpha I + cumsum_s k_s k_s^T (causal: (B, H, T, d, d) Grams, one batched
-// Cholesky + cholesky_solve per token). Plain autograd through torch::linalg::cholesky.
+// Cholesky + cholesky_solve per token). Plain autograd through torch::linalg_cholesky.
 // q, k (B, H, T, d), alpha (H) -> (B, H, T, d).
 torch::Tensor naive_least_squares_queries(const torch::Tensor& q, const torch::Tensor& k,
                                           const torch::Tensor& alpha, bool causal);
