@@ -14,14 +14,14 @@
 #include "kvq/tasks/task_registry.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/run_dir.h"
+#include "kvq/util/atomic_file.h"
 
 namespace fs = std::filesystem;
 
 KVQ_FUZZ_TARGET(run_dir) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   const fs::path dir = fs::path(kvq::fuzz::scratch_dir()) / "run";
-  std::error_code ec;
-  fs::remove_all(dir, ec);
+  kvq::util::remove_tree(dir.string());
   fs::create_directories(dir);
   std::string name, content;
   const auto flush = [&] {

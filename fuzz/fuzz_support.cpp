@@ -5,11 +5,11 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 
 #include "fuzz_target.h"
+#include "kvq/util/atomic_file.h"
 #include "replay.h"
 
 namespace kvq {
@@ -63,10 +63,7 @@ std::string scratch_dir() {
       std::abort();
     }
     auto* path = new std::string(pattern);
-    std::atexit([] {
-      std::error_code ec;
-      std::filesystem::remove_all(*dir, ec);
-    });
+    std::atexit([] { kvq::util::remove_tree(*dir); });
     return path;
   }();
   return *dir;

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "kvq/util/atomic_file.h"
+
 // `text` contains `part`; the failure prints both.
 #define EXPECT_HAS(text, part)                                  \
   EXPECT_NE(std::string(text).find(part), std::string::npos) \
@@ -45,13 +47,10 @@ struct TempDir {
     path = std::filesystem::temp_directory_path() /
            ("kvq_" + std::string(info ? info->name() : "test") + "_" + std::to_string(::getpid()) +
             "_" + std::to_string(counter++));
-    std::filesystem::remove_all(path);
+    kvq::util::remove_tree(path.string());
     std::filesystem::create_directories(path);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
+  ~TempDir() { kvq::util::remove_tree(path.string()); }
   std::string file(const std::string& name) const { return (path / name).string(); }
   std::string dir() const { return path.string(); }
   // Writes `text` to file(name) and returns that path.

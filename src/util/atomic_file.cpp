@@ -2,10 +2,12 @@
 
 #include <c10/util/Exception.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -86,6 +88,16 @@ std::string read_file(const std::string& path, const std::string& who) {
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   TORCH_CHECK(!in.bad(), who, ": ", path, ": read error");
   return bytes;
+}
+
+bool remove_tree(const std::string& path) {
+  struct stat info;
+  if (::lstat(path.c_str(), &info) != 0) return errno == ENOENT;
+  // Depth first (children before their directory), without following symbolic links.
+  const auto remove_one = [](const char* entry, const struct stat*, int, struct FTW*) {
+    return std::remove(entry) == 0 || errno == ENOENT ? 0 : -1;
+  };
+  return ::nftw(path.c_str(), remove_one, 64, FTW_DEPTH | FTW_PHYS) == 0;
 }
 
 }  // namespace util

@@ -267,7 +267,7 @@ TEST(TrainCheckpoint, FailedSaveLeavesThePreviousCheckpointIntact) {
   const auto message = error_of([&] { run.save(path); });
   EXPECT_HAS(message, "save_checkpoint: cannot write " + kvq::util::temp_path_for(path));
   EXPECT_EQ(bytes_of(path), good);
-  fs::remove_all(kvq::util::temp_path_for(path));
+  kvq::util::remove_tree(kvq::util::temp_path_for(path));
 
   Trainer reader(8);
   reader.load(path);

@@ -20,7 +20,7 @@ using kvq_test_files::error_of;
 TEST(TrainAtomicFile, ReplacesContentAndLeavesNoTemporaryFile) {
   const fs::path dir =
       fs::temp_directory_path() / ("kvq_train_atomic_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  U::remove_tree(dir.string());
   const std::string path = (dir / "a" / "b.txt").string();
   U::write_file_atomic(path, "first", "test");
   EXPECT_EQ(U::read_file(path, "test"), "first");
@@ -40,7 +40,7 @@ TEST(TrainAtomicFile, ReplacesContentAndLeavesNoTemporaryFile) {
 
   EXPECT_HAS(error_of([&] { U::read_file((dir / "none").string(), "reader"); }),
              "reader: " + (dir / "none").string() + ": no such file");
-  fs::remove_all(dir);
+  U::remove_tree(dir.string());
 }
 
 // A full device: the temporary file is /dev/full (a symlink under its name), where every write

@@ -21,5 +21,12 @@ void write_file_atomic(const std::string& path, const std::string& bytes, const 
 // The whole file as bytes. Throws "<who>: <path>: no such file" / "cannot open" / "read error".
 std::string read_file(const std::string& path, const std::string& who);
 
+// Removes `path` and, for a directory, everything below it (symbolic links are removed, not
+// followed), as std::filesystem::remove_all does; a missing path is no error. Returns false when
+// something could not be removed. PyTorch's pip builds of libtorch.so (2.11 seen) export their own
+// std::filesystem::remove_all, which crashes (a call through a null pointer) in programs linked
+// against them; kvq's tests and fuzz drivers clean up with this instead (POSIX nftw).
+bool remove_tree(const std::string& path);
+
 }  // namespace util
 }  // namespace kvq
