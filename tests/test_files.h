@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -18,6 +19,14 @@
       << "missing \"" << (part) << "\" in: " << (text)
 
 namespace kvq_test_files {
+
+// `text` as a parameterised test's name: every character but letters and digits becomes '_'.
+inline std::string test_name(std::string text) {
+  for (auto& ch : text) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return text;
+}
 
 // The message of the c10::Error that f throws (without backtrace), or "<no error>".
 inline std::string error_of(const std::function<void()>& f) {

@@ -4,6 +4,7 @@
 // gradients of every input on the GPU against the CPU path's, in float64 at the same tolerance
 // (kv-pos's pos_bias, whose exact gradient is 0, must be 0 up to rounding on both).
 // Skipped where this LibTorch has no CUDA or no GPU is visible (CI has none).
+#include "test_files.h"
 #include "test_utils.h"
 
 namespace kvq_test {
@@ -108,11 +109,7 @@ TEST_P(CudaSweep, GradientsMatchTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Registry, CudaSweep, ::testing::ValuesIn(kvq::mechanism_names()),
                          [](const ::testing::TestParamInfo<std::string>& info) {
-                           std::string name = info.param;
-                           for (auto& ch : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return name;
+                           return kvq_test_files::test_name(info.param);
                          });
 
 }  // namespace

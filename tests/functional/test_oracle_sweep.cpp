@@ -8,6 +8,7 @@
 // by 1/sqrt(d); alpha = 1 (scalar) or 0.5 .. 1.5 (per head), so cond(K^T K + alpha I) stays below
 // ~50 at these sizes; linear's phi > 0 keeps its denominators >= O(1); kv-pos w ~ N(0, 0.25),
 // b0 ~ N(0, 1), p = 10.
+#include "test_files.h"
 #include "test_utils.h"
 
 namespace kvq_test {
@@ -29,11 +30,7 @@ TEST_P(OracleSweep, MatchesOracleFp32) {
 
 INSTANTIATE_TEST_SUITE_P(Registry, OracleSweep, ::testing::ValuesIn(kvq::mechanism_names()),
                          [](const ::testing::TestParamInfo<std::string>& info) {
-                           std::string name = info.param;
-                           for (auto& ch : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return name;
+                           return kvq_test_files::test_name(info.param);
                          });
 
 }  // namespace

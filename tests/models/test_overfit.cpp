@@ -13,7 +13,6 @@
 // fit: 98% of the way from chance to zero.
 #include <gtest/gtest.h>
 
-#include <cctype>
 #include <cmath>
 #include <iomanip>
 #include <iostream>
@@ -25,6 +24,7 @@
 #include "kvq/models/seq2seq.h"
 #include "kvq/models/sequence_tagger.h"
 #include "kvq/models/vit.h"
+#include "test_files.h"
 
 namespace {
 
@@ -166,11 +166,8 @@ std::vector<OverfitCase> all_cases() {
 
 INSTANTIATE_TEST_SUITE_P(EveryFamilyAndMechanism, Overfit, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<OverfitCase>& info) {
-                           std::string name = info.param.family + "_" + info.param.mechanism;
-                           for (auto& ch : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return name;
+                           return kvq_test_files::test_name(info.param.family + "_" +
+                                                            info.param.mechanism);
                          });
 
 }  // namespace

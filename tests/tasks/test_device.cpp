@@ -144,11 +144,7 @@ TEST_P(TrainOnCuda, MatchesTheCpuRunAndEvaluatesOnTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Families, TrainOnCuda, ::testing::ValuesIn(families()),
                          [](const ::testing::TestParamInfo<Family>& info) {
-                           std::string name = info.param.task;
-                           for (auto& ch : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return name;
+                           return kvq_test_files::test_name(info.param.task);
                          });
 
 }  // namespace
