@@ -40,10 +40,9 @@ uint64_t sampler_seed(const Config& c) {
   return mix_seeds(static_cast<uint64_t>(c.seed), 0xD157111);
 }
 
-// The student's logits of the states `index` of `d`, on the model's device.
+// The student's logits of the states `index` of `d`, on `device` (the model's).
 torch::Tensor logits_of(models::GridPolicy& model, const env::TrajectoryDataset& d,
-                        const torch::Tensor& index) {
-  const auto device = train::model_device(*model);
+                        const torch::Tensor& index, const torch::Device& device) {
   return model->forward(d.types.index_select(0, index).to(device),
                         d.rows.index_select(0, index).to(device),
                         d.cols.index_select(0, index).to(device));
@@ -60,9 +59,10 @@ nlohmann::json evaluate_states(models::GridPolicy& model, const Config& c,
   torch::NoGradGuard no_grad;
   const int64_t n = d.types.size(0);
   std::vector<torch::Tensor> logits;
+  const auto device = train::model_device(*model);
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
     logits.push_back(
-        logits_of(model, d, torch::arange(start, std::min(n, start + c.eval_batch_size)))
+        logits_of(model, d, torch::arange(start, std::min(n, start + c.eval_batch_size)), device)
             .to(torch::kCPU));
   }
   const auto all = torch::cat(logits, 0);
@@ -81,9 +81,9 @@ nlohmann::json evaluate_split(models::GridPolicy& model, const Config& c,
   } else {
     out = evaluate_states(model, c, dataset(c, kTestLevelSeed, c.test_levels));
     const auto levels = env::generate_levels(kTestLevelSeed, c.test_levels, world_options(c));
+    const auto device = train::model_device(*model);
     const env::Policy student = [&](const env::Observation& batch) {
       torch::NoGradGuard no_grad;
-      const auto device = train::model_device(*model);
       return model
           ->forward(batch.types.to(device), batch.rows.to(device), batch.cols.to(device))
           .to(torch::kCPU);
@@ -204,7 +204,7 @@ TrainSummary train_distill_task(const Config& c, const train::RunDir& run,
   loop.sampler = &sampler;
   loop.steps_per_epoch = sampler.batches_per_epoch();
   loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto logits = logits_of(model, train_data, index);
+    const auto logits = logits_of(model, train_data, index, context.device);
     BatchLoss out;
     out.loss = kl_teacher_student(
         logits, train_data.teacher_probs.index_select(0, index).to(context.device));

@@ -84,13 +84,12 @@ models::Seq2Seq make_model(const Config& c, const TranslationData& d) {
                              .attention(c.attention));
 }
 
-// Teacher-forced logits and targets of a batch of padded rows, on the model's device.
+// Teacher-forced logits and targets of a batch of padded rows, on `device` (the model's).
 struct Forced {
   torch::Tensor logits, targets;
 };
 Forced teacher_forced(models::Seq2Seq& model, const torch::Tensor& source,
-                      const torch::Tensor& target) {
-  const auto device = train::model_device(*model);
+                      const torch::Tensor& target, const torch::Device& device) {
   const auto src = trimmed(source).to(device), tgt = trimmed(target).to(device);
   const auto tgt_in = tgt.slice(1, 0, tgt.size(1) - 1);
   return {model->forward(src, tgt_in, src == WordVocab::kPad, tgt_in == WordVocab::kPad),
@@ -104,9 +103,10 @@ std::vector<std::vector<std::string>> greedy_tokens(models::Seq2Seq& model,
                                                     int64_t batch_size, bool use_cache = true) {
   torch::NoGradGuard no_grad;
   std::vector<std::vector<std::string>> out;
+  const auto device = train::model_device(*model);
   for (int64_t start = 0; start < source.size(0); start += batch_size) {
     const auto src = trimmed(source.slice(0, start, std::min(source.size(0), start + batch_size)))
-                         .to(train::model_device(*model));
+                         .to(device);
     const auto decoded =
         model->greedy_decode(src, src == WordVocab::kPad, WordVocab::kBos, WordVocab::kEos,
                              max_len, use_cache)
@@ -128,13 +128,14 @@ nlohmann::json evaluate_split(models::Seq2Seq& model, const Config& c, const Tra
   const bool was_training = model->is_training();
   model->eval();
   const int64_t n = split.encoded.source.size(0);
-  const auto unigram_here = unigram.to(train::model_device(*model));
+  const auto device = train::model_device(*model);
+  const auto unigram_here = unigram.to(device);
   double loss_sum = 0, unigram_sum = 0;
   int64_t correct = 0, tokens = 0;
   for (int64_t start = 0; start < n; start += c.eval_batch_size) {
     const int64_t end = std::min(n, start + c.eval_batch_size);
     const auto forced = teacher_forced(model, split.encoded.source.slice(0, start, end),
-                                       split.encoded.target.slice(0, start, end));
+                                       split.encoded.target.slice(0, start, end), device);
     const auto y = forced.targets.reshape({-1});
     const auto keep = y != WordVocab::kPad;
     const auto logits = forced.logits.reshape({y.size(0), -1});
@@ -255,7 +256,8 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
   loop.steps_per_epoch = sampler.batches_per_epoch();
   loop.loss = [&](const torch::Tensor& index, int64_t) {
     const auto forced = teacher_forced(model, d.train.encoded.source.index_select(0, index),
-                                       d.train.encoded.target.index_select(0, index));
+                                       d.train.encoded.target.index_select(0, index),
+                                       context.device);
     const auto y = forced.targets.reshape({-1});
     const auto logits = forced.logits.reshape({y.size(0), -1});
     BatchLoss out;
