@@ -91,13 +91,12 @@ std::string read_file(const std::string& path, const std::string& who) {
 }
 
 bool remove_tree(const std::string& path) {
-  struct stat info;
-  if (::lstat(path.c_str(), &info) != 0) return errno == ENOENT;
-  // Depth first (children before their directory), without following symbolic links.
+  // Depth first (children before their directory), without following symbolic links; a
+  // missing `path` ends the walk with ENOENT, a failed removal with the callback's -1.
   const auto remove_one = [](const char* entry, const struct stat*, int, struct FTW*) {
     return std::remove(entry) == 0 || errno == ENOENT ? 0 : -1;
   };
-  return ::nftw(path.c_str(), remove_one, 64, FTW_DEPTH | FTW_PHYS) == 0;
+  return ::nftw(path.c_str(), remove_one, 64, FTW_DEPTH | FTW_PHYS) == 0 || errno == ENOENT;
 }
 
 }  // namespace util
