@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvq/util/atomic_file.h"
@@ -68,5 +69,23 @@ struct TempDir {
     return file(name);
   }
 };
+
+// A toy English -> German corpus for translation runs, written to dir/pairs.tsv (its path is
+// returned): "the <colour> <thing> is big" and "a <colour> <thing>" for 5 colours and 4 things.
+inline std::string write_toy_translation_tsv(const TempDir& dir) {
+  const std::vector<std::pair<std::string, std::string>> colours = {
+      {"red", "rot"},         {"green", "grün"}, {"blue", "blau"},
+      {"black", "schwarz"},   {"white", "weiß"}};
+  const std::vector<std::pair<std::string, std::string>> things = {
+      {"house", "Haus"}, {"car", "Auto"}, {"tree", "Baum"}, {"book", "Buch"}};
+  std::string tsv;
+  for (const auto& [en_adj, de_adj] : colours) {
+    for (const auto& [en, de] : things) {
+      tsv += "the " + en_adj + " " + en + " is big\tdas " + de_adj + " " + de + " ist groß\n";
+      tsv += "a " + en_adj + " " + en + "\tein " + de_adj + " " + de + "\n";
+    }
+  }
+  return dir.write("pairs.tsv", tsv);
+}
 
 }  // namespace kvq_test_files

@@ -44,19 +44,6 @@ double relative_difference(double a, double b) {
   return std::abs(a - b) / std::max(1.0, std::abs(b));
 }
 
-std::string user_tsv(TempDir& tmp) {
-  std::string tsv;
-  for (const auto& [en_adj, de_adj] : std::vector<std::pair<std::string, std::string>>{
-           {"red", "rot"}, {"green", "grün"}, {"blue", "blau"}, {"black", "schwarz"}}) {
-    for (const auto& [en, de] : std::vector<std::pair<std::string, std::string>>{
-             {"house", "Haus"}, {"car", "Auto"}, {"tree", "Baum"}, {"book", "Buch"}}) {
-      tsv += "the " + en_adj + " " + en + " is big\tdas " + de_adj + " " + de + " ist groß\n";
-      tsv += "a " + en_adj + " " + en + "\tein " + de_adj + " " + de + "\n";
-    }
-  }
-  return tmp.write("pairs.tsv", tsv);
-}
-
 struct Family {
   std::string task;
   std::vector<std::string> sets;
@@ -99,7 +86,9 @@ TEST_P(TrainOnCuda, MatchesTheCpuRunAndEvaluatesOnTheCpu) {
   const auto& f = GetParam();
   TempDir tmp;
   auto sets = f.sets;
-  if (f.task == "translation") sets.push_back("tsv_file=" + user_tsv(tmp));
+  if (f.task == "translation") {
+    sets.push_back("tsv_file=" + kvq_test_files::write_toy_translation_tsv(tmp));
+  }
   const auto cpu = KT::train_task(f.task, tiny(sets, tmp.file("cpu"), torch::kCPU));
   const auto gpu = KT::train_task(f.task, tiny(sets, tmp.file("cuda"), kCuda));
   EXPECT_EQ(cpu.summary.at("device"), "cpu");

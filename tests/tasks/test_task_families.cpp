@@ -227,19 +227,7 @@ TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
 
 TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
   TempDir tmp;
-  std::string tsv;
-  const std::vector<std::pair<std::string, std::string>> words = {
-      {"red", "rot"},         {"green", "grün"},    {"blue", "blau"},
-      {"black", "schwarz"},   {"white", "weiß"}};
-  const std::vector<std::pair<std::string, std::string>> things = {
-      {"house", "Haus"}, {"car", "Auto"}, {"tree", "Baum"}, {"book", "Buch"}};
-  for (const auto& [en_adj, de_adj] : words) {
-    for (const auto& [en, de] : things) {
-      tsv += "the " + en_adj + " " + en + " is big\tdas " + de_adj + " " + de + " ist groß\n";
-      tsv += "a " + en_adj + " " + en + "\tein " + de_adj + " " + de + "\n";
-    }
-  }
-  const std::string file = tmp.write("pairs.tsv", tsv);
+  const std::string file = kvq_test_files::write_toy_translation_tsv(tmp);
   const auto out = KT::train_task(
       "translation",
       tiny({"tsv_file=" + file, "min_freq=1", "val_fraction=0.1", "test_fraction=0.1",
