@@ -28,6 +28,7 @@ void SequenceTaggerImpl::reset() {
                                            .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
                                            .activation("relu")
                                            .dropout(o.dropout())
+                                           .attention_dropout(o.attention_dropout())
                                            .norm_first(o.norm_first())
                                            .attention(nn::layer_attention(o.attention(), name))));
   }

@@ -48,6 +48,8 @@ const train::ConfigSchema<Config>& sequence_task_schema() {
         .field("epochs", &Config::epochs, "passes over the training set")
         .field("norm_first", &Config::norm_first,
                "Pre-LN encoder blocks (+ final LayerNorm); false = Post-LN, the paper's")
+        .field("attention_dropout", &Config::attention_dropout,
+               "dropout on the attention weights; -1 = dropout (the paper's code: 0)")
         .preset("paper",
                 {{"length", 64}, {"vocab_size", 10}, {"num_train", 50000}, {"num_val", 1000},
                  {"num_test", 10000}, {"d_model", 64}, {"num_heads", 2}, {"num_layers", 2},
@@ -72,7 +74,11 @@ const train::ConfigSchema<Config>& sequence_task_schema() {
         .check("num_val and num_test must be >= 1",
                [](const Config& c) { return c.num_val >= 1 && c.num_test >= 1; })
         .check("data_seed must be >= -1", [](const Config& c) { return c.data_seed >= -1; })
-        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
+        .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
+        .check("attention_dropout must be -1 (= dropout) or in [0, 1)", [](const Config& c) {
+          return c.attention_dropout == -1.0 ||
+                 (c.attention_dropout >= 0.0 && c.attention_dropout < 1.0);
+        });
     return schema;
   }();
   return schema;
@@ -84,14 +90,16 @@ int64_t sequence_task_total_steps(const Config& c) {
 
 models::SequenceTagger make_sequence_model(const Config& c) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
-  return models::SequenceTagger(models::SequenceTaggerOptions(c.vocab_size, c.vocab_size)
-                                    .d_model(c.d_model)
-                                    .num_heads(c.num_heads)
-                                    .num_layers(c.num_layers)
-                                    .ffn_dim(c.ffn_dim)
-                                    .dropout(c.dropout)
-                                    .attention(c.attention)
-                                    .norm_first(c.norm_first));
+  auto options = models::SequenceTaggerOptions(c.vocab_size, c.vocab_size)
+                     .d_model(c.d_model)
+                     .num_heads(c.num_heads)
+                     .num_layers(c.num_layers)
+                     .ffn_dim(c.ffn_dim)
+                     .dropout(c.dropout)
+                     .attention(c.attention)
+                     .norm_first(c.norm_first);
+  if (c.attention_dropout >= 0.0) options.attention_dropout(c.attention_dropout);
+  return models::SequenceTagger(options);
 }
 
 nlohmann::json evaluate_sequence_model(models::SequenceTagger& model, const torch::Tensor& inputs,

@@ -195,4 +195,28 @@ TEST(SequenceTask, DriverRefusesToOverwriteOrToResumeWithAnotherConfig) {
   EXPECT_HAS(message, "nothing to resume");
 }
 
+// attention_dropout: -1 (the default, and what a config saved before the key reads as) keeps the
+// blocks' dropout on the attention weights; 0 is the paper's code; other values are refused by name.
+TEST(SequenceTask, AttentionDropoutReachesEveryBlock) {
+  const auto& schema = KT::sequence_task_schema();
+  const auto attention_dropout_of = [&](const nlohmann::json& patch) {
+    auto model = KT::make_sequence_model(schema.from_json(patch));
+    std::vector<double> out;
+    for (size_t i = 0; i < model->blocks->size(); ++i) {
+      out.push_back(
+          model->blocks->ptr<kvq::models::TransformerBlockImpl>(i)->self_attn->options.dropout());
+    }
+    return out;
+  };
+  EXPECT_EQ(attention_dropout_of({{"dropout", 0.2}}), (std::vector<double>{0.2, 0.2}));
+  EXPECT_EQ(attention_dropout_of({{"dropout", 0.2}, {"attention_dropout", 0.0}}),
+            (std::vector<double>{0.0, 0.0}));
+  EXPECT_EQ(attention_dropout_of({{"attention_dropout", 0.05}, {"num_layers", 3}}),
+            (std::vector<double>{0.05, 0.05, 0.05}));
+  for (double bad : {1.0, -0.5}) {
+    const auto message = error_of([&] { schema.from_json({{"attention_dropout", bad}}); });
+    EXPECT_HAS(message, "attention_dropout must be -1 (= dropout) or in [0, 1)");
+  }
+}
+
 }  // namespace

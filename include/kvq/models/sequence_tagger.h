@@ -28,6 +28,9 @@ struct SequenceTaggerOptions {
   TORCH_ARG(int64_t, ffn_dim) = 0;
   /// Dropout in the blocks (residuals, FFN, attention weights) and in the head. Default: 0.1.
   TORCH_ARG(double, dropout) = 0.1;
+  /// Dropout on the attention weights (mechanisms with a softmax only); unset = dropout. The
+  /// paper's synthetic-task code has none (0). Default: unset.
+  TORCH_ARG(c10::optional<double>, attention_dropout) = c10::nullopt;
   // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
   // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
   // options of every layer's attention (kvq/modules/attention_options.h).

@@ -53,6 +53,8 @@ struct SequenceTaskConfig : CommonTaskConfig {
   int64_t data_seed = -1;              // seed of the data sets; -1 = seed
   int64_t epochs = 2;                  // passes over the training set
   bool norm_first = false;             // Pre-LN encoder blocks; false = Post-LN (the paper's)
+  double attention_dropout = -1.0;     // on the attention weights; -1 = dropout (the paper's
+                                       // code: 0, none)
 };
 
 // The schema: every field above, presets "paper" (tasks.md: L 64, d 64, depth 2, heads 2,
