@@ -26,7 +26,8 @@ struct SequenceTaggerOptions {
   TORCH_ARG(int64_t, num_layers) = 2;
   /// Feed-forward hidden width; 0 = 2 * d_model (the paper's). Default: 0.
   TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Dropout in the blocks (residuals, FFN, attention weights) and in the head. Default: 0.1.
+  /// Dropout in the blocks (residuals, FFN and, unless attention_dropout is set, attention
+  /// weights) and in the head. Default: 0.1.
   TORCH_ARG(double, dropout) = 0.1;
   /// Dropout on the attention weights (mechanisms with a softmax only); unset = dropout. The
   /// paper's synthetic-task code has none (0). Default: unset.
