@@ -1,7 +1,10 @@
 """Builds kvq's op library against the torch of the running Python (CMake, with
 torch.utils.cmake_prefix_path) and installs it inside the `kvq` package (python/kvq).
 
-    python3 -m pip install --no-build-isolation .
+    python3 -m pip install --no-build-isolation .      (or -e . for an editable install)
+
+Build isolation must be off: the op library has to be built against the torch that will load it
+(docs/python.md, "Installing the package").
 """
 import glob
 import os
@@ -16,7 +19,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        import torch.utils
+        try:
+            import torch.utils
+        except ImportError:
+            raise RuntimeError(
+                "kvq builds its op library against the torch of the environment it is installed "
+                "into, and this build environment has no torch: install PyTorch 2.x first, then "
+                "run `python -m pip install --no-build-isolation .`") from None
 
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))
         subprocess.check_call([

@@ -12,15 +12,17 @@ case "$job" in
   *) echo "usage: bash scripts/run.sh {main|test}" >&2; exit 2 ;;
 esac
 
+# The platform: PyTorch from PyPI, pinned (docs/python.md, "Platform"). 2.11.0 is the release whose
+# CUDA (13.0) is the toolkit's on these machines and the lent GPU machines' PyTorch; its LibTorch
+# builds the library, the CLI, the tests and the op library of the Python package.
+torch_version=2.11.0
+
 # Debian packages the build, the tests and the default data need.
 packages=(
-  build-essential cmake git
-  libtorch-dev libopenblas0-openmp    # LibTorch 1.13; OpenBLAS so its matmuls run at full speed
-  libgloo-dev                         # the c10d Gloo headers of data-parallel training
-  libblas-dev                         # libblas.so to link: kvq's CPU kernels call the same BLAS
-  python3-torch                       # the Python op tests (same LibTorch build)
-  python3-nltk                        # python.bleu_nltk: corpus BLEU against NLTK
-  python3-pytest python3-pip python3-venv python3-setuptools python3-wheel  # the kvq package
+  build-essential cmake ninja-build git
+  python3 python3-venv               # the project's environment .venv (the wheel, pytest, NLTK)
+  libgloo-dev                         # gloo's headers for c10d's Gloo group (the wheel has the code)
+  libblas-dev liblapack-dev libopenblas0-openmp  # libblas.so: kvq's CPU kernels call OpenBLAS
   libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   gnuplot-nox
   # Default data sets (tasks.md): Fashion-MNIST, the King James Bible, and the German gettext
@@ -41,9 +43,34 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -q "${missing[@]}"
 fi
 
+# PyPI's Linux torch wheel is its CUDA build: its CMake config needs the CUDA toolkit (nvcc), which
+# these machines carry; everything also runs without a GPU.
+cuda_root=""
+for candidate in "${CUDA_HOME:-}" /usr/local/cuda; do
+  if [ -n "$candidate" ] && [ -x "$candidate/bin/nvcc" ]; then cuda_root=$candidate; break; fi
+done
+if [ -z "$cuda_root" ] && ! command -v nvcc >/dev/null; then
+  echo "error: the CUDA toolkit (nvcc) is needed to build against PyPI's torch wheel (a CUDA" >&2
+  echo "build); install it, or set CUDA_HOME to its folder" >&2
+  exit 1
+fi
+[ -n "$cuda_root" ] && export PATH="$cuda_root/bin:$PATH"
+
+venv=.venv
+if ! "$venv/bin/python" -c "import torch, pytest, nltk, sys
+sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+  echo "== creating $venv with torch==$torch_version from PyPI"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q "torch==$torch_version" pytest nltk
+fi
+python="$PWD/$venv/bin/python"
+torch_cmake=$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+
 jobs=$(nproc)
-echo "== configuring and building (Release, $jobs jobs)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+echo "== configuring and building against torch $torch_version (Release, $jobs jobs)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake" \
+  -DKVQ_PYTHON="$python" ${cuda_root:+-DCUDAToolkit_ROOT="$cuda_root"}
 cmake --build build -j"$jobs"
 
 if [ "$job" = main ]; then
@@ -59,7 +86,8 @@ else
   # file (fuzz/corpus) runs through its target. The whole suite under the sanitizers takes too
   # long for CI; README.md (Tests) has the command.
   echo "== sanitizer subset: the format readers on the fuzz corpora (ASan + UBSan)"
-  cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_PREFIX_PATH="$torch_cmake" ${cuda_root:+-DCUDAToolkit_ROOT="$cuda_root"} \
     -DKVQ_SANITIZE=address,undefined -DKVQ_BUILD_TESTS=OFF -DKVQ_BUILD_BENCHMARKS=OFF
   cmake --build build-sanitize -j"$jobs" --target kvq_fuzz_replay_formats
   OMP_NUM_THREADS=1 ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L fuzz-formats
