@@ -61,7 +61,14 @@ torch::Tensor kernel_intention(const torch::Tensor& q, const torch::Tensor& k,
     out = detail::causal_kernel_intention(s).out;
   } else {
     // An LU solve: on CPU its backward is several times cheaper than autograd through Cholesky.
-    out = torch::matmul(s.kappa_qk, torch::linalg_solve(s.system, s.values));
+    // A singular system is reported as the Cholesky path reports it (CPU only: reading the
+    // status elsewhere would synchronise; there a failure gives NaN or Inf).
+    auto [solution, info] = torch::linalg_solve_ex(s.system, s.values);
+    if (s.system.device().is_cpu() && info.ne(0).any().item<bool>()) {
+      detail::fail_not_positive_definite("kernel_intention", "kappa(K, K) + alpha I",
+                                         s.system.scalar_type());
+    }
+    out = torch::matmul(s.kappa_qk, solution);
   }
   return out.to(q.scalar_type());
 }

@@ -1,13 +1,16 @@
 // torch.ops.kvq.*: every mechanism as a PyTorch operator with autograd, for Python users:
 //   torch.ops.load_library("build/libkvq_torch.so")
 //   out = torch.ops.kvq.intention(q, k, v, alpha, causal=True)
-// Each schema is registered as a composite kernel: autograd runs through the C++ implementation
-// (including intention's custom backward), on whatever device the tensors live.
+// The mechanism ops are CompositeImplicitAutograd wrappers over kvq::_mechanism_forward, which has
+// CPU, CUDA, Meta and Autograd kernels (ops/mechanism_op.h): eager calls run kvq's own autograd
+// (the analytic backward kernels), traced calls (torch.compile, FakeTensor, opcheck) record the
+// op and its backward op. The decoding ops are non-differentiable, with Meta kernels too.
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include "kvq/kvq.h"
 #include "kvq/modules/state_dict.h"
+#include "ops/mechanism_op.h"
 
 namespace kvq {
 namespace {
@@ -16,48 +19,51 @@ using at::Tensor;
 using c10::optional;
 using functional::AttentionFuncOptions;
 
-AttentionFuncOptions options_of(bool causal, const optional<Tensor>& key_padding_mask,
-                                optional<double> scale = c10::nullopt) {
-  AttentionFuncOptions options;
-  options.causal(causal).scale(scale);
-  if (key_padding_mask) options.key_padding_mask(*key_padding_mask);
-  return options;
-}
+const double kDefaultEps = AttentionFuncOptions().eps();
 
+// The mechanism ops: kvq::_mechanism_forward (ops/mechanism_op.h) with one row's arguments.
 Tensor softmax_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                   const optional<Tensor>& mask, optional<double> scale) {
-  return functional::softmax_attention(q, k, v, options_of(causal, mask, scale));
+  return ops::mechanism_forward("softmax", false, q, k, v, {}, {}, {}, causal, mask, scale,
+                                kDefaultEps, 0.0, false, 0);
 }
 Tensor kv_op(const Tensor& k, const Tensor& v, bool causal, const optional<Tensor>& mask,
              optional<double> scale) {
-  return functional::kv_attention(k, v, options_of(causal, mask, scale));
+  return ops::mechanism_forward("kv", false, {}, k, v, {}, {}, {}, causal, mask, scale,
+                                kDefaultEps, 0.0, false, 0);
 }
 Tensor kv_pos_op(const Tensor& k, const Tensor& v, const Tensor& pos_weight,
                  const Tensor& pos_bias, bool causal, const optional<Tensor>& mask,
                  optional<double> scale) {
-  return functional::kv_pos_attention(k, v, pos_weight, pos_bias, options_of(causal, mask, scale));
+  return ops::mechanism_forward("kv-pos", false, {}, k, v, {}, pos_weight, pos_bias, causal, mask,
+                                scale, kDefaultEps, 0.0, false, 0);
 }
 Tensor linear_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                  const optional<Tensor>& mask, double eps) {
-  return functional::linear_attention(q, k, v, options_of(causal, mask).eps(eps));
+  return ops::mechanism_forward("linear", false, q, k, v, {}, {}, {}, causal, mask, {}, eps, 0.0,
+                                false, 0);
 }
 Tensor linear_identity_op(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                           const optional<Tensor>& mask) {
-  return functional::linear_identity_attention(q, k, v, options_of(causal, mask));
+  return ops::mechanism_forward("linear-identity", false, q, k, v, {}, {}, {}, causal, mask, {},
+                                kDefaultEps, 0.0, false, 0);
 }
 Tensor intention_op(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& alpha,
                     bool causal, const optional<Tensor>& mask) {
-  return functional::intention(q, k, v, alpha, options_of(causal, mask));
+  return ops::mechanism_forward("intention", false, q, k, v, alpha, {}, {}, causal, mask, {},
+                                kDefaultEps, 0.0, false, 0);
 }
 Tensor softmax_intention_op(const Tensor& q, const Tensor& k, const Tensor& v,
                             const Tensor& alpha, bool causal, const optional<Tensor>& mask,
                             optional<double> scale) {
-  return functional::softmax_intention(q, k, v, alpha, options_of(causal, mask, scale));
+  return ops::mechanism_forward("softmax-intention", false, q, k, v, alpha, {}, {}, causal, mask,
+                                scale, kDefaultEps, 0.0, false, 0);
 }
 Tensor kernel_intention_op(const Tensor& q, const Tensor& k, const Tensor& v,
                            const Tensor& alpha, bool causal, const optional<Tensor>& mask,
                            optional<double> scale) {
-  return functional::kernel_intention(q, k, v, alpha, options_of(causal, mask, scale));
+  return ops::mechanism_forward("kernel-intention", false, q, k, v, alpha, {}, {}, causal, mask,
+                                scale, kDefaultEps, 0.0, false, 0);
 }
 Tensor positional_encoding_2d_op(int64_t rows, int64_t cols, int64_t channels) {
   return functional::positional_encoding_2d(rows, cols, channels);
@@ -70,20 +76,8 @@ Tensor attention_op(const std::string& mechanism, const Tensor& q, const Tensor&
                     const optional<Tensor>& pos_weight, const optional<Tensor>& pos_bias,
                     bool causal, const optional<Tensor>& mask, optional<double> scale,
                     double dropout, bool training, int64_t chunk_size) {
-  const auto& info = find_mechanism(mechanism);
-  auto options = options_of(causal, mask, scale).chunk_size(chunk_size);
-  if (info.has_softmax) options.dropout(dropout).training(training);
-  TORCH_CHECK(info.uses_alpha == alpha.has_value(), "kvq.attention: mechanism '", mechanism,
-              info.uses_alpha ? "' needs alpha" : "' takes no alpha");
-  TORCH_CHECK(pos_weight.has_value() == pos_bias.has_value(),
-              "kvq.attention: pos_weight and pos_bias go together (the kv-pos projection)");
-  if (pos_weight) {
-    TORCH_CHECK(info.has_softmax, "kvq.attention: pos_weight/pos_bias (kv-pos) add a term to "
-                "softmax scores, and mechanism '", mechanism, "' has none");
-    options = functional::with_kv_pos_terms(options, *pos_weight, *pos_bias, k.size(2),
-                                            q.scalar_type());
-  }
-  return info.fn(q, k, v, alpha ? *alpha : Tensor(), options);
+  return ops::mechanism_forward(mechanism, true, q, k, v, alpha, pos_weight, pos_bias, causal,
+                                mask, scale, kDefaultEps, dropout, training, chunk_size);
 }
 
 // ---- Decoding (kvq/functional/decoding.h): the state in, the state out ----
@@ -93,6 +87,11 @@ Tensor attention_op(const std::string& mechanism, const Tensor& q, const Tensor&
 // given, so the caller's tensors are never modified.
 
 using StateTuple = std::tuple<Tensor, Tensor, Tensor>;
+
+// The layout the Meta kernels promise.
+StateTuple contiguous(const StateTuple& t) {
+  return {std::get<0>(t).contiguous(), std::get<1>(t).contiguous(), std::get<2>(t).contiguous()};
+}
 
 // A DecodeState over copies of two state tensors: first (B, H, d, first_width) and second
 // (B, H, d, ...) named in errors as the schema does.
@@ -117,7 +116,7 @@ functional::DecodeState state_of(const char* op, const char* mechanism, const ch
 StateTuple intention_prefill_op(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& alpha) {
   auto [out, s] = functional::intention_prefill(q, k, v, alpha);
-  return {out, s.factor, s.kv_sum};
+  return contiguous({out, s.factor, s.kv_sum});
 }
 
 StateTuple intention_step_op(const Tensor& factor, const Tensor& kv_sum, const Tensor& q,
@@ -130,12 +129,12 @@ StateTuple intention_step_op(const Tensor& factor, const Tensor& kv_sum, const T
   s.factor = factor.clone(at::MemoryFormat::Contiguous);
   s.kv_sum = kv_sum.clone();
   auto out = functional::intention_step(s, q, k, v);
-  return {out, s.factor, s.kv_sum};
+  return contiguous({out, s.factor, s.kv_sum});
 }
 
 StateTuple linear_prefill_op(const Tensor& q, const Tensor& k, const Tensor& v, double eps) {
   auto [out, s] = functional::linear_prefill(q, k, v, AttentionFuncOptions().eps(eps));
-  return {out, s.kv_sum, s.key_sum};
+  return contiguous({out, s.kv_sum, s.key_sum});
 }
 
 StateTuple linear_step_op(const Tensor& kv_sum, const Tensor& key_sum, const Tensor& q,
@@ -146,7 +145,55 @@ StateTuple linear_step_op(const Tensor& kv_sum, const Tensor& key_sum, const Ten
   s.kv_sum = kv_sum.clone();
   s.key_sum = key_sum.clone();
   auto out = functional::linear_step(s, q, k, v, AttentionFuncOptions().eps(eps));
-  return {out, s.kv_sum, s.key_sum};
+  return contiguous({out, s.kv_sum, s.key_sum});
+}
+
+// The decoding ops' Meta kernels: the shapes of their outputs (FakeTensor, torch.compile).
+StateTuple intention_prefill_meta(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& alpha) {
+  ops::check_all_meta("kvq.intention_prefill", {q, k, v, alpha});
+  const auto b = q.sym_size(0), h = q.sym_size(1), d = q.sym_size(3), dv = v.sym_size(3);
+  return {at::empty_symint({b, h, k.sym_size(2), dv}, q.options()),
+          at::empty_symint({b, h, d, d}, q.options()),
+          at::empty_symint({b, h, d, dv}, q.options())};
+}
+StateTuple linear_prefill_meta(const Tensor& q, const Tensor& k, const Tensor& v, double) {
+  ops::check_all_meta("kvq.linear_prefill", {q, k, v});
+  const auto b = q.sym_size(0), h = q.sym_size(1), d = q.sym_size(3), dv = v.sym_size(3);
+  return {at::empty_symint({b, h, k.sym_size(2), dv}, q.options()),
+          at::empty_symint({b, h, d, dv}, q.options()), at::empty_symint({b, h, d}, q.options())};
+}
+StateTuple step_meta(const Tensor& first, const Tensor& second, const Tensor& q, const Tensor& v) {
+  return {at::empty_symint({q.sym_size(0), q.sym_size(1), q.sym_size(2), v.sym_size(3)},
+                           q.options()),
+          at::empty_symint(first.sym_sizes(), first.options()),
+          at::empty_symint(second.sym_sizes(), second.options())};
+}
+StateTuple intention_step_meta(const Tensor& factor, const Tensor& kv_sum, const Tensor& q,
+                               const Tensor& k, const Tensor& v) {
+  ops::check_all_meta("kvq.intention_step", {factor, kv_sum, q, k, v});
+  return step_meta(factor, kv_sum, q, v);
+}
+StateTuple linear_step_meta(const Tensor& kv_sum, const Tensor& key_sum, const Tensor& q,
+                            const Tensor& k, const Tensor& v, double) {
+  ops::check_all_meta("kvq.linear_step", {kv_sum, key_sum, q, k, v});
+  return step_meta(kv_sum, key_sum, q, v);
+}
+
+// The decoding ops have no backward. With grad mode on and an input that requires gradients they
+// refuse, naming the op, eagerly and under tracing alike; otherwise they run below autograd.
+void decoding_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                       torch::jit::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    for (const auto& arg : torch::jit::last(*stack, op.schema().arguments().size())) {
+      TORCH_CHECK(!(arg.isTensor() && arg.toTensor().requires_grad()), op.schema().name(),
+                  ": decoding has no backward; call it under torch.no_grad() or with tensors "
+                  "that do not require gradients");
+    }
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  at::NoGradGuard no_grad;  // kvq's custom autograd functions look at the grad mode only
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
@@ -224,18 +271,13 @@ TORCH_LIBRARY(kvq, m) {
         "Tensor? key_padding_mask=None, float? scale=None, float dropout=0.0, "
         "bool training=False, int chunk_size=0) -> Tensor",
         &attention_op);
-  m.def("intention_prefill(Tensor q, Tensor k, Tensor v, Tensor alpha) -> (Tensor, Tensor, Tensor)",
-        &intention_prefill_op);
-  m.def(
-      "intention_step(Tensor L, Tensor B, Tensor q, Tensor k, Tensor v) "
-      "-> (Tensor, Tensor, Tensor)",
-      &intention_step_op);
-  m.def("linear_prefill(Tensor q, Tensor k, Tensor v, float eps=1e-6) -> (Tensor, Tensor, Tensor)",
-        &linear_prefill_op);
-  m.def(
-      "linear_step(Tensor S, Tensor z, Tensor q, Tensor k, Tensor v, float eps=1e-6) "
-      "-> (Tensor, Tensor, Tensor)",
-      &linear_step_op);
+  m.def("intention_prefill(Tensor q, Tensor k, Tensor v, Tensor alpha) -> (Tensor, Tensor, Tensor)");
+  m.def("intention_step(Tensor L, Tensor B, Tensor q, Tensor k, Tensor v) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("linear_prefill(Tensor q, Tensor k, Tensor v, float eps=1e-6) -> (Tensor, Tensor, Tensor)");
+  m.def("linear_step(Tensor S, Tensor z, Tensor q, Tensor k, Tensor v, float eps=1e-6) "
+        "-> (Tensor, Tensor, Tensor)");
+  ops::define_mechanism_ops(m);
   m.def("mechanism_names() -> str[]", &mechanism_names_op);
   m.def("mechanism_info(str name) -> (str, bool, bool, str, bool)", &mechanism_info_op);
 
@@ -278,4 +320,40 @@ TORCH_LIBRARY(kvq, m) {
       .def("load", [](const c10::intrusive_ptr<Holder>& self, const std::string& path) {
         nn::load_state_dict(*self->module, nn::read_state_dict(path));
       });
+}
+
+// The kernels of the ops above that are not CompositeImplicitAutograd: the mechanisms'
+// _mechanism_forward / _mechanism_backward (ops/mechanism_op.h) and the decoding ops. kvq's code
+// runs on any device, so CPU and CUDA share kernels.
+namespace kvq {
+namespace {
+void impl_decoding(torch::Library& m) {
+  m.impl("intention_prefill", TORCH_FN(intention_prefill_op));
+  m.impl("intention_step", TORCH_FN(intention_step_op));
+  m.impl("linear_prefill", TORCH_FN(linear_prefill_op));
+  m.impl("linear_step", TORCH_FN(linear_step_op));
+}
+}  // namespace
+}  // namespace kvq
+
+TORCH_LIBRARY_IMPL(kvq, CPU, m) {
+  kvq::impl_decoding(m);
+  kvq::ops::impl_mechanism_ops_cpu(m);
+}
+TORCH_LIBRARY_IMPL(kvq, CUDA, m) {
+  kvq::impl_decoding(m);
+  kvq::ops::impl_mechanism_ops_cuda(m);
+}
+TORCH_LIBRARY_IMPL(kvq, Meta, m) {
+  m.impl("intention_prefill", TORCH_FN(kvq::intention_prefill_meta));
+  m.impl("intention_step", TORCH_FN(kvq::intention_step_meta));
+  m.impl("linear_prefill", TORCH_FN(kvq::linear_prefill_meta));
+  m.impl("linear_step", TORCH_FN(kvq::linear_step_meta));
+  kvq::ops::impl_mechanism_ops_meta(m);
+}
+TORCH_LIBRARY_IMPL(kvq, Autograd, m) {
+  for (const char* op : {"intention_prefill", "intention_step", "linear_prefill", "linear_step"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&kvq::decoding_autograd>());
+  }
+  kvq::ops::impl_mechanism_ops_autograd(m);
 }
