@@ -5,6 +5,10 @@
 #include <set>
 #include <sstream>
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
+
 namespace kvq {
 namespace nn {
 
@@ -46,8 +50,35 @@ void load_state_dict(torch::nn::Module& module,
   }
 }
 
+namespace {
+
+// torch::pickle_save's archive (torch.save's zip format) without the type tags it adds to typed
+// dicts: their torch.jit._pickle.restore_type_tag is not among the globals torch.load admits with
+// weights_only=True, its default since PyTorch 2.6, so a tagged file needs weights_only=False.
+std::vector<char> pickle_untagged(const c10::IValue& value) {
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler(
+      [&](const char* bytes, size_t size) { pickled.insert(pickled.end(), bytes, bytes + size); },
+      nullptr, nullptr, nullptr, nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+  std::vector<char> archive;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* bytes, size_t size) {
+    const char* begin = static_cast<const char*>(bytes);
+    archive.insert(archive.end(), begin, begin + size);
+    return size;
+  });
+  torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(),
+                                     writer);
+  writer.writeEndOfFile();
+  return archive;
+}
+
+}  // namespace
+
 void save_state_dict(const torch::nn::Module& module, const std::string& path) {
-  const auto bytes = torch::pickle_save(state_dict(module));
+  const auto bytes = pickle_untagged(state_dict(module));
   std::ofstream out(path, std::ios::binary);
   TORCH_CHECK(out.write(bytes.data(), static_cast<std::streamsize>(bytes.size())) && out.flush(),
               "save_state_dict: cannot write '", path, "'");

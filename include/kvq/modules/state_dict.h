@@ -18,7 +18,8 @@ c10::Dict<std::string, torch::Tensor> state_dict(const torch::nn::Module& module
 // or unexpected name, or a shape mismatch, throws naming it.
 void load_state_dict(torch::nn::Module& module, const c10::Dict<std::string, torch::Tensor>& state);
 
-// state_dict(module) written with torch::pickle_save (Python: torch.load(path) gives the dict).
+// state_dict(module) in torch.save's format (Python: torch.load(path) gives the dict, with the
+// default weights_only=True of PyTorch >= 2.6).
 void save_state_dict(const torch::nn::Module& module, const std::string& path);
 
 // Reads a dict of tensors saved by save_state_dict or by Python's torch.save(dict, path).
