@@ -224,36 +224,46 @@ TEST(LeastSquaresKernel, NonCausalMatchesTheComposition) {
 }
 
 // float32: the kernel is at least as accurate as the composition's residual form against the fp64
-// oracle (normalised RMSE of the output; 25% slack for rounding that differs in order), for alpha
-// down to 1e-4 with unit-scale keys, T = 512, d = 32, chunk 32. At alpha = 1 both also meet the
-// fp32 policy (1e-5).
+// oracle (normalised RMSE of the output), for alpha down to 1e-4 with unit-scale keys, T = 512,
+// d = 32, chunk 32, in the geometric mean over 8 draws of the inputs. One draw says little where
+// conditioning dominates: at alpha = 1e-4 the ratio of the two errors spans 0.25-1.6 over draws,
+// and which side of 1 a draw lands moved when LibTorch's matmuls changed from OpenBLAS (Debian's
+// LibTorch) to MKL (PyPI's). At alpha = 1 every draw also meets the fp32 policy (1e-5).
 TEST(CausalLeastSquaresKernel, Float32AtLeastAsAccurateAsTheComposition) {
+  constexpr int kDraws = 8;
   for (Output o : {Output::Intention, Output::Queries}) {
     for (double alpha : {1e-4, 1e-2, 1.0}) {
-      Case c;
-      c.B = 1, c.H = 2, c.m = c.n = 512, c.d = 32, c.dv = 16, c.causal = true, c.chunk = 32;
-      c.alpha_base = alpha;
-      const auto in64 = make_inputs(c, 21);
-      const auto in32 = in64.to(torch::kFloat32);
-      torch::Tensor ref, ours, composed;
-      if (o == Output::Intention) {
-        ref = kvq_ref::intention(in64.q, in64.k, in64.v, in64.alpha, true, {});
-        ours = D::causal_intention_output("test", in32.q, in32.k, in32.v, in32.alpha, 32);
-        composed = D::causal_intention_composed(in32.q, in32.k, in32.v, in32.alpha, 32);
-      } else {
-        ref = kvq_ref::least_squares_queries(in64.q, in64.k, in64.alpha, true, {});
-        ours = D::causal_least_squares_queries("test", in32.q, in32.k, in32.alpha, 32);
-        composed = D::causal_least_squares_queries_composed(in32.q, in32.k, in32.alpha, 32);
-      }
-      const double err = nrmse(ours, ref), base = nrmse(composed, ref);
       const std::string label =
           output_name(o) + " fp32 T=512 d=32 chunk=32 alpha=" + std::to_string(alpha);
-      report(label + " fused", "nrmse", err);
-      report(label + " composition", "nrmse", base);
-      EXPECT_LE(err, 1.25 * base) << label;
-      if (alpha == 1.0) {
-        EXPECT_LE(err, kTolNrmse32) << label;
+      double log_ratio_sum = 0, worst_ratio = 0;
+      for (int draw = 0; draw < kDraws; ++draw) {
+        Case c;
+        c.B = 1, c.H = 2, c.m = c.n = 512, c.d = 32, c.dv = 16, c.causal = true, c.chunk = 32;
+        c.alpha_base = alpha;
+        const auto in64 = make_inputs(c, 21 + draw);
+        const auto in32 = in64.to(torch::kFloat32);
+        torch::Tensor ref, ours, composed;
+        if (o == Output::Intention) {
+          ref = kvq_ref::intention(in64.q, in64.k, in64.v, in64.alpha, true, {});
+          ours = D::causal_intention_output("test", in32.q, in32.k, in32.v, in32.alpha, 32);
+          composed = D::causal_intention_composed(in32.q, in32.k, in32.v, in32.alpha, 32);
+        } else {
+          ref = kvq_ref::least_squares_queries(in64.q, in64.k, in64.alpha, true, {});
+          ours = D::causal_least_squares_queries("test", in32.q, in32.k, in32.alpha, 32);
+          composed = D::causal_least_squares_queries_composed(in32.q, in32.k, in32.alpha, 32);
+        }
+        const double err = nrmse(ours, ref), base = nrmse(composed, ref);
+        log_ratio_sum += std::log(err / base);
+        worst_ratio = std::max(worst_ratio, err / base);
+        if (alpha == 1.0) {
+          EXPECT_LE(err, kTolNrmse32) << label << " draw " << draw;
+        }
       }
+      const double geometric_mean = std::exp(log_ratio_sum / kDraws);
+      report(label + " fused / composition error, geometric mean of 8 draws", "ratio",
+             geometric_mean);
+      report(label + " fused / composition error, worst of 8 draws", "ratio", worst_ratio);
+      EXPECT_LE(geometric_mean, 1.0) << label;
     }
   }
 }
