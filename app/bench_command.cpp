@@ -12,6 +12,7 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <malloc.h>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -294,6 +295,8 @@ struct Row {
   std::string naive_form;  // the naive form that was timed or checked; empty = none
   bool checked_on_slice = false;
   Agreement agree;
+  Timing sdpa, sdpa_forward;   // at::scaled_dot_product_attention on the same q, k, v
+  double sdpa_peak_bytes = kNaN;
   double flops = kNaN;  // 3 x analytic forward FLOPs of one forward+backward
   double gflops = kNaN, gemm_fraction = kNaN, tokens_per_s = kNaN;
   std::string note;
@@ -309,12 +312,41 @@ std::string format_num(double x, const char* fmt) {
 double gib(double bytes) { return bytes / double(1ull << 30); }
 constexpr double kMiB = double(1ull << 20);
 
+// PyTorch's attention on one (causal, length) cell: measured once, shown beside every row.
+struct SdpaCell {
+  Timing both, forward;
+  double peak_bytes = kNaN;
+  Agreement agree;  // against kvq's softmax on the same inputs
+};
+
 struct Context {
   BenchOptions options;
   torch::ScalarType dtype;
   int64_t value_dim, chunk;
   double tolerance, param_tolerance, gemm_gflops;
+  std::map<std::pair<bool, int64_t>, SdpaCell> sdpa;
 };
+
+// at::scaled_dot_product_attention (its CPU flash kernel in float32 and float64: tiled, causal
+// blocks skipped) forward+backward on the softmax inputs of the cell, checked against kvq's
+// softmax on the same inputs first.
+SdpaCell measure_sdpa(const Context& ctx, bool causal, int64_t length) {
+  const auto& o = ctx.options;
+  const auto& softmax = find_mechanism("softmax");
+  const ProblemSize dims{o.batch, o.heads, length, o.dim, ctx.value_dim};
+  const auto p = make_problem(softmax, dims, ctx.dtype, o.seed + uint64_t(length), o.device);
+  auto sdpa = [&] {
+    return at::scaled_dot_product_attention(p.q, p.k, p.v, {}, 0.0, causal);
+  };
+  auto step = [&] { return forward_backward(sdpa, p); };
+  SdpaCell cell;
+  const auto ours = forward_backward([&] { return run_ours(softmax, p, causal); }, p);
+  cell.agree = agreement(step(), ours, p.leaf_names);  // also the warm-up
+  cell.peak_bytes = peak_extra_bytes([&] { step(); }, o.device);
+  cell.both = time_repeated([&] { step(); }, o.min_time, o.device);
+  cell.forward = time_repeated([&] { sdpa(); }, o.min_time, o.device);
+  return cell;
+}
 
 // One (mechanism, causal, length) cell: check ours against the naive form (full size, or batch 0 /
 // head 0 when the full naive form exceeds the memory budget), then time ours and the naive form.
@@ -393,6 +425,13 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
     row.naive = time_repeated(naive_step, o.min_time, o.device);
   }
 
+  if (o.sdpa) {
+    const auto& cell = ctx.sdpa.at({causal, length});
+    row.sdpa = cell.both;
+    row.sdpa_forward = cell.forward;
+    row.sdpa_peak_bytes = cell.peak_bytes;
+  }
+
   const double flops = 3 * info.forward_flops(dims, causal, ctx.chunk);
   if (flops > 0) {
     row.gflops = flops / (row.ours.min_ms * 1e-3) / 1e9;
@@ -423,6 +462,10 @@ std::string progress_line(const Row& row, size_t index, size_t total, double ela
       out << ", naive " << format_num(row.naive.min_ms, "%.1f") << " ms (x"
           << format_num(row.naive.min_ms / row.ours.min_ms, "%.2f") << ")";
     }
+    if (!std::isnan(row.sdpa.min_ms)) {
+      out << ", sdpa " << format_num(row.sdpa.min_ms, "%.1f") << " ms (x"
+          << format_num(row.sdpa.min_ms / row.ours.min_ms, "%.2f") << ")";
+    }
     if (!row.naive_form.empty()) {
       out << ", err " << format_num(row.agree.out_err, "%.1e") << "/"
           << format_num(row.agree.input_grad_err, "%.1e") << "/"
@@ -442,12 +485,12 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << " threads, LibTorch " << TORCH_VERSION
       << "; gemm (torch::mm " << kGemmSize << "^2 " << o.dtype << ", best of " << kGemmRepeats
       << "): " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s\n\n";
-  char line[256];
-  const char* columns_fmt = "%-18s %-6s %5s %10s %8s %10s %7s %8s %6s %8s %9s %9s %8s %8s %8s";
+  char line[320];
+  const char* columns_fmt =
+      "%-18s %-6s %5s %10s %8s %10s %7s %9s %8s %7s %8s %6s %8s %9s %9s %8s %8s %8s %8s";
   std::snprintf(line, sizeof(line), columns_fmt, "mechanism", "causal", "T", "ours ms", "fwd ms",
-                "naive ms",
-                "speedup", "GFLOP/s", "%gemm", "Ktok/s", "ours MiB", "naive MiB", "out err",
-                "grad err", "par err");
+                "naive ms", "speedup", "sdpa ms", "sdpa fwd", "vs sdpa", "GFLOP/s", "%gemm",
+                "Ktok/s", "ours MiB", "sdpa MiB", "naive MiB", "out err", "grad err", "par err");
   out << line << "  notes\n";
   for (const auto& r : rows) {
     const double speedup = r.naive.min_ms / r.ours.min_ms;
@@ -455,10 +498,14 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
                   std::to_string(r.length).c_str(), format_num(r.ours.min_ms, "%.2f").c_str(),
                   format_num(r.ours_forward.min_ms, "%.2f").c_str(),
                   format_num(r.naive.min_ms, "%.2f").c_str(), format_num(speedup, "%.2f").c_str(),
+                  format_num(r.sdpa.min_ms, "%.2f").c_str(),
+                  format_num(r.sdpa_forward.min_ms, "%.2f").c_str(),
+                  format_num(r.sdpa.min_ms / r.ours.min_ms, "%.2f").c_str(),
                   format_num(r.gflops, "%.1f").c_str(),
                   format_num(100 * r.gemm_fraction, "%.1f").c_str(),
                   format_num(r.tokens_per_s / 1e3, "%.1f").c_str(),
                   format_num(r.ours_peak_bytes / kMiB, "%.0f").c_str(),
+                  format_num(r.sdpa_peak_bytes / kMiB, "%.0f").c_str(),
                   format_num(r.naive_peak_bytes / kMiB, "%.0f").c_str(),
                   format_num(r.agree.out_err, "%.1e").c_str(),
                   format_num(r.agree.input_grad_err, "%.1e").c_str(),
@@ -472,6 +519,9 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
       << o.min_time << " s (at least one), after one warm-up run (the verification run).\n"
       << "fwd ms: the forward alone, timed the same way (autograd recording on, as in training);"
          " the backward is ours ms - fwd ms.\n"
+      << "sdpa: at::scaled_dot_product_attention (PyTorch's fused attention: on the CPU its flash "
+         "kernel) on the softmax inputs of the same B, H, T, d and causal mode, timed the same way;"
+         " vs sdpa = sdpa ms / ours ms (above 1: ours is faster).\n"
       << "speedup = naive ms / ours ms. GFLOP/s = 3 x analytic forward FLOPs (fwd+bwd taken as 3x"
          " forward; formulas in src/registry.cpp) / ours time; %gemm = that / the gemm rate.\n"
       << "MiB: peak memory of one forward+backward above the level before it (Linux VmHWM on"
@@ -555,9 +605,25 @@ nlohmann::json to_json(const std::vector<Row>& rows, const Context& ctx, double 
                          {"parameter_gradient_error", r.agree.param_grad_err},
                          {"parameter_gradient_worst", r.agree.worst_param},
                          {"checked_on_slice", r.checked_on_slice},
+                         {"sdpa_ms", r.sdpa.min_ms},
+                         {"sdpa_median_ms", r.sdpa.median_ms},
+                         {"sdpa_forward_ms", r.sdpa_forward.min_ms},
+                         {"sdpa_peak_extra_bytes", r.sdpa_peak_bytes},
+                         {"sdpa_over_ours", r.sdpa.min_ms / r.ours.min_ms},
                          {"note", r.note}});
   }
   j["rows"] = rows_json;
+  auto sdpa_json = nlohmann::json::array();
+  for (const auto& [key, cell] : ctx.sdpa) {
+    sdpa_json.push_back({{"causal", key.first},
+                         {"length", key.second},
+                         {"ms", cell.both.min_ms},
+                         {"forward_ms", cell.forward.min_ms},
+                         {"peak_extra_bytes", cell.peak_bytes},
+                         {"output_error_vs_kvq_softmax", cell.agree.out_err},
+                         {"input_gradient_error_vs_kvq_softmax", cell.agree.input_grad_err}});
+  }
+  j["sdpa"] = sdpa_json;
   j["total_seconds"] = total_seconds;
   return j;
 }
@@ -600,6 +666,21 @@ bool run_bench(const BenchOptions& options) {
   ctx.gemm_gflops = measure_gemm_gflops(ctx.dtype, options.device);
   std::cerr << "kvq bench: gemm " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s on "
             << options.device << ", " << at::get_num_threads() << " threads\n";
+
+  if (options.sdpa) {
+    for (bool causal : causal_modes) {
+      for (int64_t length : options.lengths) {
+        const auto cell = measure_sdpa(ctx, causal, length);
+        ctx.sdpa[{causal, length}] = cell;
+        std::cerr << "[sdpa] " << (causal ? "causal" : "full  ") << " T=" << length << " "
+                  << format_num(cell.both.min_ms, "%.1f") << " ms (fwd "
+                  << format_num(cell.forward.min_ms, "%.1f") << "), "
+                  << format_num(cell.peak_bytes / kMiB, "%.0f") << " MiB; vs kvq softmax err "
+                  << format_num(cell.agree.out_err, "%.1e") << "/"
+                  << format_num(cell.agree.input_grad_err, "%.1e") << std::endl;
+      }
+    }
+  }
 
   const size_t total = selected.size() * causal_modes.size() * options.lengths.size();
   std::vector<Row> rows;
@@ -654,7 +735,7 @@ void add_bench_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "bench",
       "Time forward+backward of each mechanism against its naive LibTorch form, after checking "
-      "that outputs and gradients agree");
+      "that outputs and gradients agree, and beside PyTorch's scaled_dot_product_attention");
   cmd->add_option("--batch", options->batch, "Batch size B")
       ->check(positive_integer())
       ->capture_default_str()
@@ -716,6 +797,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", options->seed, "Seed of the random inputs")
       ->capture_default_str()
       ->group("Problem");
+  cmd->add_flag("--sdpa,!--no-sdpa", options->sdpa,
+               "Time PyTorch's scaled_dot_product_attention on the same inputs beside every row")
+      ->capture_default_str()
+      ->group("Selection");
   cmd->add_option("--json", options->json_path, "Also write the table and machine info as JSON")
       ->group("Output");
   auto device = std::make_shared<std::string>("cpu");

@@ -1,6 +1,7 @@
 #pragma once
 // `kvq bench`: forward+backward time of every registered mechanism against its naive LibTorch
-// form (the registry row's, kvq/functional/naive_forms.h), after checking that both agree.
+// form (the registry row's, kvq/functional/naive_forms.h), after checking that both agree, and
+// beside PyTorch's scaled_dot_product_attention on the same inputs.
 #include <torch/torch.h>
 
 #include <cstdint>
@@ -44,6 +45,9 @@ struct BenchOptions {
   double tolerance = 0.0;
   /// Seed of the random inputs. Default: 0.
   uint64_t seed = 0;
+  /// Also time PyTorch's own attention, at::scaled_dot_product_attention, on the same q, k, v
+  /// (causal or not) beside every row: what a user would otherwise call. Default: true.
+  bool sdpa = true;
   /// Write the table and machine information as JSON to this file; empty = none. Default: empty.
   std::string json_path;
   /// Where the inputs live and everything runs: the CPU kernels on the CPU, the composite ATen
