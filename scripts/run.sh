@@ -57,12 +57,15 @@ fi
 [ -n "$cuda_root" ] && export PATH="$cuda_root/bin:$PATH"
 
 venv=.venv
-if ! "$venv/bin/python" -c "import torch, pytest, nltk, sys
-sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import torch, pytest, nltk, setuptools, sys
+sys.exit(torch.__version__.split('+')[0] != '$torch_version'
+         or tuple(map(int, setuptools.__version__.split('.')[:2])) < (70, 1))" 2>/dev/null; then
   echo "== creating $venv with torch==$torch_version from PyPI"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q "torch==$torch_version" pytest nltk
+  # setuptools >= 70.1 builds wheels itself (pip install . of the package, below); torch 2.11
+  # wants setuptools < 82.
+  "$venv/bin/python" -m pip install -q "torch==$torch_version" pytest nltk "setuptools>=70.1,<82"
 fi
 python="$PWD/$venv/bin/python"
 torch_cmake=$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
@@ -81,6 +84,13 @@ else
   echo "== test suite"
   # One torch thread per test process; ctest runs one process per core.
   OMP_NUM_THREADS=1 ctest --test-dir build --output-on-failure -j"$jobs"
+  # The package as users install it: pip into the environment, against its torch, then its
+  # tests from outside the repository over the installed copy.
+  echo "== pip install --no-build-isolation . and the package tests over the installed copy"
+  "$python" -m pip install -q --no-build-isolation --no-deps .
+  (cd /tmp && OMP_NUM_THREADS=1 "$python" -m pytest -q -p no:cacheprovider \
+     "$OLDPWD/tests/python/test_package.py")
+  "$python" -m pip uninstall -q -y kvq
   # The readers of every input format again, under AddressSanitizer and UBSan: only kvq_formats
   # and its replay driver are built (not the mechanisms, models and tasks), and every fuzz corpus
   # file (fuzz/corpus) runs through its target. The whole suite under the sanitizers takes too

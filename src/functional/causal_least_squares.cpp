@@ -97,7 +97,8 @@ variable_list kernel_backward(AutogradContext* ctx, const torch::Tensor& grad) {
   return {grad_q, grad_k, grad_v, grad_alpha};
 }
 
-// LibTorch 1.13's autograd functions take no undefined tensor inputs: one function per output.
+// LibTorch's custom autograd functions (1.13 and 2.11 alike) take no undefined tensor inputs: one
+// function per output.
 class CausalIntentionFunction : public torch::autograd::Function<CausalIntentionFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,

@@ -85,7 +85,9 @@ void check_alpha(const char* op, const torch::Tensor& alpha, int64_t heads) {
   TORCH_CHECK(!alpha.device().is_meta(), op,
               ": alpha is on the meta device; it needs values (put it on the inputs' device or "
               "the CPU)");
-  TORCH_CHECK(alpha.gt(0).all().item<bool>(), op,
+  // Its values are read only on the CPU: elsewhere that would synchronise with the device (a
+  // non-positive alpha on a GPU gives NaN through the failed factorisation instead).
+  TORCH_CHECK(!alpha.device().is_cpu() || alpha.gt(0).all().item<bool>(), op,
               ": alpha must be > 0 (it makes K^T K + alpha I positive definite), got ",
               alpha.detach().cpu());
 }

@@ -1,6 +1,5 @@
 #include "kvq/functional/softmax_attention.h"
 
-#include <torch/version.h>
 
 #include <cmath>
 #include <limits>
@@ -42,8 +41,7 @@ torch::Tensor dense_softmax_mix(const torch::Tensor& q_scaled, const torch::Tens
   return torch::matmul(weights, v);
 }
 
-#if TORCH_VERSION_MAJOR >= 2
-// LibTorch 2.x on CUDA: at::scaled_dot_product_attention (flash / memory-efficient kernels) where
+// On CUDA: at::scaled_dot_product_attention (flash / memory-efficient kernels) where
 // its semantics match kvq's: no score bias, and no query row left without keys unless every row
 // of that batch element is (key padding without causal), which is zeroed afterwards as kvq
 // documents. Returns an undefined tensor when it does not apply.
@@ -64,7 +62,6 @@ torch::Tensor fused_cuda_softmax_mix(const torch::Tensor& q_scaled, const torch:
   const auto attend = padding.logical_not().view({padding.size(0), 1, 1, -1}).logical_or(empty);
   return at::scaled_dot_product_attention(q, k, v, attend, dropout, false).masked_fill(empty, 0);
 }
-#endif
 
 }  // namespace
 
@@ -96,10 +93,8 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k,
                                    options.key_padding_mask(), scale, options.causal());
   }
   const auto q_times_scale = q_scaled * scale;
-#if TORCH_VERSION_MAJOR >= 2
   auto fused = fused_cuda_softmax_mix(q_times_scale, k, v, options);
   if (fused.defined()) return fused;
-#endif
   return dense_softmax_mix(q_times_scale, k, v, options);
 }
 
