@@ -16,6 +16,9 @@ esac
 # CUDA (13.0) is the toolkit's on these machines and the lent GPU machines' PyTorch; its LibTorch
 # builds the library, the CLI, the tests and the op library of the Python package.
 torch_version=2.11.0
+# The lowest PyTorch the package supports (docs/python.md): the test job builds the op library
+# against it too and runs the Python suites on it.
+torch_lowest=2.7.1
 
 # Debian packages the build, the tests and the default data need.
 packages=(
@@ -91,6 +94,24 @@ else
   (cd /tmp && OMP_NUM_THREADS=1 "$python" -m pytest -q -p no:cacheprovider \
      "$OLDPWD/tests/python/test_package.py")
   "$python" -m pip uninstall -q -y kvq
+  # The lower end of the supported range: the op library against torch $torch_lowest in its own
+  # environment, and the Python suites on it.
+  lowest=.venv-torch-lowest
+  if ! "$lowest/bin/python" -c "import torch, pytest, sys
+sys.exit(torch.__version__.split('+')[0] != '$torch_lowest')" 2>/dev/null; then
+    echo "== creating $lowest with torch==$torch_lowest from PyPI"
+    python3 -m venv "$lowest"
+    "$lowest/bin/python" -m pip install -q "torch==$torch_lowest" pytest
+  fi
+  echo "== the op library against torch $torch_lowest and the Python suites on it"
+  cmake -S . -B build-torch-lowest -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_OPS_ONLY=ON \
+    -DCMAKE_PREFIX_PATH="$("$lowest/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+    ${cuda_root:+-DCUDAToolkit_ROOT="$cuda_root"}
+  cmake --build build-torch-lowest -j"$jobs" --target kvq_torch
+  KVQ_LIBRARY="$PWD/build-torch-lowest/libkvq_torch.so" PYTHONPATH="$PWD/python" \
+    OMP_NUM_THREADS=1 "$lowest/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/python/test_errors.py tests/python/test_decoding.py tests/python/test_package.py \
+    tests/python/test_traceable_ops.py
   # The readers of every input format again, under AddressSanitizer and UBSan: only kvq_formats
   # and its replay driver are built (not the mechanisms, models and tasks), and every fuzz corpus
   # file (fuzz/corpus) runs through its target. The whole suite under the sanitizers takes too

@@ -39,6 +39,12 @@ Tensor value_or_undefined(const optional<Tensor>& t) { return t ? *t : Tensor();
 optional<Tensor> optional_of(const Tensor& t) {
   return t.defined() ? optional<Tensor>(t) : optional<Tensor>();
 }
+Inputs inputs_of(const optional<Tensor>& q, const Tensor& k, const Tensor& v,
+                 const optional<Tensor>& alpha, const optional<Tensor>& pos_weight,
+                 const optional<Tensor>& pos_bias) {
+  return {value_or_undefined(q),          k, v, value_or_undefined(alpha),
+          value_or_undefined(pos_weight), value_or_undefined(pos_bias)};
+}
 
 // kvq's functional code: the registry row's public form, or its inner mechanism (kvq.attention).
 Tensor run(const CallOptions& c, const Inputs& in) {
@@ -76,9 +82,7 @@ Tensor forward_kernel(const std::string& mechanism, bool inner, const optional<T
                       int64_t chunk_size) {
   const CallOptions c{mechanism, inner,   causal,   key_padding_mask, scale,
                       eps,       dropout, training, chunk_size};
-  const Inputs in{value_or_undefined(q),          k, v, value_or_undefined(alpha),
-                  value_or_undefined(pos_weight), value_or_undefined(pos_bias)};
-  return contiguous_output(run(c, in));
+  return contiguous_output(run(c, inputs_of(q, k, v, alpha, pos_weight, pos_bias)));
 }
 
 using Gradients = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -100,8 +104,7 @@ Gradients backward_kernel(const Tensor& grad_out, const std::string& mechanism, 
       keys.included_, keys.excluded_ - c10::autograd_dispatch_keyset_with_ADInplaceOrView);
   at::AutoGradMode grad_mode(true);
 
-  const Inputs given{value_or_undefined(q),          k, v, value_or_undefined(alpha),
-                     value_or_undefined(pos_weight), value_or_undefined(pos_bias)};
+  const Inputs given = inputs_of(q, k, v, alpha, pos_weight, pos_bias);
   std::vector<Tensor> leaves;
   Inputs in;
   auto leaf = [&](const Tensor& t) {
@@ -225,13 +228,14 @@ Tensor forward_autograd(const std::string& mechanism, bool inner, const optional
                         bool causal, const optional<Tensor>& key_padding_mask,
                         optional<double> scale, double eps, double dropout, bool training,
                         int64_t chunk_size) {
+  auto tensors = inputs_of(q, k, v, alpha, pos_weight, pos_bias).list();
+  if (key_padding_mask) tensors.push_back(*key_padding_mask);
+  if (!is_tracing(tensors)) {  // kvq's own autograd records the analytic backward
+    return forward_kernel(mechanism, inner, q, k, v, alpha, pos_weight, pos_bias, causal,
+                          key_padding_mask, scale, eps, dropout, training, chunk_size);
+  }
   const CallOptions c{mechanism, inner,   causal,   key_padding_mask, scale,
                       eps,       dropout, training, chunk_size};
-  const Inputs in{value_or_undefined(q),          k, v, value_or_undefined(alpha),
-                  value_or_undefined(pos_weight), value_or_undefined(pos_bias)};
-  auto tensors = in.list();
-  if (key_padding_mask) tensors.push_back(*key_padding_mask);
-  if (!is_tracing(tensors)) return contiguous_output(run(c, in));  // kvq's own autograd
   return MechanismFunction::apply(q, k, v, alpha, pos_weight, pos_bias, c);
 }
 
