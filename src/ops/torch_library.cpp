@@ -4,7 +4,8 @@
 // The mechanism ops are CompositeImplicitAutograd wrappers over kvq::_mechanism_forward, which has
 // CPU, CUDA, Meta and Autograd kernels (ops/mechanism_op.h): eager calls run kvq's own autograd
 // (the analytic backward kernels), traced calls (torch.compile, FakeTensor, opcheck) record the
-// op and its backward op. The decoding ops are non-differentiable, with Meta kernels too.
+// op and its backward op. The decoding ops have Meta kernels too, and no backward: they refuse
+// inputs that require gradients.
 #include <torch/custom_class.h>
 #include <torch/library.h>
 

@@ -30,27 +30,20 @@ def call(name, q, k, v, alpha):
     if name in ("intention_step", "linear_step"):
         return getattr(ops, name)(*step_state(name, q, k, v, alpha), q[:, :, :1], k[:, :, :1],
                                   v[:, :, :1])
-    calls = {
-        "softmax": lambda: ops.softmax(q, k, v),
-        "kv": lambda: ops.kv(k, v),
-        "kv_pos": lambda: ops.kv_pos(k, v, *pos),
-        "linear": lambda: ops.linear(q, k, v),
-        "linear_identity": lambda: ops.linear_identity(q, k, v),
-        "intention": lambda: ops.intention(q, k, v, alpha),
-        "softmax_intention": lambda: ops.softmax_intention(q, k, v, alpha),
-        "kernel_intention": lambda: ops.kernel_intention(q, k, v, alpha),
-        "attention": lambda: ops.attention("intention", q, k, v, alpha),
-        "intention_prefill": lambda: ops.intention_prefill(q, k, v, alpha),
-        "linear_prefill": lambda: ops.linear_prefill(q, k, v),
-    }
-    return calls[name]()
+    if name == "attention":
+        return ops.attention("intention", q, k, v, alpha)
+    # A registry row's op or a prefill: its tensor arguments by name from its schema.
+    values = {"q": q, "k": k, "v": v, "alpha": alpha, "pos_weight": pos[0], "pos_bias": pos[1]}
+    op = getattr(ops, name)
+    return op(*[values[a.name] for a in op.default._schema.arguments if a.name in values])
 
 
 MECHANISM_OPS = [ops.mechanism_info(m)[3][len("kvq::"):] for m in kvq.mechanisms()]
 ALL_OPS = MECHANISM_OPS + ["attention"] + list(DECODING)
 ALPHA_OPS = ["intention", "softmax_intention", "kernel_intention", "attention",
              "intention_prefill"]
-# The operand a bad shape, dtype or device is given to, and how the message names it.
+# The operand a bad shape, dtype or device is given to (q, or k for the ops without q), as the
+# message names it.
 BAD_OPERAND = {"kv": "k", "kv_pos": "k"}
 
 
@@ -60,19 +53,16 @@ def operands():
 
 
 def with_bad(name, transform):
+    """The operands with `transform` applied to the one the op's message names."""
     q, k, v, alpha = operands()
-    if BAD_OPERAND.get(name, "q") == "k" or name.endswith("_step"):
-        k = transform(k) if not name.endswith("_step") else k
-        q = transform(q) if name.endswith("_step") else q
-    else:
-        q = transform(q)
-    return q, k, v, alpha
+    if BAD_OPERAND.get(name, "q") == "k":
+        return q, transform(k), v, alpha
+    return transform(q), k, v, alpha
 
 
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_wrong_shape_dtype_and_device_are_refused_by_name(name):
-    assert set(MECHANISM_OPS) >= {"softmax", "intention"}
-    operand = "q" if name.endswith("_step") else BAD_OPERAND.get(name, "q")
+    operand = BAD_OPERAND.get(name, "q")
     with pytest.raises(RuntimeError, match=rf"\b{operand}\b.*(shape|4-D)"):
         call(name, *with_bad(name, lambda x: x[0]))
     with pytest.raises(RuntimeError, match=rf"\b{operand}\b.*(floating|dtype)"):
