@@ -1,7 +1,7 @@
 #!/bin/bash
 # Data-parallel `kvq train` end to end (issue 11), two workers with one thread each on 127.0.0.1:
-#   1. --nproc 2 and the torchrun environment set by hand (and torchrun itself, when this
-#      python3 has torch) give the same metrics and test results;
+#   1. --nproc 2 and the torchrun environment set by hand (and torchrun itself, when PYTHON
+#      has torch) give the same metrics and test results;
 #   2. kill -9 of a --nproc group after its first checkpoint, then --resume, ends with the
 #      uninterrupted run's metrics and results;
 #   3. a resume with another world size and a batch the workers cannot split are refused with
@@ -9,16 +9,16 @@
 #   4. a worker killed mid-run makes the other exit non-zero, naming its rank and the cause,
 #      well within the bound below; a worker whose store never comes up fails after its
 #      --dist-timeout.
-# Usage: train_distributed.sh path/to/kvq
+# Usage: train_distributed.sh path/to/kvq [PYTHON]   (PYTHON default: python3)
 set -u
 KVQ=$1
+PY=${2:-python3}
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; for f in "$TMP"/*.err; do echo "--- $f:"; tail -5 "$f"; done; exit 1; }
 export OMP_NUM_THREADS=1
-PY=/usr/bin/python3
 free_port() {
   $PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -74,7 +74,8 @@ for p in "${PIDS[@]}"; do wait "$p" || fail "torchrun-environment worker failed"
 PIDS=()
 same_runs "$TMP/a" "$TMP/b" || fail "--nproc 2 and the torchrun environment differ"
 if $PY -c "import torch.distributed.run" 2>/dev/null; then
-  # --redirects 1 --tee 1: torch 1.13's launcher cannot parse its default "0" on Python 3.11.
+  # --redirects 1 --tee 1: torch 1.13's launcher could not parse its default "0" on Python 3.11
+  # (README's torchrun lines); 2.x takes them too.
   $PY -m torch.distributed.run --nproc_per_node 2 --master_port "$(free_port)" --no_python \
       --redirects 1 --tee 1 \
       "$KVQ" train "${SETS[@]}" --run-dir "$TMP/c" >"$TMP/c.out" 2>"$TMP/c.err" \
