@@ -59,19 +59,27 @@ if [ -z "$cuda_root" ] && ! command -v nvcc >/dev/null; then
 fi
 [ -n "$cuda_root" ] && export PATH="$cuda_root/bin:$PATH"
 
-venv=.venv
-if ! "$venv/bin/python" -c "import torch, pytest, nltk, setuptools, sys
-sys.exit(torch.__version__.split('+')[0] != '$torch_version'
-         or tuple(map(int, setuptools.__version__.split('.')[:2])) < (70, 1))" 2>/dev/null; then
-  echo "== creating $venv with torch==$torch_version from PyPI"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  # setuptools >= 70.1 builds wheels itself (pip install . of the package, below); torch 2.11
-  # wants setuptools < 82.
-  "$venv/bin/python" -m pip install -q "torch==$torch_version" pytest nltk "setuptools>=70.1,<82"
-fi
-python="$PWD/$venv/bin/python"
-torch_cmake=$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+# A Python environment DIR holding exactly the pip requirements given (from PyPI): made anew when
+# it is missing or was made with other requirements (its file kvq-requirements says which).
+ensure_venv() {
+  local dir=$1; shift
+  if [ "$(cat "$dir/kvq-requirements" 2>/dev/null)" != "$*" ]; then
+    echo "== creating $dir: $* (PyPI)"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip
+    "$dir/bin/python" -m pip install -q "$@"
+    echo "$*" > "$dir/kvq-requirements"
+  fi
+}
+# The folder LibTorch's CMake config is found in, for the torch of Python $1.
+torch_cmake_of() { "$1" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)'; }
+
+# setuptools >= 70.1 builds wheels itself (pip install . of the package, below); torch 2.11 wants
+# setuptools < 82.
+ensure_venv .venv "torch==$torch_version" pytest nltk "setuptools>=70.1,<82"
+python="$PWD/.venv/bin/python"
+torch_cmake=$(torch_cmake_of "$python")
 
 jobs=$(nproc)
 echo "== configuring and building against torch $torch_version (Release, $jobs jobs)"
@@ -96,20 +104,15 @@ else
   "$python" -m pip uninstall -q -y kvq
   # The lower end of the supported range: the op library against torch $torch_lowest in its own
   # environment, and the Python suites on it.
-  lowest=.venv-torch-lowest
-  if ! "$lowest/bin/python" -c "import torch, pytest, sys
-sys.exit(torch.__version__.split('+')[0] != '$torch_lowest')" 2>/dev/null; then
-    echo "== creating $lowest with torch==$torch_lowest from PyPI"
-    python3 -m venv "$lowest"
-    "$lowest/bin/python" -m pip install -q "torch==$torch_lowest" pytest
-  fi
+  ensure_venv .venv-torch-lowest "torch==$torch_lowest" pytest
+  lowest_python="$PWD/.venv-torch-lowest/bin/python"
   echo "== the op library against torch $torch_lowest and the Python suites on it"
   cmake -S . -B build-torch-lowest -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVQ_OPS_ONLY=ON \
-    -DCMAKE_PREFIX_PATH="$("$lowest/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+    -DCMAKE_PREFIX_PATH="$(torch_cmake_of "$lowest_python")" \
     ${cuda_root:+-DCUDAToolkit_ROOT="$cuda_root"}
   cmake --build build-torch-lowest -j"$jobs" --target kvq_torch
   KVQ_LIBRARY="$PWD/build-torch-lowest/libkvq_torch.so" PYTHONPATH="$PWD/python" \
-    OMP_NUM_THREADS=1 "$lowest/bin/python" -m pytest -q -p no:cacheprovider \
+    OMP_NUM_THREADS=1 "$lowest_python" -m pytest -q -p no:cacheprovider \
     tests/python/test_errors.py tests/python/test_decoding.py tests/python/test_package.py \
     tests/python/test_traceable_ops.py
   # The readers of every input format again, under AddressSanitizer and UBSan: only kvq_formats

@@ -1,6 +1,7 @@
 #include "ops/mechanism_op.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <tuple>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
@@ -85,10 +86,11 @@ Tensor forward_kernel(const std::string& mechanism, bool inner, const optional<T
   return contiguous_output(run(c, inputs_of(q, k, v, alpha, pos_weight, pos_bias)));
 }
 
+// dq, dk, dv, dalpha, dpos_weight, dpos_bias: the schema's six results, in Inputs' order.
 using Gradients = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-Gradients to_tuple(const std::vector<Tensor>& g) {
-  return {g[0], g[1], g[2], g[3], g[4], g[5]};
+Gradients to_tuple(const std::vector<Tensor>& g) { return {g[0], g[1], g[2], g[3], g[4], g[5]}; }
+std::vector<Tensor> to_list(const Gradients& g) {
+  return std::apply([](const auto&... t) { return std::vector<Tensor>{t...}; }, g);
 }
 
 // The backward by recomputation: kvq's forward with its own autograd, differentiated at grad_out.
@@ -128,7 +130,8 @@ Gradients backward_kernel(const Tensor& grad_out, const std::string& mechanism, 
       continue;
     }
     const Tensor& g = grads[next++];
-    result.push_back(g.defined() ? contiguous_output(g) : at::zeros_like(t, at::MemoryFormat::Contiguous));
+    result.push_back(g.defined() ? contiguous_output(g)
+                                 : at::zeros_like(t, at::MemoryFormat::Contiguous));
   }
   return to_tuple(result);
 }
@@ -149,7 +152,9 @@ Tensor forward_meta(const std::string&, bool, const optional<Tensor>& q, const T
                           queries.options());
 }
 
-Tensor empty_like_contiguous(const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); }
+Tensor empty_like_contiguous(const Tensor& t) {
+  return at::empty_symint(t.sym_sizes(), t.options());
+}
 
 Gradients backward_meta(const Tensor&, const std::string&, bool, const optional<Tensor>& q,
                         const Tensor& k, const Tensor& v, const optional<Tensor>& alpha,
@@ -198,9 +203,9 @@ struct MechanismFunction : public torch::autograd::Function<MechanismFunction> {
     ctx->saved_data["eps"] = c.eps;
     ctx->saved_data["chunk_size"] = c.chunk_size;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_handle().call(c.mechanism, c.inner, q, k, v, alpha, pos_weight, pos_bias, c.causal,
-                                 c.key_padding_mask, c.scale, c.eps, c.dropout, c.training,
-                                 c.chunk_size);
+    return forward_handle().call(c.mechanism, c.inner, q, k, v, alpha, pos_weight, pos_bias,
+                                 c.causal, c.key_padding_mask, c.scale, c.eps, c.dropout,
+                                 c.training, c.chunk_size);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
@@ -211,11 +216,11 @@ struct MechanismFunction : public torch::autograd::Function<MechanismFunction> {
     const auto grads = backward_handle().call(
         grad_outputs[0], d.at("mechanism").toStringRef(), d.at("inner").toBool(),
         optional_of(saved[0]), saved[1], saved[2], optional_of(saved[3]), optional_of(saved[4]),
-        optional_of(saved[5]), d.at("causal").toBool(), d.at("key_padding_mask").toOptional<Tensor>(),
-        d.at("scale").toOptional<double>(), d.at("eps").toDouble(), d.at("chunk_size").toInt());
-    const std::vector<Tensor> g{std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
-                                std::get<3>(grads), std::get<4>(grads), std::get<5>(grads)};
-    for (size_t i = 0; i < 6; ++i) {
+        optional_of(saved[5]), d.at("causal").toBool(),
+        d.at("key_padding_mask").toOptional<Tensor>(), d.at("scale").toOptional<double>(),
+        d.at("eps").toDouble(), d.at("chunk_size").toInt());
+    const auto g = to_list(grads);
+    for (size_t i = 0; i < g.size(); ++i) {
       if (saved[i].defined()) result[i] = g[i];
     }
     return result;
@@ -281,11 +286,10 @@ void define_mechanism_ops(torch::Library& m) {
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-void impl_mechanism_ops_cpu(torch::Library& m) {
+void impl_mechanism_ops_backend(torch::Library& m) {
   m.impl("_mechanism_forward", TORCH_FN(forward_kernel));
   m.impl("_mechanism_backward", TORCH_FN(backward_kernel));
 }
-void impl_mechanism_ops_cuda(torch::Library& m) { impl_mechanism_ops_cpu(m); }
 void impl_mechanism_ops_meta(torch::Library& m) {
   m.impl("_mechanism_forward", TORCH_FN(forward_meta));
   m.impl("_mechanism_backward", TORCH_FN(backward_meta));

@@ -27,8 +27,8 @@ namespace ops {
 
 // The schemas above, the kernels and the Autograd kernel, into `library` (TORCH_LIBRARY(kvq)).
 void define_mechanism_ops(torch::Library& library);
-void impl_mechanism_ops_cpu(torch::Library& library);
-void impl_mechanism_ops_cuda(torch::Library& library);
+// CPU and CUDA share kernels: kvq's functional code runs on any device.
+void impl_mechanism_ops_backend(torch::Library& library);
 void impl_mechanism_ops_meta(torch::Library& library);
 void impl_mechanism_ops_autograd(torch::Library& library);
 

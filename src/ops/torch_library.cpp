@@ -339,11 +339,11 @@ void impl_decoding(torch::Library& m) {
 
 TORCH_LIBRARY_IMPL(kvq, CPU, m) {
   kvq::impl_decoding(m);
-  kvq::ops::impl_mechanism_ops_cpu(m);
+  kvq::ops::impl_mechanism_ops_backend(m);
 }
 TORCH_LIBRARY_IMPL(kvq, CUDA, m) {
   kvq::impl_decoding(m);
-  kvq::ops::impl_mechanism_ops_cuda(m);
+  kvq::ops::impl_mechanism_ops_backend(m);
 }
 TORCH_LIBRARY_IMPL(kvq, Meta, m) {
   m.impl("intention_prefill", TORCH_FN(kvq::intention_prefill_meta));

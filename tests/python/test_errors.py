@@ -16,7 +16,7 @@ F32 = torch.float32
 DECODING = ("intention_prefill", "intention_step", "linear_prefill", "linear_step")
 
 
-def step_state(name, q, k, v, alpha):
+def step_state(name):
     """A valid decoding state of the step op `name`, from its prefill on valid inputs."""
     ok = [torch.randn(B, H, T, D) for _ in range(3)]
     if name == "intention_step":
@@ -28,7 +28,7 @@ def call(name, q, k, v, alpha):
     """The op `name` on (B, H, T, d) q, k, v and alpha (H); steps on the first token."""
     pos = (torch.zeros(H, 10, dtype=k.dtype), torch.zeros(H, dtype=k.dtype))
     if name in ("intention_step", "linear_step"):
-        return getattr(ops, name)(*step_state(name, q, k, v, alpha), q[:, :, :1], k[:, :, :1],
+        return getattr(ops, name)(*step_state(name), q[:, :, :1], k[:, :, :1],
                                   v[:, :, :1])
     if name == "attention":
         return ops.attention("intention", q, k, v, alpha)
