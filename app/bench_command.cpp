@@ -536,7 +536,7 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
                 " kv_pos_key_terms.\n"
               : "ours: on a GPU the mechanisms run their composite ATen forms (softmax through"
                 " PyTorch's fused attention where it applies); kv-pos with kv_pos_key_terms.\n")
-      << "naive forms (src/functional/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
+      << "naive forms (src/functional/<family>/naive_forms.cpp): softmax/kv dense matmul-masked_fill-softmax-matmul;"
          " kv-pos broadcast (B,H,T,T,p) + Linear(p,1), or 'bias' = kv_pos_score_terms + dense;\n"
          "  linear causal cumsum of (B,H,T,d,dv) outer products; intention/softmax-intention"
          " causal (B,H,T,d,d) cumulative Grams + batched Cholesky; kernel-intention dense LU solve,"

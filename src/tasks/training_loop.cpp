@@ -69,7 +69,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 // Whether `e` is a numerical failure of a factorisation or solve (the inputs were fine, the
 // numbers were not): LibTorch's linalg errors (c10::LinAlgError: not positive-definite,
-// singular) and kvq's Cholesky check (functional/least_squares.h).
+// singular) and kvq's Cholesky check (functional/least_squares/least_squares.h).
 bool is_factorisation_error(const c10::Error& e) {
   if (dynamic_cast<const c10::LinAlgError*>(&e) != nullptr) return true;
   const std::string message = e.what_without_backtrace();

@@ -4,7 +4,7 @@
 // composition other devices run, in float32 against that composition's accuracy, and its
 // factorisation error.
 #include "functional/checks.h"
-#include "functional/least_squares.h"
+#include "functional/least_squares/least_squares.h"
 #include "test_utils.h"
 
 namespace kvq_test {

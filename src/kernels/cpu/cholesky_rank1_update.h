@@ -1,6 +1,6 @@
 #pragma once
 // The rank-1 Cholesky update on the CPU (kernel layer: parameter structs, never tensors; the
-// binding is src/functional/cholesky_update.cpp). Decoding with causal intention keeps the lower
+// binding is src/functional/least_squares/cholesky_update.cpp). Decoding with causal intention keeps the lower
 // Cholesky factor L of A_t = alpha I + sum_{s<=t} k_s k_s^T and moves it to A_{t+1} = A_t + x x^T
 // in O(d^2) per token (docs/mechanisms.md, "Incremental decoding").
 //

@@ -1,6 +1,7 @@
 #pragma once
 // Least squares (intention) on the CPU (kernel layer: parameter structs, never tensors; bindings
-// in src/functional/intention.cpp and src/functional/causal_least_squares.cpp).
+// in src/functional/least_squares/intention.cpp and
+// src/functional/least_squares/causal_least_squares.cpp).
 //
 // Non-causal intention, per (batch, head), one fused call instead of a dozen LibTorch ops (what
 // dominates at short lengths):

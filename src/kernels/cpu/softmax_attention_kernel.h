@@ -2,7 +2,7 @@
 // Tiled online-softmax attention on the CPU: the kernel layer under the softmax family (softmax,
 // kv, kv-pos, and the mixer of softmax-intention). Kernels see plain parameter structs: pointers,
 // sizes, strides, the scale and flags; never tensors. The binding in
-// src/functional/tiled_softmax.cpp checks and unpacks tensors (docs: README, "Layout").
+// src/functional/softmax/tiled_softmax.cpp checks and unpacks tensors (docs/architecture.md).
 //
 // Per (batch, head), with S = scale * Q K^T + bias and masked entries at -inf:
 //   forward   O = softmax(S) V, lse_i = log sum_j exp(S_ij)          (online over key blocks)

@@ -2,8 +2,8 @@
 
 #include "functional/checks.h"
 #include "functional/kernel_views.h"
-#include "functional/least_squares.h"
-#include "functional/softmax_mixer.h"
+#include "functional/least_squares/least_squares.h"
+#include "functional/softmax/softmax_mixer.h"
 
 namespace kvq {
 namespace functional {

@@ -2,7 +2,7 @@
 // chunked LibTorch composition every other device and dtype runs.
 #include "functional/chunked_causal.h"
 #include "functional/kernel_views.h"
-#include "functional/least_squares.h"
+#include "functional/least_squares/least_squares.h"
 #include "kernels/cpu/least_squares_kernel.h"
 
 namespace kvq {

@@ -5,8 +5,8 @@
 #include <limits>
 
 #include "functional/checks.h"
-#include "functional/softmax_mixer.h"
-#include "functional/tiled_softmax.h"
+#include "functional/softmax/softmax_mixer.h"
+#include "functional/softmax/tiled_softmax.h"
 #include "kvq/functional/positional_encoding_2d.h"
 
 namespace kvq {

@@ -4,8 +4,8 @@
 #include <limits>
 
 #include "functional/checks.h"
-#include "functional/kernel_ridge.h"
-#include "functional/least_squares.h"
+#include "functional/least_squares/kernel_ridge.h"
+#include "functional/least_squares/least_squares.h"
 
 namespace kvq {
 namespace functional {

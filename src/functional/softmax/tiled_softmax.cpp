@@ -1,4 +1,4 @@
-#include "functional/tiled_softmax.h"
+#include "functional/softmax/tiled_softmax.h"
 
 
 #include "functional/kernel_views.h"
