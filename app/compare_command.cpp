@@ -517,11 +517,25 @@ void add_compare_command(CLI::App& app) {
       "Train several mechanisms (and seeds) on one task and tabulate and plot the results");
   cmd->add_option("--task", args->task, "Task: " + train::join_names(tasks::task_names()))
       ->required();
+  // The default, from the task registry: each paper's mechanisms, with the tasks that use them.
+  std::vector<std::vector<std::string>> papers;
+  for (const auto& task : tasks::tasks()) {
+    if (std::find(papers.begin(), papers.end(), task.paper_mechanisms) == papers.end()) {
+      papers.push_back(task.paper_mechanisms);
+    }
+  }
+  std::vector<std::string> paper_defaults;
+  for (const auto& paper : papers) {
+    std::vector<std::string> users;
+    for (const auto& task : tasks::tasks()) {
+      if (task.paper_mechanisms == paper) users.push_back(task.name);
+    }
+    paper_defaults.push_back(train::join_names(paper, ",") + " (" + train::join_names(users) + ")");
+  }
   cmd->add_option("--mechanisms", args->mechanisms,
                   "Mechanisms, comma-separated: any of " + train::join_names(mechanism_names()))
       ->delimiter(',')
-      ->default_str("the task's paper: softmax,kv,kv-pos (Key-Value Transformer tasks) or "
-                    "softmax,linear,intention,softmax-intention (Intention tasks)");
+      ->default_str("the task's paper: " + train::join_names(paper_defaults, " or "));
   cmd->add_option("--seeds", args->seeds, "Number of seeds per mechanism")
       ->check(CLI::Range(int64_t{1}, int64_t{1000}))
       ->capture_default_str();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's data-parallel table: one worker with 2 threads against 2 workers with 1 thread
+# The data-parallel table of docs/results/distributed.md: one worker with 2 threads against 2 workers with 1 thread
 # each (kvq train --nproc 2, Gloo on 127.0.0.1), on the sort and char-lm quick runs. Run it on an
 # otherwise idle machine; it prints a markdown table and leaves the runs in OUT_DIR.
 #   bash scripts/dist_table.sh [path/to/kvq] [OUT_DIR]

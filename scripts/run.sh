@@ -118,7 +118,7 @@ else
   # The readers of every input format again, under AddressSanitizer and UBSan: only kvq_formats
   # and its replay driver are built (not the mechanisms, models and tasks), and every fuzz corpus
   # file (fuzz/corpus) runs through its target. The whole suite under the sanitizers takes too
-  # long for CI; README.md (Tests) has the command.
+  # long for CI; docs/testing.md (Sanitizers) has the command.
   echo "== sanitizer subset: the format readers on the fuzz corpora (ASan + UBSan)"
   cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_PREFIX_PATH="$torch_cmake" ${cuda_root:+-DCUDAToolkit_ROOT="$cuda_root"} \

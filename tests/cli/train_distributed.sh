@@ -75,7 +75,7 @@ PIDS=()
 same_runs "$TMP/a" "$TMP/b" || fail "--nproc 2 and the torchrun environment differ"
 if $PY -c "import torch.distributed.run" 2>/dev/null; then
   # --redirects 1 --tee 1: torch 1.13's launcher could not parse its default "0" on Python 3.11
-  # (README's torchrun lines); 2.x takes them too.
+  # (docs/distributed.md's torchrun lines); 2.x takes them too.
   $PY -m torch.distributed.run --nproc_per_node 2 --master_port "$(free_port)" --no_python \
       --redirects 1 --tee 1 \
       "$KVQ" train "${SETS[@]}" --run-dir "$TMP/c" >"$TMP/c.out" 2>"$TMP/c.err" \
