@@ -18,7 +18,7 @@ namespace {
 
 // Query rows per block (the parallel unit of the forward) and keys per block (one score tile is
 // query_block x key_block). A sweep of 64..256 x 128..512 at T = 1024, d = 64 on a 2-core
-// AVX-512 machine moved fwd+bwd by under 8% (README, "Benchmark"); the tile stays in L2.
+// AVX-512 machine moved fwd+bwd by under 8% (docs/results/benchmarks.md); the tile stays in L2.
 constexpr int64_t kQueryBlock = 128;
 constexpr int64_t kKeyBlock = 256;
 
