@@ -138,7 +138,7 @@ Problem make_leaves(const MechanismInfo& info, const Tensor& q, const Tensor& k,
   p.k = leaf(k, "k");
   if (tied) p.q = p.k;
   p.v = leaf(v, "v");
-  if (info.uses_alpha) p.alpha = leaf(alpha, "alpha");
+  if (info.traits.uses_alpha) p.alpha = leaf(alpha, "alpha");
   if (info.projection == Projection::KVPos) {
     p.pos_weight = leaf(pos_weight, "pos_weight");
     p.pos_bias = leaf(pos_bias, "pos_bias");

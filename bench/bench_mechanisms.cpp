@@ -31,7 +31,7 @@ void fwd_bwd(benchmark::State& state, const kvq::MechanismInfo* info) {
   std::vector<torch::Tensor> inputs = {k, v};
   if (info->projection == kvq::Projection::QKV) inputs.push_back(q);
   torch::Tensor alpha, pos_weight, pos_bias;
-  if (info->uses_alpha) inputs.push_back(alpha = leaf(torch::ones({kHeads})));
+  if (info->traits.uses_alpha) inputs.push_back(alpha = leaf(torch::ones({kHeads})));
   if (info->projection == kvq::Projection::KVPos) {
     inputs.push_back(pos_weight = leaf(torch::randn({kHeads, kPosChannels}) * 0.3));
     inputs.push_back(pos_bias = leaf(torch::randn({kHeads})));

@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 
 #include "kvq/functional/intention.h"
 #include "kvq/functional/kernel_intention.h"
 #include "kvq/functional/linear_attention.h"
 #include "kvq/functional/softmax_attention.h"
+#include "kvq/util/join_names.h"
 
 namespace kvq {
 namespace {
@@ -148,70 +148,61 @@ std::string family_name(Family family) {
   return "?";
 }
 
-namespace {
-
-std::string joined(const std::vector<std::string>& names) {
-  std::ostringstream out;
-  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
-  return out.str();
-}
-
-}  // namespace
-
 const std::vector<MechanismInfo>& mechanisms() {
-  // name, projection, uses_alpha, has_softmax, chunked; inner mechanism, functional form; summary,
-  // family, op, FLOPs; decoding prefill and step; naive forms.
+  // name, projection, traits; inner mechanism, functional form; summary, family, op, FLOPs;
+  // decoding prefill and step; naive forms.
   // kv and kv-pos are the softmax mechanism behind Borji's projections.
   namespace F = functional;
+  const MechanismTraits none;
   static const std::vector<MechanismInfo> table = {
-      {"softmax", Projection::QKV, false, true, false, softmax_fn,
+      {"softmax", Projection::QKV, none.softmax(), softmax_fn,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::softmax_attention(a.q, a.k, a.v, o);
        },
        "softmax(Q K^T scale) V (Vaswani et al. 2017)", Family::Softmax, "kvq::softmax",
        softmax_flops, softmax_prefill, softmax_step, F::naive_softmax_forms()},
-      {"kv", Projection::KV, false, true, false, softmax_fn,
+      {"kv", Projection::KV, none.softmax(), softmax_fn,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::kv_attention(a.k, a.v, o);
        },
        "softmax(K K^T scale) V: tied query and key projections (Borji 2023)", Family::Softmax,
        "kvq::kv", softmax_flops, softmax_prefill, softmax_step, F::naive_softmax_forms()},
-      {"kv-pos", Projection::KVPos, false, true, false, softmax_fn,
+      {"kv-pos", Projection::KVPos, none.softmax(), softmax_fn,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::kv_pos_attention(a.k, a.v, a.pos_weight, a.pos_bias, o);
        },
        "kv plus the learned map of a 2D sinusoidal table in the scores (Borji 2023)",
        Family::Softmax, "kvq::kv_pos", softmax_flops, softmax_prefill, softmax_step,
        F::naive_kv_pos_forms()},
-      {"linear", Projection::QKV, false, false, true, linear_fn,
+      {"linear", Projection::QKV, none.chunked_causal(), linear_fn,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::linear_attention(a.q, a.k, a.v, o);
        },
        "phi(Q) phi(K)^T V / normaliser, phi = elu + 1 (Katharopoulos et al. 2020)",
        Family::Linear, "kvq::linear", linear_flops, prefill_without_alpha<F::linear_prefill>,
        step_without_alpha<F::linear_step>, F::naive_linear_forms(/*normalised=*/true)},
-      {"linear-identity", Projection::QKV, false, false, true, linear_identity_fn,
+      {"linear-identity", Projection::QKV, none.chunked_causal(), linear_identity_fn,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::linear_identity_attention(a.q, a.k, a.v, o);
        },
        "Q K^T V, unnormalised", Family::Linear, "kvq::linear_identity", linear_identity_flops,
        prefill_without_alpha<F::linear_identity_prefill>,
        step_without_alpha<F::linear_identity_step>, F::naive_linear_forms(/*normalised=*/false)},
-      {"intention", Projection::QKV, true, false, true, F::intention,
+      {"intention", Projection::QKV, none.alpha().chunked_causal(), F::intention,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::intention(a.q, a.k, a.v, a.alpha, o);
        },
        "Q (K^T K + alpha I)^{-1} K^T V (Garnelo & Czarnecki 2023)", Family::LeastSquares,
        "kvq::intention", intention_flops, F::intention_prefill,
        step_without_alpha<F::intention_step>, F::naive_intention_forms()},
-      {"softmax-intention", Projection::QKV, true, true, true, F::softmax_intention,
+      {"softmax-intention", Projection::QKV, none.alpha().softmax().chunked_causal(), F::softmax_intention,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::softmax_intention(a.q, a.k, a.v, a.alpha, o);
        },
        "softmax(Q (K^T K + alpha I)^{-1} K^T scale) V", Family::LeastSquares,
        "kvq::softmax_intention", softmax_intention_flops, F::softmax_intention_prefill,
        step_without_alpha<F::softmax_intention_step>, F::naive_softmax_intention_forms()},
-      {"kernel-intention", Projection::QKV, true, false, false, F::kernel_intention,
+      {"kernel-intention", Projection::QKV, none.alpha(), F::kernel_intention,
        [](const MechanismArgs& a, const AttentionFuncOptions& o) {
          return F::kernel_intention(a.q, a.k, a.v, a.alpha, o);
        },
@@ -232,7 +223,7 @@ const MechanismInfo& find_mechanism(const std::string& name) {
   for (const auto& info : mechanisms()) {
     if (info.name == name) return info;
   }
-  TORCH_CHECK(false, "unknown mechanism '", name, "'; valid mechanisms: ", joined(mechanism_names()));
+  TORCH_CHECK(false, "unknown mechanism '", name, "'; valid mechanisms: ", util::join_names(mechanism_names()));
 }
 
 std::string projection_name(Projection projection) {

@@ -44,8 +44,8 @@ TEST(Registry, DocumentedPresets) {
     const auto& info = kvq::find_mechanism(p.name);
     EXPECT_EQ(info.name, p.name);
     EXPECT_EQ(info.projection, p.projection);
-    EXPECT_EQ(info.uses_alpha, p.uses_alpha);
-    EXPECT_EQ(info.has_softmax, p.has_softmax);
+    EXPECT_EQ(info.traits.uses_alpha, p.uses_alpha);
+    EXPECT_EQ(info.traits.has_softmax, p.has_softmax);
   }
 }
 
@@ -69,12 +69,12 @@ TEST(Registry, EveryRowHasEveryPiece) {
     EXPECT_EQ(info.op.rfind("kvq::", 0), 0u) << "op schema '" << info.op << "'";
     ASSERT_TRUE(static_cast<bool>(info.forward_flops)) << "no FLOP formula";
     for (bool causal : {false, true}) EXPECT_GT(info.forward_flops(size, causal, 4), 0.0);
-    EXPECT_EQ(info.family == kvq::Family::LeastSquares, info.uses_alpha);
+    EXPECT_EQ(info.family == kvq::Family::LeastSquares, info.traits.uses_alpha);
     if (info.family == kvq::Family::Softmax) {
-      EXPECT_TRUE(info.has_softmax);
+      EXPECT_TRUE(info.traits.has_softmax);
     }
     if (info.family == kvq::Family::Linear) {
-      EXPECT_FALSE(info.has_softmax);
+      EXPECT_FALSE(info.traits.has_softmax);
     }
   }
 }
@@ -115,7 +115,7 @@ TEST(Registry, EveryMechanismRuns) {
             masked ? mask : torch::Tensor());
         const bool tied = info.projection != kvq::Projection::QKV;
         const auto out =
-            info.fn(tied ? k : q, k, v, info.uses_alpha ? alpha : torch::Tensor(), opt);
+            info.fn(tied ? k : q, k, v, info.traits.uses_alpha ? alpha : torch::Tensor(), opt);
         ASSERT_TRUE(out.defined());
         EXPECT_EQ(out.sizes(), torch::IntArrayRef({B, H, T, dv}));
         EXPECT_EQ(out.scalar_type(), torch::kFloat32);
@@ -136,7 +136,7 @@ TEST(Registry, EveryMechanismRunsCrossAttention) {
   for (const auto& info : kvq::mechanisms()) {
     SCOPED_TRACE(info.name);
     const auto out =
-        info.fn(q, k, v, info.uses_alpha ? alpha : torch::Tensor(), F::AttentionFuncOptions());
+        info.fn(q, k, v, info.traits.uses_alpha ? alpha : torch::Tensor(), F::AttentionFuncOptions());
     EXPECT_EQ(out.sizes(), torch::IntArrayRef({B, H, m, dv}));
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
   }
@@ -157,7 +157,7 @@ TEST(Registry, FunctionsMatchOracles) {
         options = F::with_kv_pos_terms(options, in.pos_weight, in.pos_bias, c.n, torch::kFloat64);
       }
       const auto out =
-          info.fn(q, in.k, in.v, info.uses_alpha ? in.alpha : torch::Tensor(), options);
+          info.fn(q, in.k, in.v, info.traits.uses_alpha ? in.alpha : torch::Tensor(), options);
       const auto ref = run_oracle(info.name, in, causal, in.mask);
       const double err = max_rel_err(out, ref);
       report("registry fn " + info.name + (causal ? " causal" : "") + " fp64", "relerr", err);

@@ -64,7 +64,7 @@ using Mech = std::string;
 inline std::vector<Mech> all_mechs() { return kvq::mechanism_names(); }
 inline const std::string& mech_name(const Mech& m) { return m; }
 
-inline bool uses_alpha(const Mech& m) { return kvq::find_mechanism(m).uses_alpha; }
+inline bool uses_alpha(const Mech& m) { return kvq::find_mechanism(m).traits.uses_alpha; }
 // Mechanisms whose algorithm has a linear solve: the looser fp64 tolerance applies.
 inline bool has_solve(const Mech& m) {
   return kvq::find_mechanism(m).family == kvq::Family::LeastSquares;

@@ -77,14 +77,30 @@ struct ProblemSize {
 // work is not counted), all batch elements and heads; chunk = the causal chunk length C.
 using FlopsFn = std::function<double(const ProblemSize& size, bool causal, int64_t chunk)>;
 
+// Which attention options (kvq/modules/attention_options.h) apply to a mechanism besides the
+// projection. A row names what it sets: MechanismTraits().alpha().chunked_causal().
+struct MechanismTraits {
+  bool uses_alpha = false;   // alpha_init, alpha_floor, learn_alpha: takes the ridge alpha > 0
+  bool has_softmax = false;  // dropout (and the kv-pos projection): mixes with a row softmax
+  bool chunked = false;      // chunk_size: its causal form is chunk-parallel
+
+  MechanismTraits alpha() const { return with(&MechanismTraits::uses_alpha); }
+  MechanismTraits softmax() const { return with(&MechanismTraits::has_softmax); }
+  MechanismTraits chunked_causal() const { return with(&MechanismTraits::chunked); }
+
+ private:
+  MechanismTraits with(bool MechanismTraits::*flag) const {
+    MechanismTraits out = *this;
+    out.*flag = true;
+    return out;
+  }
+};
+
 struct MechanismInfo {
   std::string name;
-  Projection projection;  // the projection this preset uses by default
-  // Which attention options (kvq/modules/attention_options.h) apply besides the projection:
-  bool uses_alpha;        // alpha_init, alpha_floor, learn_alpha: takes the ridge alpha > 0
-  bool has_softmax;       // dropout (and the kv-pos projection): mixes with a row softmax
-  bool chunked;           // chunk_size: its causal form is chunk-parallel
-  MechanismFn fn;         // the inner mechanism MultiHeadKVQ calls
+  Projection projection;   // the projection this preset uses by default
+  MechanismTraits traits;  // the attention options that apply to it
+  MechanismFn fn;          // the inner mechanism MultiHeadKVQ calls
   MechanismCallFn call;   // the public functional form
   std::string summary;
   Family family;

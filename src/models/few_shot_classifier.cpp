@@ -232,9 +232,7 @@ void FewShotClassifierImpl::reset() {
               " must be a multiple of num_heads, got ", width, " and num_heads = ", o.num_heads());
   const auto attention = nn::layer_attention(o.attention(), names.back());
   const auto& info = find_mechanism(names.back());
-  const Projection projection = attention.projection().empty()
-                                    ? info.projection
-                                    : parse_projection(attention.projection());
+  const Projection projection = nn::resolved_projection(attention);
   TORCH_CHECK(projection != Projection::KVPos,
               "FewShotClassifier: the kv-pos projection does not apply to the 'labels' readout ",
               "(mechanism '", names.back(), "'); use qkv or kv");
@@ -253,9 +251,9 @@ void FewShotClassifierImpl::reset() {
     torch::NoGradGuard no_grad;
     torch::nn::init::orthogonal_(label_embedding->weight);
   }
-  if (info.uses_alpha) {
-    const double excess = attention.alpha_init() - attention.alpha_floor();
-    auto raw = torch::full({o.num_heads()}, excess + std::log(-std::expm1(-excess)));
+  if (info.traits.uses_alpha) {
+    auto raw = torch::full({o.num_heads()},
+                           nn::alpha_raw_for(attention.alpha_init(), attention.alpha_floor()));
     readout_alpha_raw = attention.learn_alpha() ? register_parameter("readout_alpha_raw", raw)
                                                 : register_buffer("readout_alpha_raw", raw);
   }
@@ -265,7 +263,7 @@ void FewShotClassifierImpl::reset() {
 
 torch::Tensor FewShotClassifierImpl::readout_alpha() const {
   if (!readout_alpha_raw.defined()) return {};
-  return torch::softplus(readout_alpha_raw) + options.alpha_floor();
+  return nn::alpha_from_raw(readout_alpha_raw, options.alpha_floor());
 }
 
 torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
@@ -284,7 +282,7 @@ torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
   const auto v = label_embedding(support_labels).unsqueeze(1).expand({B, H, S, E.size(1)});
   functional::AttentionFuncOptions fo;
   fo.scale(options.scale()).chunk_size(options.chunk_size());
-  if (info.has_softmax) fo.dropout(options.dropout()).training(is_training());
+  if (info.traits.has_softmax) fo.dropout(options.dropout()).training(is_training());
   const auto o = info.fn(q, k, v, readout_alpha(), fo).mean(1);  // (B, M, d)
   return readout_log_scale.exp() * torch::matmul(o, E.t());
 }

@@ -22,8 +22,7 @@ void MultiHeadKVQImpl::reset() {
               "MultiHeadKVQ: dropout must be in [0, 1), got ", options.dropout());
   check_attention_options(options.attention(), "MultiHeadKVQ");
   mechanism_ = &find_mechanism(options.mechanism());
-  projection_ = options.projection().empty() ? mechanism_->projection
-                                             : parse_projection(options.projection());
+  projection_ = resolved_projection(options.attention());
 
   auto linear = [&](const char* name) {
     return register_module(name, torch::nn::Linear(
@@ -45,10 +44,8 @@ void MultiHeadKVQImpl::reset() {
   }
   if (options.bias()) out_proj->bias.zero_();
 
-  if (mechanism_->uses_alpha) {
-    const double excess = options.alpha_init() - options.alpha_floor();
-    // Inverse softplus of the excess over the floor.
-    auto raw = torch::full({heads}, excess + std::log(-std::expm1(-excess)));
+  if (mechanism_->traits.uses_alpha) {
+    auto raw = torch::full({heads}, alpha_raw_for(options.alpha_init(), options.alpha_floor()));
     alpha_raw = options.learn_alpha() ? register_parameter("alpha_raw", raw)
                                       : register_buffer("alpha_raw", raw);
   }
@@ -68,7 +65,7 @@ void MultiHeadKVQImpl::reset() {
 
 torch::Tensor MultiHeadKVQImpl::alpha() const {
   if (!alpha_raw.defined()) return {};
-  return torch::softplus(alpha_raw) + options.alpha_floor();
+  return alpha_from_raw(alpha_raw, options.alpha_floor());
 }
 
 torch::Tensor MultiHeadKVQImpl::batch_first_input(const char* name, const torch::Tensor& x) const {
@@ -104,7 +101,7 @@ functional::AttentionFuncOptions MultiHeadKVQImpl::mechanism_options(
       .key_padding_mask(key_padding_mask)
       .scale(options.scale())
       .chunk_size(options.chunk_size());
-  if (mechanism_->has_softmax) fo.dropout(options.dropout()).training(is_training());
+  if (mechanism_->traits.has_softmax) fo.dropout(options.dropout()).training(is_training());
   return fo;
 }
 

@@ -53,18 +53,18 @@ Tensor run(const CallOptions& c, const Inputs& in) {
   functional::AttentionFuncOptions options;
   options.causal(c.causal).scale(c.scale).eps(c.eps).chunk_size(c.chunk_size);
   if (c.key_padding_mask) options.key_padding_mask(*c.key_padding_mask);
-  if (info.has_softmax) options.dropout(c.dropout).training(c.training);
+  if (info.traits.has_softmax) options.dropout(c.dropout).training(c.training);
   if (!c.inner) {
     return info.call(MechanismArgs{in.q, in.k, in.v, in.alpha, in.pos_weight, in.pos_bias},
                      options);
   }
   TORCH_CHECK(in.q.defined(), "kvq.attention: q is required");
-  TORCH_CHECK(info.uses_alpha == in.alpha.defined(), "kvq.attention: mechanism '", c.mechanism,
-              info.uses_alpha ? "' needs alpha" : "' takes no alpha");
+  TORCH_CHECK(info.traits.uses_alpha == in.alpha.defined(), "kvq.attention: mechanism '", c.mechanism,
+              info.traits.uses_alpha ? "' needs alpha" : "' takes no alpha");
   TORCH_CHECK(in.pos_weight.defined() == in.pos_bias.defined(),
               "kvq.attention: pos_weight and pos_bias go together (the kv-pos projection)");
   if (in.pos_weight.defined()) {
-    TORCH_CHECK(info.has_softmax, "kvq.attention: pos_weight/pos_bias (kv-pos) add a term to "
+    TORCH_CHECK(info.traits.has_softmax, "kvq.attention: pos_weight/pos_bias (kv-pos) add a term to "
                 "softmax scores, and mechanism '", c.mechanism, "' has none");
     options = functional::with_kv_pos_terms(options, in.pos_weight, in.pos_bias, in.k.size(2),
                                             in.q.scalar_type());

@@ -203,8 +203,8 @@ std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
 // registered mechanism.
 std::tuple<std::string, bool, bool, std::string, bool> mechanism_info_op(const std::string& name) {
   const auto& info = find_mechanism(name);
-  return {projection_name(info.projection), info.uses_alpha, info.has_softmax, info.op,
-          info.chunked};
+  return {projection_name(info.projection), info.traits.uses_alpha, info.traits.has_softmax,
+          info.op, info.traits.chunked};
 }
 
 // The C++ module itself, for Python code that wants to run or exchange weights with it:

@@ -48,7 +48,7 @@ void upgrade_saved_config(nlohmann::json& saved) {
   const auto mechanism = saved.find("mechanism");
   if (mechanism == saved.end() || !mechanism->is_string()) return;
   const auto name = mechanism->get<std::string>();
-  if (detail::contains_name(mechanism_names(), name) && !find_mechanism(name).uses_alpha) {
+  if (detail::contains_name(mechanism_names(), name) && !find_mechanism(name).traits.uses_alpha) {
     saved.erase("alpha_init");
   }
 }

@@ -97,7 +97,7 @@ std::string resume_hints(const TaskInfo& task, const nlohmann::json& config,
   }
   // The registry contract: every task config has a valid "mechanism".
   if (!std::isnan(number("alpha_floor")) &&
-      find_mechanism(config.at("mechanism").get<std::string>()).uses_alpha) {
+      find_mechanism(config.at("mechanism").get<std::string>()).traits.uses_alpha) {
     hints.push_back({{"alpha_floor=" + number_text(number("alpha_floor") * 10)},
                      "a larger lower bound of alpha keeps K^T K + alpha I definite"});
   }

@@ -614,7 +614,7 @@ TEST(BadInput, UnknownProjectionListsValidNames) {
 // is refused (at construction or at the latest at the first forward).
 TEST(BadInput, KVPosProjectionNeedsASoftmaxMechanism) {
   for (const auto& info : kvq::mechanisms()) {
-    if (info.has_softmax) continue;
+    if (info.traits.has_softmax) continue;
     expect_error_naming(
         [&] {
           kvq::nn::MultiHeadKVQ layer(

@@ -59,7 +59,7 @@ TEST_P(CudaSweep, GradientsMatchTheCpu) {
     const auto in = make_inputs(c, 4321);
     std::vector<std::string> names = {"q", "k", "v"};
     if (keys_are_queries(mech)) names = {"k", "v"};
-    if (info.uses_alpha) names.push_back("alpha");
+    if (info.traits.uses_alpha) names.push_back("alpha");
     if (info.projection == kvq::Projection::KVPos) {
       names.push_back("pos_weight");
       names.push_back("pos_bias");
@@ -90,7 +90,7 @@ TEST_P(CudaSweep, GradientsMatchTheCpu) {
     for (const auto& g : cpu) largest = std::max(largest, g.abs().max().item<double>());
     for (size_t i = 0; i < names.size(); ++i) {
       const std::string label = mech + " " + c.label + " d" + names[i] + " fp64";
-      if (names[i] == "pos_bias" && info.has_softmax) {
+      if (names[i] == "pos_bias" && info.traits.has_softmax) {
         // The bias adds one constant to every score of a row, which the row softmax cancels:
         // its exact gradient is 0, and both devices must give 0 up to rounding.
         for (const auto* g : {&cpu[i], &gpu[i]}) {

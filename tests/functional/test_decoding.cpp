@@ -32,7 +32,7 @@ Decoded run_both(const MechanismInfo& info, const Inputs& in, int64_t prefix,
     if (gain.defined()) o.score_gain(gain).score_bias(key_bias.narrow(-1, 0, cols));
     return o;
   };
-  const auto alpha = info.uses_alpha ? in.alpha : torch::Tensor();
+  const auto alpha = info.traits.uses_alpha ? in.alpha : torch::Tensor();
   Decoded out;
   out.batched = info.fn(q, in.k, in.v, alpha, with_keys(options, T));
 

@@ -36,8 +36,8 @@ TEST(AttentionOptions, RefusesOptionsThatApplyToNoLayer) {
   for (const auto& info : kvq::mechanisms()) {
     SCOPED_TRACE(info.name);
     auto o = MultiHeadKVQOptions(8, 2).mechanism(info.name);
-    if (info.chunked) o.chunk_size(4);
-    if (info.uses_alpha) o.alpha_init(2.0).alpha_floor(0.01).learn_alpha(false);
+    if (info.traits.chunked) o.chunk_size(4);
+    if (info.traits.uses_alpha) o.alpha_init(2.0).alpha_floor(0.01).learn_alpha(false);
     if (info.projection == kvq::Projection::KVPos) o.pos_channels(6).pos_map("layer");
     EXPECT_NO_THROW(MultiHeadKVQ{o});
   }

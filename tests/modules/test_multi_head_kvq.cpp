@@ -138,7 +138,7 @@ TEST_F(MultiHeadKVQTest, AlphaIsPositiveLearnedPerHead) {
 TEST_F(MultiHeadKVQTest, EveryMechanismAndProjectionRunsForwardAndBackward) {
   for (const auto& info : kvq::mechanisms()) {
     for (const char* projection : {"", "qkv", "kv", "kv-pos"}) {
-      if (std::string(projection) == "kv-pos" && !info.has_softmax) continue;
+      if (std::string(projection) == "kv-pos" && !info.traits.has_softmax) continue;
       for (bool causal : {false, true}) {
         SCOPED_TRACE(info.name + " projection '" + projection + "' causal " +
                      std::to_string(causal));

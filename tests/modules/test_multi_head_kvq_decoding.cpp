@@ -18,7 +18,7 @@ using kvq_test::max_rel_err;
 // with pos_map "layer".
 std::vector<std::string> projections_of(const kvq::MechanismInfo& info) {
   std::vector<std::string> out = {"qkv", "kv"};
-  if (info.has_softmax) out.insert(out.end(), {"kv-pos", "kv-pos/layer"});
+  if (info.traits.has_softmax) out.insert(out.end(), {"kv-pos", "kv-pos/layer"});
   return out;
 }
 
@@ -30,7 +30,7 @@ MultiHeadKVQ make_module(const std::string& mechanism, const std::string& projec
                      .mechanism(mechanism)
                      .projection(shared_map ? "kv-pos" : projection)
                      .pos_map(shared_map ? "layer" : "head")
-                     .chunk_size(kvq::find_mechanism(mechanism).chunked ? 4 : 0)
+                     .chunk_size(kvq::find_mechanism(mechanism).traits.chunked ? 4 : 0)
                      .batch_first(batch_first));
   m->to(torch::kFloat64);
   m->eval();
