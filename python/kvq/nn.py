@@ -11,9 +11,23 @@ from torch.nn import functional as F
 
 from ._library import ops
 
-__all__ = ["MultiHeadKVQ"]
+__all__ = ["MultiHeadKVQ", "alpha_from_raw", "alpha_raw_for"]
 
 _PROJECTIONS = ("qkv", "kv", "kv-pos")
+
+
+def alpha_from_raw(raw, alpha_floor):
+    """alpha = softplus(raw) + alpha_floor: a head's ridge parameter from the raw parameter the
+    module learns, positive by construction (kvq::nn::alpha_from_raw)."""
+    return F.softplus(raw) + alpha_floor
+
+
+def alpha_raw_for(alpha, alpha_floor):
+    """The raw parameter whose alpha_from_raw is alpha: softplus^{-1}(alpha - alpha_floor), taken
+    as the excess itself above 20, where torch's softplus is the identity (kvq::nn::alpha_raw_for;
+    tests/python/test_package.py checks that the two agree)."""
+    excess = alpha - alpha_floor
+    return excess if excess > 20.0 else excess + math.log(-math.expm1(-excess))
 
 
 def _mechanisms_where(field):
@@ -121,7 +135,7 @@ class MultiHeadKVQ(nn.Module):
             if not (alpha_floor > 0 and excess > 0):
                 raise ValueError(f"MultiHeadKVQ: need alpha_init > alpha_floor > 0, got "
                                  f"alpha_init={alpha_init}, alpha_floor={alpha_floor}")
-            raw = torch.full((num_heads,), excess + math.log(-math.expm1(-excess)), **factory)
+            raw = torch.full((num_heads,), alpha_raw_for(alpha_init, alpha_floor), **factory)
             if learn_alpha:
                 self.alpha_raw = nn.Parameter(raw)
             else:
@@ -142,7 +156,7 @@ class MultiHeadKVQ(nn.Module):
         """The positive per-head ridge parameter (H), or None for mechanisms without one."""
         if not self._uses_alpha:
             return None
-        return F.softplus(self.alpha_raw) + self.alpha_floor
+        return alpha_from_raw(self.alpha_raw, self.alpha_floor)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=False,
                 attn_mask=None, is_causal=False):

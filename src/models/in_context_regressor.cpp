@@ -26,12 +26,6 @@ void check_options(const InContextRegressorOptions& o) {
               o.dropout());
 }
 
-// Inverse of softplus as torch computes it (beta 1, threshold 20: softplus(t) = t for t > 20), so
-// that softplus(raw) reproduces `excess` to rounding.
-double inverse_softplus(double excess) {
-  return excess > 20.0 ? excess : excess + std::log(-std::expm1(-excess));
-}
-
 }  // namespace
 
 // ---- InContextRegressorLayer ----
@@ -206,7 +200,7 @@ void set_ridge_weights(InContextRegressor& model, double alpha) {
     set_block((*proj)->weight, 0, 0, d);
     zero_bias(*proj);
   }
-  if (attn->alpha_raw.defined()) attn->alpha_raw.fill_(inverse_softplus(alpha - floor));
+  if (attn->alpha_raw.defined()) attn->alpha_raw.fill_(nn::alpha_raw_for(alpha, floor));
 }
 
 }  // namespace models

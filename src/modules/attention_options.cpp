@@ -1,18 +1,13 @@
 #include "kvq/modules/attention_options.h"
 
-#include <sstream>
+#include <cmath>
 
 #include "kvq/registry.h"
+#include "kvq/util/join_names.h"
 
 namespace kvq {
 namespace nn {
 namespace {
-
-std::string joined(const std::vector<std::string>& names) {
-  std::ostringstream out;
-  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
-  return out.str();
-}
 
 // The registered mechanisms for which `applies` holds, for the error messages.
 template <class Predicate>
@@ -21,7 +16,7 @@ std::string mechanisms_where(Predicate applies) {
   for (const auto& info : mechanisms()) {
     if (applies(info)) names.push_back(info.name);
   }
-  return joined(names);
+  return util::join_names(names);
 }
 
 Projection projection_of(const AttentionOptions& o, const MechanismInfo& info) {
@@ -33,6 +28,20 @@ bool uses_kv_pos(const AttentionOptions& o, const MechanismInfo& info) {
 }
 
 }  // namespace
+
+Projection resolved_projection(const AttentionOptions& options) {
+  return projection_of(options, find_mechanism(options.mechanism()));
+}
+
+torch::Tensor alpha_from_raw(const torch::Tensor& raw, double alpha_floor) {
+  return torch::softplus(raw) + alpha_floor;
+}
+
+double alpha_raw_for(double alpha, double alpha_floor) {
+  const double excess = alpha - alpha_floor;
+  constexpr double kSoftplusThreshold = 20.0;  // torch::softplus(t) = t above it
+  return excess > kSoftplusThreshold ? excess : excess + std::log(-std::expm1(-excess));
+}
 
 void check_attention_options(const AttentionOptions& o, const std::string& owner,
                              const std::vector<std::string>& layer_mechanisms,
@@ -57,10 +66,10 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
               owner, ": projection must be \"\" (the mechanism's own), qkv, kv or kv-pos, got '",
               o.projection(), "'");
   for (const auto* info : layers) {
-    TORCH_CHECK(projection_of(o, *info) != Projection::KVPos || info->has_softmax, owner,
+    TORCH_CHECK(projection_of(o, *info) != Projection::KVPos || info->traits.has_softmax, owner,
                 ": projection 'kv-pos' adds a term to softmax scores, and mechanism '", info->name,
                 "' has none; mechanisms with a softmax: ",
-                mechanisms_where([](const MechanismInfo& m) { return m.has_softmax; }));
+                mechanisms_where([](const MechanismInfo& m) { return m.traits.has_softmax; }));
   }
   TORCH_CHECK(o.alpha_floor() > 0 && o.alpha_init() > o.alpha_floor(), owner,
               ": need alpha_init > alpha_floor > 0, got alpha_init = ", o.alpha_init(),
@@ -79,14 +88,14 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
   std::vector<std::string> names;
   for (const auto* info : layers) names.push_back(info->name);
   const std::string running = (names.size() == 1 ? "mechanism '" : "mechanisms '") +
-                              joined(names) + "'";
+                              util::join_names(names) + "'";
   auto applies_somewhere = [&](auto applies) {
     for (const auto* info : layers) {
       if (applies(*info)) return true;
     }
     return false;
   };
-  const auto has_alpha = [](const MechanismInfo& m) { return m.uses_alpha; };
+  const auto has_alpha = [](const MechanismInfo& m) { return m.traits.uses_alpha; };
   for (const auto& [name, changed] :
        std::vector<std::pair<std::string, bool>>{
            {"alpha_init", o.alpha_init() != defaults.alpha_init()},
@@ -96,7 +105,7 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
                 " applies only to the mechanisms with a ridge alpha (",
                 mechanisms_where(has_alpha), "), and ", running, " has none; leave it unset");
   }
-  const auto chunked = [](const MechanismInfo& m) { return m.chunked; };
+  const auto chunked = [](const MechanismInfo& m) { return m.traits.chunked; };
   TORCH_CHECK(o.chunk_size() == defaults.chunk_size() || applies_somewhere(chunked), owner,
               ": chunk_size applies only to the chunk-parallel causal mechanisms (",
               mechanisms_where(chunked), "), not to ", running, "; leave it unset");
@@ -115,12 +124,12 @@ AttentionOptions layer_attention(const AttentionOptions& options, const std::str
   const AttentionOptions defaults;
   AttentionOptions out = options;
   out.mechanism(mechanism);
-  if (!info.uses_alpha) {
+  if (!info.traits.uses_alpha) {
     out.alpha_init(defaults.alpha_init())
         .alpha_floor(defaults.alpha_floor())
         .learn_alpha(defaults.learn_alpha());
   }
-  if (!info.chunked) out.chunk_size(defaults.chunk_size());
+  if (!info.traits.chunked) out.chunk_size(defaults.chunk_size());
   if (!uses_kv_pos(options, info)) {
     out.pos_channels(defaults.pos_channels()).pos_map(defaults.pos_map());
   }

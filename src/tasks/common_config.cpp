@@ -16,8 +16,7 @@ bool contains_name(const std::vector<std::string>& names, const std::string& nam
 }  // namespace detail
 
 std::string resolved_projection(const CommonTaskConfig& c) {
-  if (!c.attention.projection().empty()) return c.attention.projection();
-  return projection_name(find_mechanism(c.attention.mechanism()).projection);
+  return projection_name(nn::resolved_projection(c.attention));
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(

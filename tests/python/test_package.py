@@ -131,6 +131,22 @@ def test_multi_head_softmax_equals_torch_multihead_attention(batch_first):
         assert rel_err(got, want) <= 1e-12
 
 
+@pytest.mark.parametrize("alpha_init,alpha_floor", [
+    (1.0, 1e-4), (0.5, 0.25), (1e-3, 1e-4), (3.0, 2.999), (6.0, 1.0), (19.5, 0.1), (25.0, 1e-4),
+    (400.0, 1.0)])
+def test_alpha_parametrisation_agrees_with_cpp(alpha_init, alpha_floor):
+    """One rule for alpha = softplus(raw) + alpha_floor and its inverse, in C++ and Python alike,
+    on both sides of softplus's threshold (an excess above 20 is kept as it is)."""
+    cpp = torch.classes.kvq.MultiHeadKVQ(8, 2, "intention", "", True, alpha_init=alpha_init,
+                                         alpha_floor=alpha_floor)
+    py = kvq.nn.MultiHeadKVQ(8, 2, mechanism="intention", batch_first=True, alpha_init=alpha_init,
+                             alpha_floor=alpha_floor)
+    cpp_raw = cpp.state_dict()["alpha_raw"]
+    assert torch.equal(py.alpha_raw.detach(), cpp_raw)
+    alpha = kvq.nn.alpha_from_raw(cpp_raw.double(), alpha_floor)
+    assert torch.allclose(alpha, torch.full_like(alpha, alpha_init), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("mechanism,projection,options", [
     ("softmax", None, {}), ("kv", None, {}), ("kv-pos", None, {}), ("intention", None, {}),
     ("softmax-intention", "kv", {}), ("linear", None, {}),

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "kvq/registry.h"
+
 namespace kvq {
 namespace nn {
 
@@ -51,6 +53,20 @@ struct AttentionOptions {
 void check_attention_options(const AttentionOptions& options, const std::string& owner,
                              const std::vector<std::string>& layer_mechanisms = {},
                              const AttentionOptions& defaults = {});
+
+// The projection `options` run their mechanism with: options.projection(), or the mechanism's own
+// (MechanismInfo::projection) when that is "". Errors name an unknown mechanism or projection.
+Projection resolved_projection(const AttentionOptions& options);
+
+// The ridge parameter of each head from the raw parameter a module learns:
+//   alpha = softplus(raw) + alpha_floor,   softplus as torch computes it (beta 1, threshold 20),
+// positive by construction (the Intention paper's alpha > 0). raw (H) -> (H).
+torch::Tensor alpha_from_raw(const torch::Tensor& raw, double alpha_floor);
+// The raw parameter whose alpha_from_raw is `alpha`: softplus^{-1}(alpha - alpha_floor), taken as
+// the excess itself above 20, where torch's softplus is the identity, so that the round trip
+// reproduces alpha to rounding. Needs alpha > alpha_floor (check_attention_options checks it).
+// python/kvq/nn.py mirrors both; tests/python/test_package.py checks that they agree.
+double alpha_raw_for(double alpha, double alpha_floor);
 
 // The options of one layer of a stack checked with check_attention_options: `options` running
 // `mechanism`, the options that do not apply to it at their defaults (a softmax layer in a stack
