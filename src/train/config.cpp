@@ -12,12 +12,6 @@
 namespace kvq {
 namespace train {
 
-std::string join_names(const std::vector<std::string>& items, const std::string& separator) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
-  return out;
-}
-
 namespace {
 
 std::string trim(const std::string& text) {

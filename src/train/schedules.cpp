@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kvq/util/join_names.h"
+
 namespace kvq {
 namespace train {
 
@@ -14,12 +16,6 @@ constexpr double kPi = 3.14159265358979323846;
 
 void check_step(const char* who, int64_t step) {
   TORCH_CHECK(step >= 0, who, ": step must be >= 0, got ", step);
-}
-
-std::string joined_kinds() {
-  std::string out;
-  for (const auto& k : lr_schedule_kinds()) out += (out.empty() ? "" : ", ") + k;
-  return out;
 }
 
 }  // namespace
@@ -74,7 +70,7 @@ std::vector<std::string> lr_schedule_kinds() {
 void validate(const LrSchedule& s) {
   const auto& kinds = lr_schedule_kinds();
   TORCH_CHECK(std::find(kinds.begin(), kinds.end(), s.kind) != kinds.end(),
-              "lr schedule: unknown kind '", s.kind, "'; valid kinds: ", joined_kinds());
+              "lr schedule: unknown kind '", s.kind, "'; valid kinds: ", util::join_names(lr_schedule_kinds()));
   if (s.kind == "cosine") {
     TORCH_CHECK(s.warmup_steps >= 0, "lr schedule cosine: warmup_steps must be >= 0, got ",
                 s.warmup_steps);

@@ -44,6 +44,8 @@
 #include <utility>
 #include <vector>
 
+#include "kvq/util/join_names.h"
+
 namespace kvq {
 namespace train {
 
@@ -55,9 +57,7 @@ std::string field_type_name(FieldType type);
 // Levenshtein distance (insertions, deletions, substitutions), for "did you mean" hints.
 size_t edit_distance(const std::string& a, const std::string& b);
 
-// "a, b, c": the items joined by `separator`, for the lists of valid choices in error and help
-// texts.
-std::string join_names(const std::vector<std::string>& items, const std::string& separator = ", ");
+using util::join_names;  // kvq/util/join_names.h
 
 // Where the overrides of a resolution come from, applied in this order after the defaults.
 struct ConfigSources {
