@@ -77,7 +77,7 @@ std::string single_quoted(const std::string& text, const std::string& escaped_qu
 // metric).
 std::vector<std::string> metric_columns(const tasks::TaskInfo& task,
                                         const std::vector<RunResult>& runs) {
-  std::vector<std::string> keys = {task.score_metric};
+  std::vector<std::string> keys = {task.metrics.best};
   bool has_loss = false;
   for (const auto& r : runs) {
     for (const auto& [key, value] : r.summary.at("test").items()) {
@@ -104,7 +104,7 @@ std::vector<std::string> metric_columns(const tasks::TaskInfo& task,
   std::stable_sort(keys.begin() + 1, keys.end(), [&](const std::string& a, const std::string& b) {
     return split_number(a) < split_number(b);
   });
-  if (has_loss && task.score_metric != "loss") keys.push_back("loss");
+  if (has_loss && task.metrics.best != "loss") keys.push_back("loss");
   return keys;
 }
 
@@ -274,9 +274,9 @@ std::string plot_curves(const tasks::TaskInfo& task, const std::vector<std::stri
   PlotSpec spec;
   spec.stem = "curves";
   spec.png = "val_curves.png";
-  spec.title = task.name + ": validation " + task.curve_metric + " " + seeds_phrase(seeds);
+  spec.title = task.name + ": validation " + task.metrics.best + " " + seeds_phrase(seeds);
   spec.xlabel = "optimiser update";
-  spec.ylabel = "val " + task.curve_metric;
+  spec.ylabel = "val " + task.metrics.best;
   for (const auto& m : mechanisms) {
     std::vector<Curve> curves;
     for (const auto& r : runs) {
@@ -480,10 +480,10 @@ std::vector<RunResult> run_all(const tasks::TaskInfo& task, bool resume,
     r.seed = plan.seed;
     r.run_dir = outcome.run_dir;
     r.summary = outcome.summary;
-    r.curve = read_curve((run_dir / "metrics.jsonl").string(), task.curve_metric);
+    r.curve = read_curve((run_dir / "metrics.jsonl").string(), task.metrics.best);
     std::cout << std::fixed << std::setprecision(4) << plan.mechanism << " seed " << plan.seed
-              << ": test " << task.score_metric << " "
-              << r.summary.at("test").value(task.score_metric, NAN) << std::setprecision(1)
+              << ": test " << task.metrics.best << " "
+              << r.summary.at("test").value(task.metrics.best, NAN) << std::setprecision(1)
               << ", " << r.summary.value("train_seconds", 0.0) << " s" << std::endl;
     runs.push_back(std::move(r));
   }

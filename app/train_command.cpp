@@ -85,7 +85,9 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   add_device_option(cmd, args->device);
-  cmd->add_flag("--dry-run", args->dry_run, "Print the resolved config and exit");
+  cmd->add_flag("--dry-run", args->dry_run,
+                "Print the resolved config and exit, after the checks a run makes before it "
+                "reads data");
   cmd->add_flag("--keys", args->show_keys, "List the task's config keys and exit");
   // Not in --help: a debugging aid that exercises the fault handling (TrainContext).
   cmd->add_option("--debug-nan-loss-at-step", args->nan_loss_at_step,
@@ -134,9 +136,7 @@ void add_train_command(CLI::App& app) {
     for (const auto& s : args->sources.sets) options.sources.sets.push_back(s);
     if (*seed) options.seed = args->seed;
     if (args->dry_run) {
-      auto sources = options.sources;
-      if (options.seed) sources.sets.push_back("seed=" + std::to_string(*options.seed));
-      std::cout << info.format(info.resolve(sources));
+      std::cout << info.format(tasks::resolve_run_config(info, options));
       return;
     }
     options.run_dir = args->run_dir;

@@ -61,6 +61,24 @@ uint64_t mix_seeds(uint64_t a, uint64_t b) {
   return z ^ (z >> 31);
 }
 
+uint64_t stream_seed(int64_t run_seed, SeedStream stream) {
+  const uint64_t seed = static_cast<uint64_t>(run_seed);
+  constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+  switch (stream) {
+    case SeedStream::kSyntheticBatches:
+      return seed * kGolden + 0x5851F42D4C957F2DULL;
+    case SeedStream::kImageBatches:
+      return seed * kGolden + 0x632BE59BD9B4E019ULL;
+    case SeedStream::kLanguageModelBatches:
+      return seed * kGolden + 0x2545F4914F6CDD1DULL;
+    case SeedStream::kTranslationBatches:
+      return seed * kGolden + 0x7F4A7C159E3779B9ULL;
+    case SeedStream::kDistillBatches:
+      break;
+  }
+  return mix_seeds(seed, 0xD157111);
+}
+
 int64_t parameter_count(const torch::nn::Module& model) {
   int64_t n = 0;
   for (const auto& p : model.parameters()) n += p.numel();

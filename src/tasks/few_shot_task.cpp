@@ -264,32 +264,27 @@ TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,
   model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
-  loop.loss = [&](const torch::Tensor& index, int64_t step) {
-    auto e = source.train(c.batch_size,
-                          mix_seeds(static_cast<uint64_t>(c.seed), static_cast<uint64_t>(step)));
-    if (index.defined()) {  // this worker's share of the batch (several workers)
-      e.support_images = e.support_images.index_select(0, index);
-      e.support_labels = e.support_labels.index_select(0, index);
-      e.query_images = e.query_images.index_select(0, index);
-      e.query_labels = e.query_labels.index_select(0, index);
-    }
-    for (auto* t : {&e.support_images, &e.support_labels, &e.query_images, &e.query_labels}) {
-      *t = t->to(context.device);
-    }
-    const auto logits = model->forward(e.support_images, e.support_labels, e.query_images);
+  loop.batches = train::BatchSource::drawn([&](int64_t step) {
+    const auto e = source.train(
+        c.batch_size, mix_seeds(static_cast<uint64_t>(c.seed), static_cast<uint64_t>(step)));
+    return train::Batch{{"support_images", e.support_images},
+                        {"support_labels", e.support_labels},
+                        {"query_images", e.query_images},
+                        {"query_labels", e.query_labels}};
+  });
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    const auto& y = batch["query_labels"];
+    const auto logits =
+        model->forward(batch["support_images"], batch["support_labels"], batch["query_images"]);
     BatchLoss out;
-    out.loss = F::cross_entropy(logits.reshape({-1, c.num_ways}), e.query_labels.reshape({-1}));
-    out.items = e.query_labels.numel();
-    out.correct = (logits.detach().argmax(-1) == e.query_labels).sum().item<int64_t>();
+    out.loss = F::cross_entropy(logits.reshape({-1, c.num_ways}), y.reshape({-1}));
+    out.items = y.numel();
+    out.correct = (logits.detach().argmax(-1) == y).sum().item<int64_t>();
     return out;
   };
   loop.evaluate = [&](const std::string& split) {
     return evaluate_episodes(model, c, split == "test" ? source.evaluation("test") : val);
   };
-  loop.best_metric = "acc";
-  loop.maximize = true;
-  loop.accuracy_key = "acc";
-  loop.unit = "query";
   auto summary = run_summary(c, *model);
   summary["ways"] = c.num_ways;
   summary["shots"] = c.num_shots;
@@ -306,14 +301,15 @@ nlohmann::json evaluate_few_shot_task(const Config& c, const train::RunDir& run,
   return with_checkpoint_info(out, path, options);
 }
 
+void check_few_shot_task(const Config& c) { make_schedule(c, c.steps, c.task); }
+
 TaskInfo few_shot_task_info() {
   return make_task_info<Config>(
       "few-shot", "few-shot",
       "N-way K-shot Fashion-MNIST (disjoint meta-train / meta-test classes) or Gaussian-cluster "
       "episodes (Garnelo & Czarnecki 2023)",
-      few_shot_task_schema(),
-      train_few_shot_task, evaluate_few_shot_task,
-      "acc", "acc");
+      few_shot_task_schema(), check_few_shot_task, train_few_shot_task, evaluate_few_shot_task,
+      {"acc", /*maximize=*/true, "acc", "query", ""});
 }
 
 }  // namespace tasks

@@ -103,10 +103,6 @@ int64_t total_steps(const Config& c, int64_t num_train) {
   return c.epochs * (num_train / c.batch_size);
 }
 
-uint64_t sampler_seed(const Config& c) {
-  return static_cast<uint64_t>(c.seed) * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
-}
-
 train::ConfigSchema<Config> build_schema(const std::string& task) {
   train::ConfigSchema<Config> schema(task);
   add_common_fields(schema)
@@ -218,17 +214,20 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
   const int64_t num_train = splits.train.images.size(0);
   TORCH_CHECK(num_train >= c.batch_size, "config ", c.task, ": ", num_train,
               " training images are fewer than batch_size = ", c.batch_size);
-  util::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_train, c.batch_size,
+                             stream_seed(c.seed, SeedStream::kImageBatches));
 
   auto loop = training_loop_for(c, *model, *optimizer, total_steps(c, num_train), c.task);
-  loop.sampler = &sampler;
+  // The images stay on the CPU: they are augmented there, then moved.
+  loop.batches = train::BatchSource::rows_of(
+                     {{"images", splits.train.images}, {"labels", splits.train.labels}}, sampler)
+                     .on_host({"images"});
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.loss = [&](const torch::Tensor& index, int64_t) {
-    auto x = splits.train.images.index_select(0, index);
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    auto x = batch["images"];
     if (c.augment) x = augment_batch(x);
-    x = x.to(context.device);
-    const auto y = splits.train.labels.index_select(0, index).to(context.device);
-    const auto logits = model->forward(x);
+    const auto& y = batch["labels"];
+    const auto logits = model->forward(x.to(context.device));
     BatchLoss out;
     out.loss = F::cross_entropy(logits, y);
     out.items = y.numel();
@@ -245,11 +244,6 @@ TrainSummary train_image_task(const Config& c, const train::RunDir& run,
     return evaluate_image_model(model, s.images.slice(0, begin, end),
                                 s.labels.slice(0, begin, end), c.eval_batch_size);
   };
-  loop.eval_count_key = "samples";
-  loop.best_metric = "acc";
-  loop.maximize = true;
-  loop.accuracy_key = "acc";
-  loop.unit = "img";
   auto summary = run_summary(c, *model);
   summary["epochs"] = c.epochs;
   summary["num_train"] = num_train;
@@ -274,11 +268,11 @@ TaskInfo image_task_info(const std::string& name) {
                            : name == "cifar10"     ? "CIFAR-10"
                                                    : "CIFAR-100";
   return make_task_info<Config>(
-      name, "vision",
-      what + " image classification with a ViT (Borji 2023, experiment 2)",
-      image_task_schema(name),
-      train_image_task, evaluate_image_task,
-      "acc", "acc");
+      name, "vision", what + " image classification with a ViT (Borji 2023, experiment 2)",
+      // No check before the data: the run's updates depend on the training set's size (the
+      // schedule is checked when it trains).
+      image_task_schema(name), nullptr, train_image_task, evaluate_image_task,
+      {"acc", /*maximize=*/true, "acc", "img", "samples"});
 }
 
 }  // namespace tasks

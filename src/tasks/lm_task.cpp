@@ -27,10 +27,6 @@ const std::vector<std::string>& lm_task_names() {
   return names;
 }
 
-uint64_t sampler_seed(const Config& c) {
-  return static_cast<uint64_t>(c.seed) * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
-}
-
 // Start positions of `count` windows of context + 1 tokens spread evenly over the stream; every
 // non-overlapping window when count <= 0.
 std::vector<int64_t> window_starts(int64_t stream_length, int64_t context, int64_t count) {
@@ -205,16 +201,18 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   auto model = make_lm_model(c, corpus.vocab_size);
   model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  util::BatchSampler sampler(num_starts, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_starts, c.batch_size,
+                             stream_seed(c.seed, SeedStream::kLanguageModelBatches));
   const auto unigram = unigram_log_probs(corpus.train, corpus.vocab_size);
   const auto val_starts = window_starts(corpus.val.size(0), c.context, c.eval_windows);
   const auto test_starts = window_starts(corpus.val.size(0), c.context, 0);
-  const auto offsets = torch::arange(c.context + 1, torch::kInt64);
 
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
-  loop.sampler = &sampler;
-  loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto windows = corpus.train.index({index.unsqueeze(1) + offsets}).to(context.device);
+  // Row s is the window of context + 1 tokens starting at s (a view of the stream, no copy).
+  loop.batches =
+      train::BatchSource::rows_of({{"windows", corpus.train.unfold(0, c.context + 1, 1)}}, sampler);
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    const auto& windows = batch["windows"];
     const auto x = windows.slice(1, 0, c.context), y = windows.slice(1, 1, c.context + 1);
     const auto logits = model->forward(x);
     BatchLoss out;
@@ -239,11 +237,6 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
     const std::vector<int64_t> mine(starts.begin() + begin, starts.begin() + end);
     return evaluate_lm_model(model, corpus.val, mine, c.context, c.eval_batch_size, unigram);
   };
-  loop.eval_count_key = "tokens";
-  loop.best_metric = "loss";
-  loop.maximize = false;
-  loop.accuracy_key = "acc";
-  loop.unit = "tok";
   auto summary = run_summary(c, *model);
   summary["vocab_size"] = corpus.vocab_size;
   summary["train_tokens"] = corpus.train.size(0);
@@ -292,15 +285,16 @@ Generation generate_from_run(const nlohmann::json& config_json, const train::Run
   return out;
 }
 
+void check_lm_task(const Config& c) { make_schedule(c, c.steps, c.task); }
+
 TaskInfo lm_task_info(const std::string& name) {
   const std::string summary =
       name == "char-lm"
           ? "character-level language model, KJV by default (Borji 2023, experiment 3)"
           : "word-level language model on human numbers (Borji 2023, experiment 5)";
-  return make_task_info<Config>(
-      name, "language-model", summary, lm_task_schema(name),
-      train_lm_task, evaluate_lm_task,
-      "loss", "loss");
+  return make_task_info<Config>(name, "language-model", summary, lm_task_schema(name),
+                                check_lm_task, train_lm_task, evaluate_lm_task,
+                                {"loss", /*maximize=*/false, "acc", "tok", "tokens"});
 }
 
 }  // namespace tasks

@@ -186,26 +186,22 @@ TrainSummary train_regression_task(const Config& c, const train::RunDir& run,
   model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
-  loop.loss = [&](const torch::Tensor& index, int64_t step) {
-    auto e = training_batch(c, step);
-    if (index.defined()) {  // this worker's share of the batch (several workers)
-      e.context_x = e.context_x.index_select(0, index);
-      e.context_y = e.context_y.index_select(0, index);
-      e.target_x = e.target_x.index_select(0, index);
-      e.target_y = e.target_y.index_select(0, index);
-    }
-    for (auto* t : {&e.context_x, &e.context_y, &e.target_x, &e.target_y}) {
-      *t = t->to(context.device);
-    }
+  loop.batches = train::BatchSource::drawn([&](int64_t step) {
+    const auto e = training_batch(c, step);
+    return train::Batch{{"context_x", e.context_x},
+                        {"context_y", e.context_y},
+                        {"target_x", e.target_x},
+                        {"target_y", e.target_y}};
+  });
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    const auto& y = batch["target_y"];
     BatchLoss out;
-    out.loss = torch::mse_loss(model->forward(e.context_x, e.context_y, e.target_x), e.target_y);
-    out.items = e.target_y.numel();
+    out.loss = torch::mse_loss(
+        model->forward(batch["context_x"], batch["context_y"], batch["target_x"]), y);
+    out.items = y.numel();
     return out;
   };
   loop.evaluate = [&](const std::string& split) { return evaluate_model(model, c, split); };
-  loop.best_metric = "mse";
-  loop.maximize = false;
-  loop.unit = "target";
   auto summary = run_summary(c, *model);
   return run_training_loop(loop, run, context, summary);
 }
@@ -220,13 +216,14 @@ nlohmann::json evaluate_regression_task(const Config& c, const train::RunDir& ru
   return with_checkpoint_info(out, path, options);
 }
 
+void check_regression_task(const Config& c) { make_schedule(c, c.steps, c.task); }
+
 TaskInfo regression_task_info(const std::string& name) {
   auto info = make_task_info<Config>(
       name, "in-context-regression",
       "in-context regression, " + name.substr(4) + " functions (Garnelo & Czarnecki 2023)",
-      regression_task_schema(name),
-      train_regression_task, evaluate_regression_task,
-      "mse", "mse");
+      regression_task_schema(name), check_regression_task, train_regression_task,
+      evaluate_regression_task, {"mse", /*maximize=*/false, "acc", "target", ""});
   info.context_curve = {"mse_n", name == "icl-sinusoid" ? "" : "bayes_n"};
   return info;
 }

@@ -20,11 +20,6 @@ uint64_t data_seed(const Config& c) {
   return static_cast<uint64_t>(c.data_seed >= 0 ? c.data_seed : c.seed);
 }
 
-// The batch order gets its own stream, distinct from the data generator's mt19937_64(seed).
-uint64_t sampler_seed(const Config& c) {
-  return static_cast<uint64_t>(c.seed) * 0x9E3779B97F4A7C15ULL + 0x5851F42D4C957F2DULL;
-}
-
 data::SyntheticSplits make_data(const Config& c) {
   return data::make_synthetic_splits(
       data::parse_synthetic_task(c.task), data_seed(c),
@@ -144,17 +139,19 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
   auto model = make_sequence_model(c);
   model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  util::BatchSampler sampler(c.num_train, c.batch_size, sampler_seed(c));
+  // The batch order gets its own stream, distinct from the data generator's mt19937_64(seed).
+  util::BatchSampler sampler(c.num_train, c.batch_size,
+                             stream_seed(c.seed, SeedStream::kSyntheticBatches));
   const int64_t classes = model->options.num_classes();
 
   auto loop = training_loop_for(c, *model, *optimizer, sequence_task_total_steps(c),
                                 sequence_task_schema().name());
-  loop.sampler = &sampler;
+  loop.batches = train::BatchSource::rows_of(
+      {{"inputs", splits.train.inputs}, {"targets", splits.train.targets}}, sampler);
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto x = splits.train.inputs.index_select(0, index).to(context.device);
-    const auto y = splits.train.targets.index_select(0, index).to(context.device);
-    const auto logits = model->forward(x);
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    const auto& y = batch["targets"];
+    const auto logits = model->forward(batch["inputs"]);
     BatchLoss out;
     out.loss =
         torch::nn::functional::cross_entropy(logits.reshape({-1, classes}), y.reshape({-1}));
@@ -172,11 +169,6 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
     return evaluate_sequence_model(model, data.inputs.slice(0, begin, end),
                                    data.targets.slice(0, begin, end), c.eval_batch_size);
   };
-  loop.eval_count_key = "samples";
-  loop.best_metric = "token_acc";
-  loop.maximize = true;
-  loop.accuracy_key = "token_acc";
-  loop.unit = "tok";
   auto summary = run_summary(c, *model);
   summary["epochs"] = c.epochs;
   return run_training_loop(loop, run, context, summary);
@@ -194,14 +186,17 @@ nlohmann::json evaluate_sequence_task(const Config& c, const train::RunDir& run,
   return with_checkpoint_info(out, path, options);
 }
 
+void check_sequence_task(const Config& c) {
+  make_schedule(c, sequence_task_total_steps(c), sequence_task_schema().name());
+}
+
 TaskInfo sequence_task_info(const std::string& name) {
   data::parse_synthetic_task(name);
   return make_task_info<Config>(
       name, "synthetic",
       "synthetic per-token task '" + name + "' (Borji 2023, experiment 1), SequenceTagger",
-      sequence_task_schema(),
-      train_sequence_task, evaluate_sequence_task,
-      "token_acc", "token_acc");
+      sequence_task_schema(), check_sequence_task, train_sequence_task, evaluate_sequence_task,
+      {"token_acc", /*maximize=*/true, "token_acc", "tok", "samples"});
 }
 
 }  // namespace tasks

@@ -238,7 +238,7 @@ PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
   std::unique_ptr<train::RunLock> lock;
   if (options.run_dir.empty()) {
     TORCH_CHECK(!options.resume, "train: --resume needs --run-dir (the run to continue)");
-    config = task.resolve(sources);
+    config = resolve_run_config(task, options);
     check_batch_split(config, world);
     run = std::make_unique<train::RunDir>(train::RunDir::create(
         train::RunDirOptions().root(options.run_root).task(task.name)));
@@ -281,6 +281,7 @@ PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
                     " (resume with the saved config: give no --preset/--config/--set/--seed)");
       }
       check_resume_world(*run, world);
+      task.check(config);
       check_batch_split(config, world);
       resume = true;
     } else {
@@ -289,7 +290,7 @@ PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
       TORCH_CHECK(!exists || !has_entries(dir), "train: --run-dir ", dir.string(),
                   " already exists and is not empty; add --resume to continue it or choose "
                   "another directory");
-      config = task.resolve(sources);
+      config = resolve_run_config(task, options);
       check_batch_split(config, world);
       fs::create_directories(dir, ec);
       TORCH_CHECK(!ec, "train: --run-dir ", dir.string(), ": cannot create: ", ec.message());
@@ -332,6 +333,14 @@ TrainOutcome follow_main(const TrainOptions& options) {
 }
 
 }  // namespace
+
+nlohmann::json resolve_run_config(const TaskInfo& task, const TrainOptions& options) {
+  train::ConfigSources sources = options.sources;
+  if (options.seed) sources.sets.push_back("seed=" + std::to_string(*options.seed));
+  auto config = task.resolve(sources);
+  task.check(config);
+  return config;
+}
 
 TrainOutcome train_task(const std::string& task_name, const TrainOptions& options) {
   const auto& dist = options.context.dist;

@@ -21,10 +21,6 @@ using Config = TranslationTaskConfig;
 using data::WordVocab;
 namespace F = torch::nn::functional;
 
-uint64_t sampler_seed(const Config& c) {
-  return static_cast<uint64_t>(c.seed) * 0x9E3779B97F4A7C15ULL + 0x7F4A7C159E3779B9ULL;
-}
-
 struct Split {
   std::vector<data::TextPair> pairs;
   data::EncodedParallel encoded;
@@ -247,17 +243,20 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
   auto model = make_model(c, d);
   model->to(context.device);
   const auto optimizer = make_optimizer(model->parameters(), c);
-  util::BatchSampler sampler(num_train, c.batch_size, sampler_seed(c));
+  util::BatchSampler sampler(num_train, c.batch_size,
+                             stream_seed(c.seed, SeedStream::kTranslationBatches));
   const auto unigram = target_unigram(d);
 
   auto loop =
       training_loop_for(c, *model, *optimizer, total_steps(c, num_train), "translation");
-  loop.sampler = &sampler;
+  // The rows stay on the CPU: teacher_forced trims their padding there, then moves them.
+  loop.batches = train::BatchSource::rows_of({{"source", d.train.encoded.source},
+                                              {"target", d.train.encoded.target}},
+                                             sampler)
+                     .on_host({"source", "target"});
   loop.steps_per_epoch = sampler.batches_per_epoch();
-  loop.loss = [&](const torch::Tensor& index, int64_t) {
-    const auto forced = teacher_forced(model, d.train.encoded.source.index_select(0, index),
-                                       d.train.encoded.target.index_select(0, index),
-                                       context.device);
+  loop.loss = [&](const train::Batch& batch, int64_t) {
+    const auto forced = teacher_forced(model, batch["source"], batch["target"], context.device);
     const auto y = forced.targets.reshape({-1});
     const auto logits = forced.logits.reshape({y.size(0), -1});
     BatchLoss out;
@@ -274,10 +273,6 @@ TrainSummary train_translation_task(const Config& c, const train::RunDir& run,
     return split == "test" ? evaluate_split(model, c, d, d.test, 0, unigram)
                            : evaluate_split(model, c, d, d.val, c.val_bleu_sentences, unigram);
   };
-  loop.best_metric = "bleu";
-  loop.maximize = true;
-  loop.accuracy_key = "acc";
-  loop.unit = "tok";
   auto summary = run_summary(c, *model);
   summary["epochs"] = c.epochs;
   summary["train_pairs"] = num_train;
@@ -335,9 +330,10 @@ TaskInfo translation_task_info() {
   return make_task_info<Config>(
       "translation", "translation",
       "translation with an encoder-decoder, gettext en-de by default (Borji 2023, experiment 4)",
-      translation_task_schema(),
-      train_translation_task, evaluate_translation_task,
-      "bleu", "bleu");
+      // No check before the data: the run's updates depend on the corpus (the schedule is
+      // checked when it trains).
+      translation_task_schema(), nullptr, train_translation_task, evaluate_translation_task,
+      {"bleu", /*maximize=*/true, "acc", "tok", ""});
 }
 
 }  // namespace tasks

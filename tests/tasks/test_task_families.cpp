@@ -48,7 +48,7 @@ std::vector<nlohmann::json> records(const std::string& run_dir) {
   return out;
 }
 
-TEST(TaskFamilies, EveryTaskResolvesItsPresetsForEveryMechanism) {
+TEST(TaskFamilies, EveryTaskResolvesAndChecksItsPresetsForEveryMechanism) {
   for (const auto& task : KT::tasks()) {
     const auto presets = task.schema->preset_names();
     const bool has_quick = std::count(presets.begin(), presets.end(), "quick") == 1;
@@ -68,6 +68,8 @@ TEST(TaskFamilies, EveryTaskResolvesItsPresetsForEveryMechanism) {
         const auto config = task.resolve(sources);
         EXPECT_EQ(config.at("task"), task.name);
         EXPECT_EQ(config.at("mechanism"), mechanism);
+        // A preset passes the checks a run makes before its data (TaskInfo::check) too.
+        EXPECT_NO_THROW(task.check(config)) << task.name << " preset " << preset;
       }
     }
   }

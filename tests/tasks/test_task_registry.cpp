@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <functional>
 #include <string>
 
@@ -63,6 +64,30 @@ TEST(TaskRegistry, ResolvedConfigCarriesTheTaskName) {
   const auto message = error_of([] { resolve("sort", "", {"task=copy"}); });
   EXPECT_HAS(message, "task");
   EXPECT_HAS(message, "sort");
+}
+
+// What `kvq train --dry-run` prints (resolve_run_config) has passed every check a run makes
+// before it reads data: char-lm's quick preset warms up for 100 updates, so steps = 100 leaves a
+// cosine schedule nothing to decay over. The dry run refuses it with the run's own message, and
+// the run refuses it before it writes anything.
+TEST(TaskRegistry, DryRunRefusesTheConfigsTheRunRefuses) {
+  KT::TrainOptions options;
+  options.sources.preset = "quick";
+  options.sources.sets = {"steps=100", "warmup_steps=100"};
+  const auto& task = KT::find_task("char-lm");
+  const auto dry = error_of([&] { KT::resolve_run_config(task, options); });
+  EXPECT_HAS(dry, "config char-lm: schedule 'cosine' with warmup_steps = 100 over 100 updates: "
+                  "lr schedule cosine: total_steps (100) must be > warmup_steps (100)");
+
+  kvq_test_files::TempDir dir;
+  options.run_dir = dir.dir() + "/run";
+  options.print_config = false;
+  options.context.quiet = true;
+  EXPECT_EQ(error_of([&] { KT::train_task("char-lm", options); }), dry);
+  EXPECT_FALSE(std::filesystem::exists(options.run_dir));
+
+  options.sources.sets = {"steps=101", "warmup_steps=100"};
+  EXPECT_EQ(KT::resolve_run_config(task, options).at("steps"), 101);
 }
 
 TEST(SequenceTaskConfig, PaperPresetIsTasksMdExperimentOne) {

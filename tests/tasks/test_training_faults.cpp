@@ -183,7 +183,7 @@ struct TinyRun {
   // A finite loss whose gradient is fine, except at `bad_step`, where sqrt(gate) at gate = 0 sends
   // an infinite gradient to block.gate (and only there) while the loss stays finite.
   void finite_loss_with_bad_gradient_at(int64_t bad_step) {
-    loop.loss = [this, bad_step](const torch::Tensor&, int64_t step) {
+    loop.loss = [this, bad_step](const T::Batch&, int64_t step) {
       auto y = model->head->forward(input() * model->block->weight).sum();
       if (step == bad_step) y = y + torch::sqrt(model->block->gate.abs()).sum();
       return KT::BatchLoss{(y - 1).pow(2), 1};
@@ -210,10 +210,10 @@ TEST(TrainingFaults, NonFiniteGradientNamesTheParameterAndTheSkippedUpdateChange
   r.loop.max_skipped_steps = 1;
   std::vector<torch::Tensor> before_bad, after_bad;
   const auto loss = r.loop.loss;
-  r.loop.loss = [&](const torch::Tensor& index, int64_t step) {
+  r.loop.loss = [&](const T::Batch& batch, int64_t step) {
     if (step == 3) before_bad = snapshot(*r.model);
     if (step == 4) after_bad = snapshot(*r.model);
-    return loss(index, step);
+    return loss(batch, step);
   };
   KT::run_training_loop(r.loop, r.run(), r.context, {});
   ASSERT_FALSE(before_bad.empty());
@@ -248,7 +248,7 @@ TEST(TrainingFaults, SingularSystemInIntentionIsCaughtWithTheOpsMessage) {
     TinyRun r;
     r.loop.max_skipped_steps = budget;
     const auto q = torch::ones({1, 1, 1, 2});
-    r.loop.loss = [&](const torch::Tensor&, int64_t step) {
+    r.loop.loss = [&](const T::Batch&, int64_t step) {
       const auto w = r.model->block->weight.narrow(0, 0, 2);
       // Keys (2, 1.5) normally; (1, 1) with alpha 1e-30 at update 3.
       auto k = step == 2 ? torch::ones({1, 1, 1, 2})
@@ -314,14 +314,14 @@ TEST(TrainingFaults, FailedCheckpointWriteStopsAndKeepsThePreviousOne) {
   const std::string path = r.run().checkpoint_path().string();
   const auto loss = r.loop.loss;
   std::vector<torch::Tensor> at_checkpoint;
-  r.loop.loss = [&](const torch::Tensor& index, int64_t step) {
+  r.loop.loss = [&](const T::Batch& batch, int64_t step) {
     // After the checkpoint of step 2 the device is full: the temporary file of the next save
     // is /dev/full, where every write fails with ENOSPC.
     if (step == 2) {
       at_checkpoint = snapshot(*r.model);
       fs::create_symlink("/dev/full", kvq::util::temp_path_for(path));
     }
-    return loss(index, step);
+    return loss(batch, step);
   };
   const auto message = error_of([&] { KT::run_training_loop(r.loop, r.run(), r.context, {}); });
   std::cout << "[write] " << message << std::endl;

@@ -58,16 +58,15 @@ int main(int argc, char** argv) {
     loop.optimizer = &optimizer;
     loop.schedule.base_lr = 0.05;
     loop.schedule.total_steps = steps;
-    loop.sampler = &sampler;
+    loop.batches = train::BatchSource::rows_of(
+        {{"inputs", splits.train.inputs}, {"targets", splits.train.targets}}, sampler);
     loop.total_steps = steps;
     loop.steps_per_epoch = sampler.batches_per_epoch();
     loop.log_every = 4;
-    loop.batch_size = batch;
     loop.seed = 3;
-    loop.loss = [&](const torch::Tensor& index, int64_t) {
-      const auto x = splits.train.inputs.index_select(0, index);
-      const auto y = splits.train.targets.index_select(0, index);
-      const auto logits = model->forward(x);
+    loop.loss = [&](const train::Batch& b, int64_t) {
+      const auto& y = b["targets"];
+      const auto logits = model->forward(b["inputs"]);
       tasks::BatchLoss out;
       out.loss = torch::nn::functional::cross_entropy(logits.reshape({-1, vocab}), y.reshape({-1}));
       out.items = y.numel();
@@ -84,10 +83,7 @@ int main(int argc, char** argv) {
       return tasks::evaluate_sequence_model(model, d.inputs.slice(0, begin, end),
                                             d.targets.slice(0, begin, end), 16);
     };
-    loop.eval_count_key = "samples";
-    loop.best_metric = "token_acc";
-    loop.maximize = true;
-    loop.accuracy_key = "token_acc";
+    loop.metrics = {"token_acc", /*maximize=*/true, "token_acc", "items", "samples"};
     tasks::TrainContext context;
     context.quiet = true;
     context.dist = dist;

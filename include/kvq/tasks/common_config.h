@@ -193,6 +193,15 @@ train::LrSchedule make_schedule(const CommonTaskConfig& config, int64_t total_st
 // the episodes of update `b` of a run with seed `a`, and the like.
 uint64_t mix_seeds(uint64_t a, uint64_t b);
 
+// The random streams a run seeds from its own seed besides torch's generator: each task
+// family's batch order (util::BatchSampler), apart from the generators seeded with the seed itself.
+enum class SeedStream { kSyntheticBatches, kImageBatches, kLanguageModelBatches,
+                        kTranslationBatches, kDistillBatches };
+
+// The seed of `stream` in a run seeded with `run_seed` (each stream keeps the value its task
+// drew before the streams shared this helper, so runs are unchanged).
+uint64_t stream_seed(int64_t run_seed, SeedStream stream);
+
 // Total elements of the module's parameters.
 int64_t parameter_count(const torch::nn::Module& model);
 

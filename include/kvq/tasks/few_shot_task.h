@@ -74,6 +74,10 @@ TrainSummary train_few_shot_task(const FewShotTaskConfig& config, const train::R
 nlohmann::json evaluate_few_shot_task(const FewShotTaskConfig& config, const train::RunDir& run,
                                       const EvalOptions& options = {});
 
+// The checks a run makes of the config beyond the schema's (TaskInfo::check): the learning-rate
+// schedule over its `steps` updates.
+void check_few_shot_task(const FewShotTaskConfig& config);
+
 TaskInfo few_shot_task_info();
 
 }  // namespace tasks

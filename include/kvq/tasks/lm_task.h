@@ -93,6 +93,10 @@ Generation generate_from_run(const nlohmann::json& config, const train::RunDir& 
                              const std::string& checkpoint = "best",
                              torch::Device device = torch::kCPU);
 
+// The checks a run makes of the config beyond the schema's (TaskInfo::check): the learning-rate
+// schedule over its `steps` updates.
+void check_lm_task(const LmTaskConfig& config);
+
 // The registry entry of `name`: char-lm or human-numbers.
 TaskInfo lm_task_info(const std::string& name);
 

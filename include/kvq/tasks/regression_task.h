@@ -73,6 +73,10 @@ nlohmann::json evaluate_regression_task(const RegressionTaskConfig& config,
                                         const train::RunDir& run,
                                         const EvalOptions& options = {});
 
+// The checks a run makes of the config beyond the schema's (TaskInfo::check): the learning-rate
+// schedule over its `steps` updates.
+void check_regression_task(const RegressionTaskConfig& config);
+
 // The registry entry of `name`: icl-linear, icl-gp or icl-sinusoid.
 TaskInfo regression_task_info(const std::string& name);
 

@@ -87,6 +87,10 @@ TrainSummary train_sequence_task(const SequenceTaskConfig& config, const train::
 nlohmann::json evaluate_sequence_task(const SequenceTaskConfig& config, const train::RunDir& run,
                                       const EvalOptions& options = {});
 
+// The checks a run makes of the config beyond the schema's (TaskInfo::check): the learning-rate
+// schedule over the run's updates.
+void check_sequence_task(const SequenceTaskConfig& config);
+
 // The registry entry of synthetic task `name` (one of kvq::data::kSyntheticTaskNames).
 TaskInfo sequence_task_info(const std::string& name);
 

@@ -1,17 +1,19 @@
 #pragma once
 // The single registry of experiment tasks: every name `kvq train --task` accepts, each with its
 // typed config (kvq::train::ConfigSchema; presets "quick" and "paper", or "full" for the
-// Intention tasks) and the functions that train and evaluate it. The CLI (train, eval, compare)
-// only ever goes through this registry.
+// Intention tasks) and the functions that check, train and evaluate it. The CLI (train, eval,
+// compare) only ever goes through this registry.
 //
-// Adding a task family (image classification, char LM, translation, human numbers) is one file
-// and one registration line:
-//   include/kvq/tasks/<family>_task.h, src/tasks/<family>_task.cpp:
-//     a config struct with a `task` (string), `seed` (int) and `mechanism` (string) field, its
-//     ConfigSchema with presets ("quick", and "paper" or "full"), a train and an evaluate
-//     function, and
+// Adding a task family touches (docs/adding_a_task.md walks through one):
+//   include/kvq/tasks/<family>_task.h, src/tasks/<family>_task.cpp: a config struct deriving from
+//     CommonTaskConfig, its ConfigSchema with presets ("quick", and "paper" or "full"), a check,
+//     a train and an evaluate function, and
 //       TaskInfo <family>_task_info(const std::string& name) { return make_task_info(...); }
-//   src/tasks/task_registry.cpp: one line in all_tasks() pushing <family>_task_info(name).
+//   src/tasks/task_registry.cpp: one line in all_tasks() pushing <family>_task_info(name);
+//   CMakeLists.txt: src/tasks/<family>_task.cpp in the `kvq` library's sources;
+//   a model (include/kvq/models/, src/models/) and a data set (include/kvq/data/, src/data/)
+//     unless existing ones fit;
+//   tests/tasks/: a test of the new task (the registry's own tests cover every row).
 //
 // Contract of a registered task's config: the field `task` holds the registry name (the registry
 // sets it; a config file or --set may not change it), `seed` seeds everything random in the run
@@ -79,6 +81,21 @@ struct EvalOptions {
   torch::Device device = torch::kCPU;
 };
 
+// How the training loop reads a task's metrics and reports its progress.
+struct TaskMetrics {
+  // The validation metric that picks best.pt; also the test metric `kvq compare` ranks by and
+  // the validation curve it plots.
+  std::string best = "loss";
+  bool maximize = false;  // larger `best` is better
+  // The train accuracy's name in the train records, when the loss reports right predictions.
+  std::string train_accuracy = "acc";
+  // Progress bar unit ("tok", "img", ...); throughput in the train records is <unit>_per_s.
+  std::string unit = "items";
+  // The count field of a part's metrics in sharded evaluation ("samples", "tokens"); "" = the
+  // task does not shard its evaluation.
+  std::string eval_count;
+};
+
 // One registered task. The typed config travels as its JSON form between the generic driver and
 // the task; make_task_info builds the type-erased functions from typed ones.
 struct TaskInfo {
@@ -96,6 +113,12 @@ struct TaskInfo {
   std::function<std::string()> help;
   // The resolved config printed one field a line.
   std::function<std::string(const nlohmann::json&)> format;
+  // The checks a run makes of a resolved config beyond the schema's, with neither data nor a
+  // model (the learning-rate schedule over the run's updates, ...): train_task runs them before
+  // it creates the run directory and `kvq train --dry-run` runs them too, so the two cannot
+  // disagree. Checks that need the data (the training set's size against batch_size, and the
+  // schedule of the tasks whose update count depends on it) are made when the task trains.
+  std::function<void(const nlohmann::json&)> check;
   // Writes the config to the run's config.json (atomically).
   std::function<void(const nlohmann::json&, const train::RunDir&)> save_config;
   // Trains in the run directory (config.json already written) and returns the summary.
@@ -104,10 +127,9 @@ struct TaskInfo {
   // Evaluates a run's checkpoint on a split; returns {metric: value} plus "checkpoint", "step".
   std::function<nlohmann::json(const nlohmann::json&, const train::RunDir&, const EvalOptions&)>
       evaluate;
-  // The test metric `kvq compare` ranks by and the validation metric it plots (keys of the
-  // "test" summary and of the "val" metrics records).
-  std::string score_metric;
-  std::string curve_metric;
+  // The metrics the training loop and `kvq compare` read (keys of the "test" summary and of
+  // the "val" metrics records).
+  TaskMetrics metrics;
   // Tasks that evaluate at several context sizes N (in-context learning): the test metrics
   // "<metric_prefix><N>" give `kvq compare` an error-against-N plot, with the reference
   // "<baseline_prefix><N>" beside it ("" = none). Empty metric_prefix = no such plot.
@@ -125,14 +147,15 @@ std::vector<std::string> task_names();
 const TaskInfo& find_task(const std::string& name);
 
 // Builds a TaskInfo from a typed schema and typed functions; Config must have the string fields
-// `task` and `mechanism` and an integer field `seed` (checked when the info is built).
+// `task` and `mechanism` and an integer field `seed` (checked when the info is built). A null
+// check_fn: the schema's checks are all there is before the data.
 template <class Config>
 TaskInfo make_task_info(
     std::string name, std::string family, std::string summary,
-    const train::ConfigSchema<Config>& schema,
+    const train::ConfigSchema<Config>& schema, std::function<void(const Config&)> check_fn,
     std::function<TrainSummary(const Config&, const train::RunDir&, const TrainContext&)> train_fn,
     std::function<nlohmann::json(const Config&, const train::RunDir&, const EvalOptions&)> eval_fn,
-    std::string score_metric, std::string curve_metric) {
+    TaskMetrics metrics) {
   for (const char* key : {"task", "seed", "mechanism"}) {
     TORCH_CHECK(schema.has_key(key), "task registry: the config of task '", name,
                 "' has no field '", key, "'");
@@ -154,6 +177,9 @@ TaskInfo make_task_info(
   info.help = [&schema] { return schema.format_help(); };
   const train::ConfigSchemaBase& base = schema;
   info.format = [&base](const nlohmann::json& config) { return base.format(config); };
+  info.check = [&schema, check_fn](const nlohmann::json& config) {
+    if (check_fn) check_fn(schema.from_json(config, "config"));
+  };
   info.save_config = [&schema](const nlohmann::json& config, const train::RunDir& run) {
     run.save_config(schema, schema.from_json(config, "config"));
   };
@@ -165,8 +191,7 @@ TaskInfo make_task_info(
                                      const EvalOptions& options) {
     return eval_fn(schema.from_json(config, run.config_path().string()), run, options);
   };
-  info.score_metric = std::move(score_metric);
-  info.curve_metric = std::move(curve_metric);
+  info.metrics = std::move(metrics);
   return info;
 }
 
@@ -188,6 +213,12 @@ struct TrainOptions {
   /// Passed to the task (quiet, label, stop_after_step).
   TrainContext context;
 };
+
+// The config a new run of `task` trains with: options.sources (with options.seed appended as a
+// last "seed=N") resolved, then the run's checks (TaskInfo::check). What `kvq train --dry-run`
+// prints; train_task starts a new run from it, so a config the dry run accepts passes the same
+// checks when it trains (the checks that need the data aside, see TaskInfo::check).
+nlohmann::json resolve_run_config(const TaskInfo& task, const TrainOptions& options);
 
 // Resolves the task's config, prepares the run directory and trains:
 //   new run:  run_dir must not exist or be empty (else an error naming it and --resume); the

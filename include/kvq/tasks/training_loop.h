@@ -2,11 +2,14 @@
 // The training loop every registered task runs: learning rate from the schedule before each
 // update, zero_grad / loss / backward / clip / step, running train records, validation and the
 // best checkpoint, periodic atomic checkpoints, resume, the progress bar, the final test and
-// results.json. A task supplies its model, optimiser, data order and two callbacks: the loss of
-// one training batch and the metrics of a split.
+// results.json. A task supplies its model, optimiser, training data (train::BatchSource: the loop
+// takes each batch, this worker's share of it, on the device), its metrics' names (TaskMetrics,
+// from its registry row) and two callbacks: the loss of one training batch and the metrics of a
+// split. The data-parallel exchanges are train::Reducer's, the skip-or-stop rule for numerical
+// faults train::FaultBudget's.
 //
 // Files in the run directory (kvq::train::RunDir):
-//   metrics.jsonl  {"step","split":"train","epoch","loss",<accuracy_key>,"lr",<unit>_per_s,
+//   metrics.jsonl  {"step","split":"train","epoch","loss",<train_accuracy>,"lr",<unit>_per_s,
 //                  "skipped"} every log_every updates and at the end ("skipped": updates skipped
 //                  so far); {"step","split":"val"|"test",<metrics>}; {"step","split":"fault",
 //                  "quantity","where","action" (skipped | stopped | reported),"message"} for
@@ -16,7 +19,7 @@
 //   results.json   the summary (TrainSummary) of a finished run
 // A run resumed from checkpoint.pt ends with parameters, metrics records (time fields aside) and
 // results bit-identical to the uninterrupted run's, at the same thread count, provided the
-// callbacks draw randomness only from torch's default generator and the sampler.
+// callbacks draw randomness only from torch's default generator and the batch source.
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -29,8 +32,9 @@
 
 #include "kvq/tasks/common_config.h"
 #include "kvq/tasks/task_registry.h"
+#include "kvq/train/batch_source.h"
+#include "kvq/train/faults.h"
 #include "kvq/train/run_dir.h"
-#include "kvq/util/sampler.h"
 #include "kvq/train/schedules.h"
 
 namespace kvq {
@@ -50,9 +54,10 @@ struct TrainingLoop {
   torch::nn::Module* model = nullptr;
   torch::optim::Optimizer* optimizer = nullptr;
   train::LrSchedule schedule;
-  // Batch order; its state goes into every checkpoint. Null = the loss callback needs none (it
-  // then receives an undefined index tensor, and draws batches from the step number alone).
-  util::BatchSampler* sampler = nullptr;
+  // Where each update's batch comes from: rows a sampler picks from a training set (the
+  // sampler's state goes into every checkpoint), or a batch drawn from the step. Empty (the
+  // default): the loss callback makes its own data and receives an empty Batch (one worker only).
+  train::BatchSource batches;
   int64_t total_steps = 0;
   // Updates per epoch: validation and a checkpoint at every epoch end; 0 = no epochs.
   int64_t steps_per_epoch = 0;
@@ -63,63 +68,41 @@ struct TrainingLoop {
   // Updates with a numerical fault the run may skip in all before it stops (counted over the
   // whole run, across resumes); 0 = stop at the first fault.
   int64_t max_skipped_steps = 0;
-  // The loss of the batch `index` (from the sampler) at update `step` (0-based), model in train
-  // mode, gradients enabled. With several workers (TrainContext::dist), `index` is this worker's
-  // contiguous share of the sampler's batch (rows [B r / W, B (r + 1) / W) for rank r of W);
-  // without a sampler it holds the positions of that share in the batch of `batch_size` the
-  // callback draws from the step, and the callback keeps those rows (undefined with one worker).
-  std::function<BatchLoss(const torch::Tensor& index, int64_t step)> loss;
-  // Metrics of the model on "val" or "test": must hold "loss" and `best_metric`; numbers only
+  // The loss of `batch` (from `batches`: this worker's share of the update's batch, on the
+  // device) at update `step` (0-based), model in train mode, gradients enabled.
+  std::function<BatchLoss(const train::Batch& batch, int64_t step)> loss;
+  // Metrics of the model on "val" or "test": must hold "loss" and metrics.best; numbers only
   // (they become metrics records). Called in train mode; it switches modes itself.
   std::function<nlohmann::json(const std::string& split)> evaluate;
   // Optional, for sharded evaluation with several workers: the metrics of part `part` of `parts`
   // of the split (its items [n part / parts, n (part + 1) / parts)), every number a mean over
-  // the items counted by the field `eval_count_key` except that field itself. The loop sums the
-  // parts (means weighted by their counts). Unset: every worker evaluates the whole split with
-  // `evaluate` and rank 0's metrics are taken. Never used with one worker.
+  // the items counted by the field metrics.eval_count except that field itself. The loop sums
+  // the parts (means weighted by their counts). Unset: every worker evaluates the whole split
+  // with `evaluate` and rank 0's metrics are taken. Never used with one worker.
   std::function<nlohmann::json(const std::string& split, int64_t part, int64_t parts)>
       evaluate_part;  // part_range below gives its items
-  std::string eval_count_key;
-  // The global batch of an update (items per sampler batch, or drawn by the loss callback
-  // without a sampler); several workers split it and must divide it. 0 = the sampler's.
-  int64_t batch_size = 0;
   // With several workers, torch's default generator is seeded from (seed, step, rank) before
   // every update, so dropout and augmentation are deterministic per seed and differ per worker,
   // and a resumed group draws what the uninterrupted one drew. Unused with one worker.
   uint64_t seed = 0;
-  // The validation metric that picks best.pt, and whether larger is better.
-  std::string best_metric = "loss";
-  bool maximize = false;
-  // Name of the train accuracy in the train records ("token_acc", "acc"); used when the loss
-  // callback reports `correct`.
-  std::string accuracy_key = "acc";
-  // Progress bar label and unit ("tok", "img", ...); throughput in the records is
-  // <unit>_per_s, counted from BatchLoss::items.
+  // The validation metric that picks best.pt and whether larger is better, the train accuracy's
+  // name in the train records (used when the loss callback reports `correct`), the progress and
+  // throughput unit (<unit>_per_s, counted from BatchLoss::items) and evaluate_part's count.
+  TaskMetrics metrics;
+  // Progress bar label.
   std::string label;
-  std::string unit = "items";
 };
 
 // What run_training_loop throws when it stops on a numerical fault (non-finite loss or gradient,
 // failed factorisation): a c10::Error whose message is several lines: what happened, at which
 // step, where; the last good checkpoint; and how to resume (train_task adds the command line).
-class NumericalFault : public c10::Error {
- public:
-  NumericalFault(std::string message, int64_t step, int64_t checkpoint_step)
-      : c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
-                   std::move(message)),
-        step_(step),
-        checkpoint_step_(checkpoint_step) {}
-  // The step of the fault (updates counted from 1, as in the metrics) and of the last
-  // checkpoint on disk (-1: none yet, the run restarts from step 0).
-  int64_t step() const { return step_; }
-  int64_t checkpoint_step() const { return checkpoint_step_; }
-
- private:
-  int64_t step_, checkpoint_step_;
-};
+// step() is the step of the fault (updates counted from 1), checkpoint_step() that of the last
+// checkpoint on disk (-1: none yet).
+using train::NumericalFault;
 
 // Data-parallel training (context.dist set, world size W > 1): each worker takes its share of
-// every batch (see `loss`), the gradients are summed over the workers in buckets, weighted by
+// every batch (rows [B r / W, B (r + 1) / W) for rank r of W; B must be a multiple of W), the
+// gradients are summed over the workers in buckets, weighted by
 // their items, so every worker makes the same update as one process with the whole batch would,
 // up to the order of floating-point sums; parameters are broadcast from rank 0 at the start;
 // numerical faults are decided from all-reduced flags, so every worker skips or stops together;
@@ -130,7 +113,7 @@ class NumericalFault : public c10::Error {
 // Runs (or, with context.resume and a checkpoint in `run`, continues) `loop`, then evaluates the
 // test split and writes results.json: `summary` (task-specific fields: task, mechanism, seed,
 // params, ...) plus "steps", "train_seconds", "threads", "device", "test" (the test metrics) and
-// "best_val" {best_metric: value, "step"}. A resumed run whose results.json exists returns it.
+// "best_val" {metrics.best: value, "step"}. A resumed run whose results.json exists returns it.
 // With context.stop_after_step the loop stops there and returns {"stopped_at": step} merged into
 // `summary` (no test, no results.json).
 //
@@ -157,8 +140,9 @@ inline std::pair<int64_t, int64_t> part_range(int64_t n, int64_t part, int64_t p
 }
 
 // A loop with the parts every task sets the same way: `model`, `optimizer`, the config's
-// schedule over `total_steps` (errors name `schema_name`), its log / eval / checkpoint frequencies
-// and gradient clipping. The task adds the sampler, epochs, callbacks, best metric and label.
+// schedule over `total_steps` (errors name `schema_name`), its log / eval / checkpoint frequencies,
+// gradient clipping, seed, label, and the metrics of the config's task (its registry row's
+// TaskInfo::metrics). The task adds the batch source, epochs and callbacks.
 TrainingLoop training_loop_for(const CommonTaskConfig& config, torch::nn::Module& model,
                                torch::optim::Optimizer& optimizer, int64_t total_steps,
                                const std::string& schema_name);
