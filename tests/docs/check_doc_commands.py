@@ -235,7 +235,7 @@ def check_paths(page, text, source):
         if any(c in cited for c in "<*$") or text[m.end():m.end() + 1] in "<*":
             continue
         for path in expand_braces(cited):
-            if re.search(r"\b[A-Z]{3,}\b", path) or path in patch_created(source):
+            if re.search(r"(?<![A-Za-z])[A-Z]{3,}(?![A-Za-z])", path) or path in patch_created(source):
                 continue  # a placeholder (NAME), or a file a docs/*.patch adds
             if not os.path.exists(os.path.join(source, path)):
                 problem(rel, f"cites a path that does not exist: {path}")
