@@ -26,13 +26,11 @@ void reserve_rows(DecodeState& s, int64_t rows) {
 
 using torch::Tensor;
 
-// A prefill is the batched causal forward, without dropout.
 AttentionFuncOptions prefill_options(AttentionFuncOptions o) {
   o.causal(true).dropout(0.0).training(false);
   return o;
 }
 
-// A step's one query sees every cached key (rows 0 .. rows - 1), the padded prefix keys masked.
 AttentionFuncOptions step_options(AttentionFuncOptions o, const DecodeState& s, int64_t rows) {
   o.causal(false).dropout(0.0).training(false);
   o.key_padding_mask(s.key_padding_mask.defined() ? s.key_padding_mask.narrow(1, 0, rows)
@@ -48,7 +46,6 @@ int64_t capacity_for(int64_t rows) {
   return capacity;
 }
 
-// The leading `rows` along each of `dims` (undefined stays undefined).
 Tensor leading(const Tensor& x, std::initializer_list<int64_t> dims, int64_t rows) {
   if (!x.defined()) return x;
   auto out = x;
@@ -56,7 +53,6 @@ Tensor leading(const Tensor& x, std::initializer_list<int64_t> dims, int64_t row
   return out;
 }
 
-// A zero buffer with `capacity` rows along each of `dims` that starts with x (detached).
 Tensor with_capacity(const Tensor& x, std::initializer_list<int64_t> dims, int64_t capacity) {
   if (!x.defined()) return x;
   auto sizes = x.sizes().vec();
@@ -68,7 +64,6 @@ Tensor with_capacity(const Tensor& x, std::initializer_list<int64_t> dims, int64
   return out;
 }
 
-// The KV cache of a prefix: keys (B, H, n, d), values (B, H, n, dv) or undefined, mask (B, n).
 void cache_prefix(DecodeState& s, const Tensor& k, const Tensor& v, const Tensor& mask) {
   const int64_t capacity = capacity_for(k.size(2) + 1);
   s.keys = with_capacity(k, {2}, capacity);
@@ -145,7 +140,6 @@ std::pair<Tensor, DecodeState> kv_cache_prefill(const char* op, const char* mech
   return {out, std::move(s)};
 }
 
-// Appends (k_t, v_t) and runs `mix` for q_t over every cached key.
 Tensor kv_cache_step(const char* op, const char* mechanism, const MixFn& mix, DecodeState& s,
                      const Tensor& q, const Tensor& k, const Tensor& v,
                      const AttentionFuncOptions& options) {

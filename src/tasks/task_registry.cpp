@@ -224,10 +224,16 @@ struct PreparedRun {
   std::unique_ptr<train::RunLock> lock;
 };
 
-PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
-  const int64_t world = world_size_of(options);
+// --preset, --config and --set, with --seed appended as a last "seed=N".
+train::ConfigSources sources_with_seed(const TrainOptions& options) {
   train::ConfigSources sources = options.sources;
   if (options.seed) sources.sets.push_back("seed=" + std::to_string(*options.seed));
+  return sources;
+}
+
+PreparedRun prepare_run(const TaskInfo& task, const TrainOptions& options) {
+  const int64_t world = world_size_of(options);
+  const train::ConfigSources sources = sources_with_seed(options);
   const bool any_source =
       !sources.preset.empty() || !sources.file.empty() || !sources.sets.empty();
 
@@ -335,9 +341,7 @@ TrainOutcome follow_main(const TrainOptions& options) {
 }  // namespace
 
 nlohmann::json resolve_run_config(const TaskInfo& task, const TrainOptions& options) {
-  train::ConfigSources sources = options.sources;
-  if (options.seed) sources.sets.push_back("seed=" + std::to_string(*options.seed));
-  auto config = task.resolve(sources);
+  auto config = task.resolve(sources_with_seed(options));
   task.check(config);
   return config;
 }

@@ -4,15 +4,17 @@
 
 #include <algorithm>
 
+#include "kvq/util/join_names.h"
+
 namespace kvq {
 namespace train {
 
 namespace {
 
 std::string field_names(const std::vector<std::pair<std::string, torch::Tensor>>& fields) {
-  std::string out;
-  for (const auto& field : fields) out += (out.empty() ? "" : ", ") + field.first;
-  return out.empty() ? "(none)" : out;
+  std::vector<std::string> names;
+  for (const auto& field : fields) names.push_back(field.first);
+  return names.empty() ? "(none)" : util::join_names(names);
 }
 
 }  // namespace
