@@ -67,6 +67,12 @@ for task in "${tasks[@]}"; do
     sets=()
     IFS=, read -r -a pairs <<< "$cell"
     for pair in "${pairs[@]}"; do sets+=(--set "$pair"); done
+    # The Key-Value paper's feed-forward width is 2 d at every width d: a cell that sets d_model
+    # and not ffn_dim gets ffn_dim = 2 d_model (ffn_dim is a width of its own in every task).
+    if [ "$paper" = kv ] && [[ ",$cell," == *,d_model=* ]] && [[ ",$cell," != *,ffn_dim=* ]]; then
+      d=${cell#*d_model=}; d=${d%%,*}
+      sets+=(--set "ffn_dim=$((2 * d))")
+    fi
     resume=()
     if [ -d "$dir" ]; then resume=(--resume); fi
     echo "== $task ($task_preset${cell:+, $cell}, $seeds seed(s)) -> $dir"

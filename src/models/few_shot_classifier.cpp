@@ -83,19 +83,9 @@ SupportAttentionBlockImpl::SupportAttentionBlockImpl(const TransformerBlockOptio
 
 void SupportAttentionBlockImpl::reset() {
   const auto& o = options;
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0,
-              "SupportAttentionBlock: d_model must be a positive multiple of num_heads, got "
-              "d_model = ",
-              o.d_model(), ", num_heads = ", o.num_heads());
-  TORCH_CHECK(o.ffn_dim() >= 0, "SupportAttentionBlock: ffn_dim must be >= 0 (0 = 4 * d_model), ",
-              "got ", o.ffn_dim());
-  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
-              "SupportAttentionBlock: activation must be 'relu' or 'gelu', got '", o.activation(),
-              "'");
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
-              "SupportAttentionBlock: dropout must be in [0, 1), got ", o.dropout());
-  const int64_t d = o.d_model(), hidden = o.ffn_dim() == 0 ? 4 * d : o.ffn_dim();
-  cross_attn = register_module("cross_attn", kvq::nn::MultiHeadKVQ(o.attention_options()));
+  check_block_options("SupportAttentionBlock", o);
+  const int64_t d = o.d_model(), hidden = o.ffn_width();
+  cross_attn = register_module("cross_attn", kvq::nn::MultiHeadKVQ(o.multi_head_options()));
   const auto ln = torch::nn::LayerNormOptions({d}).eps(o.layer_norm_eps());
   norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
   norm2 = register_module("norm2", torch::nn::LayerNorm(ln));
@@ -153,14 +143,7 @@ FewShotClassifierImpl::FewShotClassifierImpl(const FewShotClassifierOptions& opt
 void FewShotClassifierImpl::reset() {
   const auto& o = options;
   TORCH_CHECK(o.num_ways() > 0, "FewShotClassifier: num_ways must be > 0, got ", o.num_ways());
-  TORCH_CHECK(o.num_layers() > 0, "FewShotClassifier: num_layers must be > 0, got ",
-              o.num_layers());
-  TORCH_CHECK(o.ffn_dim() >= 0, "FewShotClassifier: ffn_dim must be >= 0 (0 = 2 * d_model), got ",
-              o.ffn_dim());
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
-              "FewShotClassifier: dropout must be in [0, 1), got ", o.dropout());
-  const auto names =
-      layer_mechanisms("FewShotClassifier", o.attention(), o.mechanisms(), o.num_layers());
+  const auto layers = layer_blocks("FewShotClassifier", o.block(), o.mechanisms(), o.num_layers());
 
   TORCH_CHECK(o.readout() == "head" || o.readout() == "labels",
               "FewShotClassifier: readout must be 'head' or 'labels', got '", o.readout(), "'");
@@ -178,7 +161,7 @@ void FewShotClassifierImpl::reset() {
               "FewShotClassifier: readout_features 'encoder' needs num_layers = 1 (the blocks ",
               "work on the projected features), got ", o.num_layers());
 
-  const int64_t d = o.d_model();
+  const int64_t d = o.block().d_model(), heads = o.block().num_heads();
   encoder = nullptr;
   mlp_encoder = nullptr;
   if (o.encoder() == "conv4") {
@@ -204,17 +187,10 @@ void FewShotClassifierImpl::reset() {
   }
   label_embedding = register_module("label_embedding", torch::nn::Embedding(o.num_ways(), d));
   blocks = register_module("blocks", torch::nn::ModuleList());
-  const size_t num_blocks = labels ? names.size() - 1 : names.size();
-  for (size_t i = 0; i < num_blocks; ++i) {
-    blocks->push_back(SupportAttentionBlock(TransformerBlockOptions(d, o.num_heads())
-                                                .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
-                                                .activation("relu")
-                                                .dropout(o.dropout())
-                                                .norm_first(o.norm_first())
-                                                .attention(nn::layer_attention(o.attention(), names[i]))));
-  }
+  const size_t num_blocks = labels ? layers.size() - 1 : layers.size();
+  for (size_t i = 0; i < num_blocks; ++i) blocks->push_back(SupportAttentionBlock(layers[i]));
   final_norm = nullptr;
-  if (o.norm_first() && num_blocks > 0) {
+  if (o.block().norm_first() && num_blocks > 0) {
     final_norm =
         register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   }
@@ -227,16 +203,16 @@ void FewShotClassifierImpl::reset() {
     return;
   }
   const int64_t width = on_encoder ? feature_dim() : d;
-  TORCH_CHECK(width % o.num_heads() == 0, "FewShotClassifier: ",
+  TORCH_CHECK(width % heads == 0, "FewShotClassifier: ",
               on_encoder ? "the encoder's feature width" : "d_model",
-              " must be a multiple of num_heads, got ", width, " and num_heads = ", o.num_heads());
-  const auto attention = nn::layer_attention(o.attention(), names.back());
-  const auto& info = find_mechanism(names.back());
+              " must be a multiple of num_heads, got ", width, " and num_heads = ", heads);
+  const auto& attention = layers.back().attention();
+  const auto& info = find_mechanism(attention.mechanism());
   const Projection projection = nn::resolved_projection(attention);
   TORCH_CHECK(projection != Projection::KVPos,
               "FewShotClassifier: the kv-pos projection does not apply to the 'labels' readout ",
-              "(mechanism '", names.back(), "'); use qkv or kv");
-  readout_mechanism_ = names.back();
+              "(mechanism '", attention.mechanism(), "'); use qkv or kv");
+  readout_mechanism_ = attention.mechanism();
   auto identity = [&](const char* name) {
     auto layer = register_module(name, torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
     torch::NoGradGuard no_grad;
@@ -252,7 +228,7 @@ void FewShotClassifierImpl::reset() {
     torch::nn::init::orthogonal_(label_embedding->weight);
   }
   if (info.traits.uses_alpha) {
-    auto raw = torch::full({o.num_heads()},
+    auto raw = torch::full({heads},
                            nn::alpha_raw_for(attention.alpha_init(), attention.alpha_floor()));
     readout_alpha_raw = attention.learn_alpha() ? register_parameter("readout_alpha_raw", raw)
                                                 : register_buffer("readout_alpha_raw", raw);
@@ -263,7 +239,7 @@ void FewShotClassifierImpl::reset() {
 
 torch::Tensor FewShotClassifierImpl::readout_alpha() const {
   if (!readout_alpha_raw.defined()) return {};
-  return nn::alpha_from_raw(readout_alpha_raw, options.alpha_floor());
+  return nn::alpha_from_raw(readout_alpha_raw, options.block().alpha_floor());
 }
 
 torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
@@ -271,7 +247,8 @@ torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
                                                    const torch::Tensor& support_labels) {
   const auto& info = find_mechanism(readout_mechanism_);
   const int64_t B = x.size(0), M = x.size(1), S = support.size(1);
-  const int64_t H = options.num_heads(), dh = x.size(2) / H;
+  const auto heads = options.block().multi_head_options();
+  const int64_t H = heads.num_heads(), dh = x.size(2) / H;
   auto split = [&](const torch::Tensor& t, int64_t len) {
     return t.reshape({B, len, H, dh}).transpose(1, 2);  // (B, H, len, d_h)
   };
@@ -281,8 +258,8 @@ torch::Tensor FewShotClassifierImpl::label_readout(const torch::Tensor& x,
   const auto E = label_embedding->weight;  // (N, d)
   const auto v = label_embedding(support_labels).unsqueeze(1).expand({B, H, S, E.size(1)});
   functional::AttentionFuncOptions fo;
-  fo.scale(options.scale()).chunk_size(options.chunk_size());
-  if (info.traits.has_softmax) fo.dropout(options.dropout()).training(is_training());
+  fo.scale(heads.scale()).chunk_size(heads.chunk_size());
+  if (info.traits.has_softmax) fo.dropout(heads.dropout().value_or(0.0)).training(is_training());
   const auto o = info.fn(q, k, v, readout_alpha(), fo).mean(1);  // (B, M, d)
   return readout_log_scale.exp() * torch::matmul(o, E.t());
 }
@@ -338,7 +315,7 @@ torch::Tensor FewShotClassifierImpl::forward_features(const torch::Tensor& suppo
     for (size_t i = 0; i < blocks->size(); ++i) {
       x = blocks->ptr<SupportAttentionBlockImpl>(i)->forward(x, support, values);
     }
-    if (options.norm_first()) x = final_norm(x);
+    if (options.block().norm_first()) x = final_norm(x);
   }
   if (head.is_empty()) return label_readout(x, support, support_labels);
   return head(x);

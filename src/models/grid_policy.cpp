@@ -14,20 +14,15 @@ void GridPolicyImpl::reset() {
   TORCH_CHECK(o.num_types() >= 1 && o.num_actions() >= 1 && o.max_side() >= 1,
               "GridPolicy: num_types, num_actions and max_side must be >= 1, got ", o.num_types(),
               ", ", o.num_actions(), ", ", o.max_side());
-  const auto names = layer_mechanisms("GridPolicy", o.attention(), o.mechanisms(), o.num_layers());
-  const int64_t d = o.d_model();
+  const auto layers = layer_blocks("GridPolicy", o.block(), o.mechanisms(), o.num_layers(),
+                                   /*needs_norm_first=*/true);
+  const int64_t d = o.block().d_model();
   type_embedding = register_module("type_embedding", torch::nn::Embedding(o.num_types(), d));
   row_embedding = register_module("row_embedding", torch::nn::Embedding(o.max_side(), d));
   col_embedding = register_module("col_embedding", torch::nn::Embedding(o.max_side(), d));
   cls_token = register_parameter("cls_token", torch::randn({1, 1, d}) * 0.02);
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (const auto& name : names) {
-    blocks->push_back(TransformerBlock(TransformerBlockOptions(d, o.num_heads())
-                                           .ffn_dim(o.ffn_dim() == 0 ? 2 * d : o.ffn_dim())
-                                           .dropout(o.dropout())
-                                           .norm_first(true)
-                                           .attention(nn::layer_attention(o.attention(), name))));
-  }
+  for (const auto& layer : layers) blocks->push_back(TransformerBlock(layer));
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   head = register_module("head", torch::nn::Linear(d, o.num_actions()));

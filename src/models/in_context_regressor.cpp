@@ -12,18 +12,8 @@ void check_options(const InContextRegressorOptions& o) {
   const char* owner = "InContextRegressor";
   TORCH_CHECK(o.x_dim() >= 1, owner, ": x_dim must be >= 1, got ", o.x_dim());
   TORCH_CHECK(o.y_dim() >= 1, owner, ": y_dim must be >= 1, got ", o.y_dim());
-  TORCH_CHECK(o.num_layers() >= 1, owner, ": num_layers must be >= 1, got ", o.num_layers());
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0, owner,
-              ": d_model must be a positive multiple of num_heads, got d_model = ", o.d_model(),
-              ", num_heads = ", o.num_heads());
-  TORCH_CHECK(o.ffn_dim() >= 0, owner, ": ffn_dim must be >= 0 (0 = 4 * d_model), got ",
-              o.ffn_dim());
-  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu", owner,
-              ": activation must be 'relu' or 'gelu', got '", o.activation(), "'");
-  TORCH_CHECK(o.layer_norm_eps() > 0.0, owner, ": layer_norm_eps must be > 0, got ",
-              o.layer_norm_eps());
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, owner, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  TORCH_CHECK(o.block().norm_first(), owner,
+              ": block.norm_first must be true (Pre-LN layers; layer_norm = false for none)");
 }
 
 }  // namespace
@@ -38,29 +28,25 @@ InContextRegressorLayerImpl::InContextRegressorLayerImpl(const InContextRegresso
 
 void InContextRegressorLayerImpl::reset() {
   check_options(options);
-  const int64_t d = options.d_model();
-  attn = register_module(
-      "attn", kvq::nn::MultiHeadKVQ(kvq::nn::MultiHeadKVQOptions(d, options.num_heads())
-                                        .attention(nn::layer_attention(options.attention(),
-                                                                       mechanism))
-                                        .dropout(options.dropout())
-                                        .bias(options.bias())
-                                        .batch_first(true)));
+  const auto block = layer_block(options.block(), mechanism);
+  check_block_options("InContextRegressorLayer", block);
+  const int64_t d = block.d_model();
+  attn = register_module("attn", kvq::nn::MultiHeadKVQ(block.multi_head_options()));
   norm1 = norm2 = nullptr;
   linear1 = linear2 = nullptr;
   if (options.layer_norm()) {
-    const auto ln = torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps());
+    const auto ln = torch::nn::LayerNormOptions({d}).eps(block.layer_norm_eps());
     norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
     if (options.feed_forward()) norm2 = register_module("norm2", torch::nn::LayerNorm(ln));
   }
   if (options.feed_forward()) {
-    const int64_t hidden = options.ffn_dim() == 0 ? 4 * d : options.ffn_dim();
+    const int64_t hidden = block.ffn_width();
     linear1 = register_module(
-        "linear1", torch::nn::Linear(torch::nn::LinearOptions(d, hidden).bias(options.bias())));
+        "linear1", torch::nn::Linear(torch::nn::LinearOptions(d, hidden).bias(block.bias())));
     linear2 = register_module(
-        "linear2", torch::nn::Linear(torch::nn::LinearOptions(hidden, d).bias(options.bias())));
+        "linear2", torch::nn::Linear(torch::nn::LinearOptions(hidden, d).bias(block.bias())));
   }
-  dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
+  dropout = register_module("dropout", torch::nn::Dropout(block.dropout()));
 }
 
 torch::Tensor InContextRegressorLayerImpl::forward(const torch::Tensor& h,
@@ -71,7 +57,8 @@ torch::Tensor InContextRegressorLayerImpl::forward(const torch::Tensor& h,
   auto x = h + dropout(attn->forward(q, keys, values, key_padding_mask, /*causal=*/false));
   if (linear1.is_empty()) return x;
   auto u = norm2.is_empty() ? x : norm2(x);
-  auto hidden = options.activation() == "gelu" ? torch::gelu(linear1(u)) : torch::relu(linear1(u));
+  const auto a = linear1(u);
+  auto hidden = options.block().activation() == "gelu" ? torch::gelu(a) : torch::relu(a);
   return x + dropout(linear2(dropout(hidden)));
 }
 
@@ -85,11 +72,10 @@ InContextRegressorImpl::InContextRegressorImpl(const InContextRegressorOptions& 
 void InContextRegressorImpl::reset() {
   const auto& o = options;
   check_options(o);
-  const auto names =
-      layer_mechanisms("InContextRegressor", o.attention(), o.mechanisms(), o.num_layers());
-  const int64_t d = o.d_model();
+  const auto blocks = layer_blocks("InContextRegressor", o.block(), o.mechanisms(), o.num_layers());
+  const int64_t d = o.block().d_model();
   auto linear = [&](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.bias()));
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.block().bias()));
   };
   TORCH_CHECK(o.feature_dim() >= 0, "InContextRegressor: feature_dim must be >= 0, got ",
               o.feature_dim());
@@ -103,11 +89,12 @@ void InContextRegressorImpl::reset() {
   x_embed = register_module("x_embed", linear(f, d));
   xy_embed = register_module("xy_embed", linear(f + o.y_dim(), d));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (const auto& name : names) layers->push_back(InContextRegressorLayer(o, name));
+  for (const auto& block : blocks) layers->push_back(InContextRegressorLayer(o, block.mechanism()));
   final_norm = nullptr;
   if (o.layer_norm()) {
     final_norm = register_module(
-        "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(o.layer_norm_eps())));
+        "final_norm",
+        torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(o.block().layer_norm_eps())));
   }
   readout = register_module("readout", linear(d, o.y_dim()));
 }
@@ -155,23 +142,24 @@ torch::Tensor InContextRegressorImpl::forward(const torch::Tensor& context_x,
 
 InContextRegressorOptions ridge_construction_options(int64_t x_dim, int64_t y_dim) {
   return InContextRegressorOptions(x_dim, y_dim)
-      .d_model(x_dim + y_dim)
-      .num_heads(1)
+      .block(TransformerBlockOptions(x_dim + y_dim, 1)
+                 .dropout(0.0)
+                 .norm_first(true)
+                 .mechanism("intention")
+                 .projection("qkv")
+                 .learn_alpha(false))
       .num_layers(1)
       .feed_forward(false)
-      .layer_norm(false)
-      .dropout(0.0)
-      .mechanism("intention")
-      .projection("qkv")
-      .learn_alpha(false);
+      .layer_norm(false);
 }
 
 void set_ridge_weights(InContextRegressor& model, double alpha) {
   const char* op = "set_ridge_weights";
   const auto& o = model->options;
-  const int64_t dx = o.x_dim(), dy = o.y_dim(), d = o.d_model();
+  const int64_t dx = o.x_dim(), dy = o.y_dim(), d = o.block().d_model();
   TORCH_CHECK(o.num_layers() == 1, op, ": needs num_layers = 1, got ", o.num_layers());
-  TORCH_CHECK(o.num_heads() == 1, op, ": needs num_heads = 1, got ", o.num_heads());
+  TORCH_CHECK(o.block().num_heads() == 1, op, ": needs num_heads = 1, got ",
+              o.block().num_heads());
   TORCH_CHECK(d >= dx + dy, op, ": needs d_model >= x_dim + y_dim = ", dx + dy, ", got ", d);
   TORCH_CHECK(!o.feed_forward(), op, ": needs feed_forward = false");
   TORCH_CHECK(!o.layer_norm(), op, ": needs layer_norm = false");

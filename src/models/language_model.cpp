@@ -16,28 +16,14 @@ void LanguageModelImpl::reset() {
   TORCH_CHECK(o.vocab_size() > 0, "LanguageModel: vocab_size must be > 0, got ", o.vocab_size());
   TORCH_CHECK(o.context_length() > 0, "LanguageModel: context_length must be > 0, got ",
               o.context_length());
-  TORCH_CHECK(o.num_layers() > 0, "LanguageModel: num_layers must be > 0, got ", o.num_layers());
-  TORCH_CHECK(o.ffn_dim() >= 0, "LanguageModel: ffn_dim must be >= 0 (0 = 4 * d_model), got ",
-              o.ffn_dim());
-  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
-              "LanguageModel: activation must be 'relu' or 'gelu', got '", o.activation(), "'");
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
-              "LanguageModel: dropout must be in [0, 1), got ", o.dropout());
-  const auto names = layer_mechanisms("LanguageModel", o.attention(), o.mechanisms(), o.num_layers());
-
-  const int64_t d = o.d_model();
+  const auto layers = layer_blocks("LanguageModel", o.block(), o.mechanisms(), o.num_layers(),
+                                   /*needs_norm_first=*/true);
+  const int64_t d = o.block().d_model();
   token_embedding = register_module("token_embedding", torch::nn::Embedding(o.vocab_size(), d));
   position_embedding =
       register_module("position_embedding", torch::nn::Embedding(o.context_length(), d));
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (const auto& name : names) {
-    blocks->push_back(TransformerBlock(TransformerBlockOptions(d, o.num_heads())
-                                           .ffn_dim(o.ffn_dim())
-                                           .activation(o.activation())
-                                           .dropout(o.dropout())
-                                           .norm_first(true)
-                                           .attention(nn::layer_attention(o.attention(), name))));
-  }
+  for (const auto& layer : layers) blocks->push_back(TransformerBlock(layer));
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   lm_head = register_module("lm_head", torch::nn::Linear(d, o.vocab_size()));

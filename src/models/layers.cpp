@@ -12,29 +12,6 @@ namespace kvq {
 namespace models {
 namespace {
 
-int64_t ffn_width(const TransformerBlockOptions& o) {
-  return o.ffn_dim() == 0 ? 4 * o.d_model() : o.ffn_dim();
-}
-
-void check_block_options(const char* owner, const TransformerBlockOptions& o) {
-  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0, owner,
-              ": d_model must be a positive multiple of num_heads, got d_model = ", o.d_model(),
-              ", num_heads = ", o.num_heads());
-  TORCH_CHECK(o.ffn_dim() >= 0, owner, ": ffn_dim must be >= 0 (0 = 4 * d_model), got ",
-              o.ffn_dim());
-  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu", owner,
-              ": activation must be 'relu' or 'gelu', got '", o.activation(), "'");
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, owner, ": dropout must be in [0, 1), got ",
-              o.dropout());
-  if (o.attention_dropout()) {
-    TORCH_CHECK(*o.attention_dropout() >= 0.0 && *o.attention_dropout() < 1.0, owner,
-                ": attention_dropout must be in [0, 1), got ", *o.attention_dropout());
-  }
-  TORCH_CHECK(o.layer_norm_eps() > 0.0, owner, ": layer_norm_eps must be > 0, got ",
-              o.layer_norm_eps());
-  nn::check_attention_options(o.attention(), owner);
-}
-
 torch::Tensor activate(const std::string& activation, const torch::Tensor& x) {
   return activation == "gelu" ? torch::gelu(x) : torch::relu(x);
 }
@@ -98,12 +75,52 @@ void check_tokens(const char* owner, const char* arg, const torch::Tensor& token
               "), got values in [", lo, ", ", hi, "]");
 }
 
-kvq::nn::MultiHeadKVQOptions TransformerBlockOptions::attention_options() const {
+kvq::nn::MultiHeadKVQOptions TransformerBlockOptions::multi_head_options() const {
   return kvq::nn::MultiHeadKVQOptions(d_model(), num_heads())
       .attention(attention())
-      .dropout(attention_dropout().value_or(dropout()))
+      .dropout(attention().dropout().value_or(dropout()))
       .bias(bias())
       .batch_first(true);
+}
+
+int64_t TransformerBlockOptions::ffn_width() const {
+  return ffn_dim() == 0 ? 4 * d_model() : ffn_dim();
+}
+
+void check_block_options(const std::string& owner, const TransformerBlockOptions& o,
+                         const std::vector<std::string>& mechanisms) {
+  TORCH_CHECK(o.d_model() > 0 && o.num_heads() > 0 && o.d_model() % o.num_heads() == 0, owner,
+              ": d_model must be a positive multiple of num_heads, got d_model = ", o.d_model(),
+              ", num_heads = ", o.num_heads());
+  TORCH_CHECK(o.ffn_dim() >= 0, owner, ": ffn_dim must be >= 0 (0 = 4 * d_model), got ",
+              o.ffn_dim());
+  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu", owner,
+              ": activation must be 'relu' or 'gelu', got '", o.activation(), "'");
+  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, owner, ": dropout must be in [0, 1), got ",
+              o.dropout());
+  TORCH_CHECK(o.layer_norm_eps() > 0.0, owner, ": layer_norm_eps must be > 0, got ",
+              o.layer_norm_eps());
+  nn::check_attention_options(o.attention(), owner, mechanisms);
+}
+
+TransformerBlockOptions layer_block(const TransformerBlockOptions& block,
+                                    const std::string& mechanism) {
+  return TransformerBlockOptions(block).attention(
+      nn::layer_attention(block.attention(), mechanism));
+}
+
+std::vector<TransformerBlockOptions> layer_blocks(const std::string& owner,
+                                                  const TransformerBlockOptions& block,
+                                                  const std::vector<std::string>& mechanisms,
+                                                  int64_t num_layers, bool needs_norm_first) {
+  TORCH_CHECK(num_layers >= 1, owner, ": num_layers must be >= 1, got ", num_layers);
+  TORCH_CHECK(!needs_norm_first || block.norm_first(), owner,
+              ": block.norm_first must be true (Pre-LN blocks; the stack ends with a LayerNorm)");
+  const auto names = layer_mechanisms(owner, block.attention(), mechanisms, num_layers);
+  check_block_options(owner, block, names);
+  std::vector<TransformerBlockOptions> out;
+  for (const auto& name : names) out.push_back(layer_block(block, name));
+  return out;
 }
 
 namespace {
@@ -135,8 +152,8 @@ TransformerBlockImpl::TransformerBlockImpl(const TransformerBlockOptions& option
 
 void TransformerBlockImpl::reset() {
   check_block_options("TransformerBlock", options);
-  const int64_t d = options.d_model(), hidden = ffn_width(options);
-  self_attn = register_module("self_attn", kvq::nn::MultiHeadKVQ(options.attention_options()));
+  const int64_t d = options.d_model(), hidden = options.ffn_width();
+  self_attn = register_module("self_attn", kvq::nn::MultiHeadKVQ(options.multi_head_options()));
   const auto ln = torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps());
   norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
   norm2 = register_module("norm2", torch::nn::LayerNorm(ln));
@@ -187,9 +204,9 @@ TransformerDecoderBlockImpl::TransformerDecoderBlockImpl(const TransformerBlockO
 
 void TransformerDecoderBlockImpl::reset() {
   check_block_options("TransformerDecoderBlock", options);
-  const int64_t d = options.d_model(), hidden = ffn_width(options);
-  self_attn = register_module("self_attn", kvq::nn::MultiHeadKVQ(options.attention_options()));
-  cross_attn = register_module("cross_attn", kvq::nn::MultiHeadKVQ(options.attention_options()));
+  const int64_t d = options.d_model(), hidden = options.ffn_width();
+  self_attn = register_module("self_attn", kvq::nn::MultiHeadKVQ(options.multi_head_options()));
+  cross_attn = register_module("cross_attn", kvq::nn::MultiHeadKVQ(options.multi_head_options()));
   const auto ln = torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps());
   norm1 = register_module("norm1", torch::nn::LayerNorm(ln));
   norm2 = register_module("norm2", torch::nn::LayerNorm(ln));

@@ -17,37 +17,23 @@ void Seq2SeqImpl::reset() {
               o.num_encoder_layers());
   TORCH_CHECK(o.num_decoder_layers() > 0, "Seq2Seq: num_decoder_layers must be > 0, got ",
               o.num_decoder_layers());
-  TORCH_CHECK(o.ffn_dim() >= 0, "Seq2Seq: ffn_dim must be >= 0 (0 = 4 * d_model), got ",
-              o.ffn_dim());
-  TORCH_CHECK(o.activation() == "relu" || o.activation() == "gelu",
-              "Seq2Seq: activation must be 'relu' or 'gelu', got '", o.activation(), "'");
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, "Seq2Seq: dropout must be in [0, 1), got ",
-              o.dropout());
   const int64_t n_enc = o.num_encoder_layers(), n_dec = o.num_decoder_layers();
-  const auto names = layer_mechanisms("Seq2Seq", o.attention(), o.mechanisms(), n_enc + n_dec);
-
-  const int64_t d = o.d_model();
-  auto block = [&](const std::string& mechanism) {
-    return TransformerBlockOptions(d, o.num_heads())
-        .ffn_dim(o.ffn_dim())
-        .activation(o.activation())
-        .dropout(o.dropout())
-        .norm_first(true)
-        .attention(nn::layer_attention(o.attention(), mechanism));
-  };
+  const auto layers =
+      layer_blocks("Seq2Seq", o.block(), o.mechanisms(), n_enc + n_dec, /*needs_norm_first=*/true);
+  const int64_t d = o.block().d_model();
   src_embedding = register_module("src_embedding", torch::nn::Embedding(o.src_vocab_size(), d));
   tgt_embedding = register_module("tgt_embedding", torch::nn::Embedding(o.tgt_vocab_size(), d));
   encoder_blocks = register_module("encoder_blocks", torch::nn::ModuleList());
   decoder_blocks = register_module("decoder_blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < n_enc; ++i) encoder_blocks->push_back(TransformerBlock(block(names[i])));
+  for (int64_t i = 0; i < n_enc; ++i) encoder_blocks->push_back(TransformerBlock(layers[i]));
   for (int64_t i = 0; i < n_dec; ++i) {
-    decoder_blocks->push_back(TransformerDecoderBlock(block(names[n_enc + i])));
+    decoder_blocks->push_back(TransformerDecoderBlock(layers[n_enc + i]));
   }
   const auto ln = torch::nn::LayerNormOptions({d});
   encoder_norm = register_module("encoder_norm", torch::nn::LayerNorm(ln));
   decoder_norm = register_module("decoder_norm", torch::nn::LayerNorm(ln));
   output = register_module("output", torch::nn::Linear(d, o.tgt_vocab_size()));
-  dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
+  dropout = register_module("dropout", torch::nn::Dropout(o.block().dropout()));
 
   // The Annotated Transformer's Xavier-uniform embeddings: scaled by sqrt(d) they have about the
   // magnitude of the positional table.
@@ -58,7 +44,7 @@ void Seq2SeqImpl::reset() {
 
 torch::Tensor Seq2SeqImpl::encode(const torch::Tensor& src, const torch::Tensor& src_padding_mask) {
   check_tokens("Seq2Seq", "src", src, options.src_vocab_size());
-  const int64_t d = options.d_model();
+  const int64_t d = options.block().d_model();
   auto x = src_embedding(src) * std::sqrt(static_cast<double>(d));
   x = dropout(x + sinusoidal_positional_encoding(src.size(1), d, x.options()));
   for (size_t i = 0; i < encoder_blocks->size(); ++i) {
@@ -69,7 +55,7 @@ torch::Tensor Seq2SeqImpl::encode(const torch::Tensor& src, const torch::Tensor&
 
 torch::Tensor Seq2SeqImpl::embed_target(const torch::Tensor& tgt, int64_t first_position) {
   check_tokens("Seq2Seq", "tgt", tgt, options.tgt_vocab_size());
-  const int64_t d = options.d_model(), T = tgt.size(1);
+  const int64_t d = options.block().d_model(), T = tgt.size(1);
   auto x = tgt_embedding(tgt) * std::sqrt(static_cast<double>(d));
   auto table = sinusoidal_positional_encoding(first_position + T, d, x.options());
   return dropout(x + table.narrow(0, first_position, T));

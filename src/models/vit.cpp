@@ -32,15 +32,12 @@ void ViTImpl::reset() {
               o.patch_size());
   TORCH_CHECK(o.num_classes() > 0, "ViT: num_classes must be > 0, got ", o.num_classes());
   TORCH_CHECK(o.in_channels() > 0, "ViT: in_channels must be > 0, got ", o.in_channels());
-  TORCH_CHECK(o.num_layers() > 0, "ViT: num_layers must be > 0, got ", o.num_layers());
-  TORCH_CHECK(o.mlp_dim() >= 0, "ViT: mlp_dim must be >= 0 (0 = d_model), got ", o.mlp_dim());
-  TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0, "ViT: dropout must be in [0, 1), got ",
-              o.dropout());
   TORCH_CHECK(o.embedding_dropout() >= 0.0 && o.embedding_dropout() < 1.0,
               "ViT: embedding_dropout must be in [0, 1), got ", o.embedding_dropout());
-  const auto names = layer_mechanisms("ViT", o.attention(), o.mechanisms(), o.num_layers());
+  const auto layers =
+      layer_blocks("ViT", o.block(), o.mechanisms(), o.num_layers(), /*needs_norm_first=*/true);
 
-  const int64_t d = o.d_model(), hidden = o.mlp_dim() == 0 ? d : o.mlp_dim();
+  const int64_t d = o.block().d_model(), hidden = o.block().ffn_width();
   const int64_t patch_dim = o.patch_size() * o.patch_size() * o.in_channels();
   patch_embedding = register_module("patch_embedding", torch::nn::Linear(patch_dim, d));
   cls_token = register_parameter("cls_token", torch::randn({1, 1, d}));
@@ -48,14 +45,7 @@ void ViTImpl::reset() {
   embedding_dropout =
       register_module("embedding_dropout", torch::nn::Dropout(o.embedding_dropout()));
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (const auto& name : names) {
-    blocks->push_back(TransformerBlock(TransformerBlockOptions(d, o.num_heads())
-                                           .ffn_dim(hidden)
-                                           .activation("gelu")
-                                           .dropout(o.dropout())
-                                           .norm_first(true)
-                                           .attention(nn::layer_attention(o.attention(), name))));
-  }
+  for (const auto& layer : layers) blocks->push_back(TransformerBlock(layer));
   final_norm =
       register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
   head = register_module("head",

@@ -83,6 +83,8 @@ void check_attention_options(const AttentionOptions& o, const std::string& owner
               o.pos_map(), "'");
   TORCH_CHECK(!o.scale() || *o.scale() > 0, owner, ": scale must be > 0, got ",
               o.scale() ? *o.scale() : 0.0);
+  TORCH_CHECK(!o.dropout() || (*o.dropout() >= 0.0 && *o.dropout() < 1.0), owner,
+              ": dropout must be in [0, 1), got ", o.dropout() ? *o.dropout() : 0.0);
 
   // Options away from their defaults that no layer would use.
   std::vector<std::string> names;

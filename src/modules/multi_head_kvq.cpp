@@ -18,8 +18,6 @@ void MultiHeadKVQImpl::reset() {
   TORCH_CHECK(embed > 0 && heads > 0 && embed % heads == 0,
               "MultiHeadKVQ: embed_dim must be a positive multiple of num_heads, got embed_dim = ",
               embed, ", num_heads = ", heads);
-  TORCH_CHECK(options.dropout() >= 0.0 && options.dropout() < 1.0,
-              "MultiHeadKVQ: dropout must be in [0, 1), got ", options.dropout());
   check_attention_options(options.attention(), "MultiHeadKVQ");
   mechanism_ = &find_mechanism(options.mechanism());
   projection_ = resolved_projection(options.attention());
@@ -101,7 +99,9 @@ functional::AttentionFuncOptions MultiHeadKVQImpl::mechanism_options(
       .key_padding_mask(key_padding_mask)
       .scale(options.scale())
       .chunk_size(options.chunk_size());
-  if (mechanism_->traits.has_softmax) fo.dropout(options.dropout()).training(is_training());
+  if (mechanism_->traits.has_softmax) {
+    fo.dropout(options.dropout().value_or(0.0)).training(is_training());
+  }
   return fo;
 }
 

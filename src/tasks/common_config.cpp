@@ -13,10 +13,22 @@ bool contains_name(const std::vector<std::string>& names, const std::string& nam
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
+std::function<void(nlohmann::json&)> upgrade_zero_ffn_dim(int64_t multiple) {
+  return [multiple](nlohmann::json& saved) {
+    const auto ffn = saved.find("ffn_dim");
+    const auto d_model = saved.find("d_model");
+    if (ffn == saved.end() || d_model == saved.end() || !ffn->is_number_integer() ||
+        ffn->get<int64_t>() != 0 || !d_model->is_number_integer()) {
+      return;
+    }
+    *ffn = multiple * d_model->get<int64_t>();
+  };
+}
+
 }  // namespace detail
 
 std::string resolved_projection(const CommonTaskConfig& c) {
-  return projection_name(nn::resolved_projection(c.attention));
+  return projection_name(nn::resolved_projection(c.block.attention()));
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(
@@ -43,7 +55,7 @@ train::LrSchedule make_schedule(const CommonTaskConfig& c, int64_t total_steps,
   s.min_lr = c.min_lr;
   s.warmup_steps = c.warmup_steps;
   s.total_steps = total_steps;
-  s.d_model = c.d_model;
+  s.d_model = c.block.d_model();
   s.factor = c.lr;
   try {
     train::validate(s);

@@ -134,13 +134,15 @@ const train::ConfigSchema<Config>& distill_task_schema() {
         .preset("full",
                 {{"height", 9}, {"width", 9}, {"train_levels", 10000}, {"val_levels", 500},
                  {"test_levels", 1000}, {"train_states", "all"}, {"epochs", 4}, {"d_model", 64},
-                 {"num_heads", 4}, {"num_layers", 4}, {"batch_size", 64}, {"lr", 1e-3},
+                 {"num_heads", 4}, {"num_layers", 4}, {"ffn_dim", 128}, {"batch_size", 64},
+                 {"lr", 1e-3},
                  {"schedule", "cosine"}, {"warmup_steps", 200}},
                 "9x9 levels, every state of 10k training levels, 4 epochs, d 64, 4 heads, 4 layers")
         .preset("quick",
                 {{"height", 9}, {"width", 9}, {"train_levels", 1500}, {"val_levels", 200},
                  {"test_levels", 500}, {"train_states", "all"}, {"epochs", 4}, {"d_model", 64},
-                 {"num_heads", 4}, {"num_layers", 4}, {"batch_size", 64}, {"lr", 2e-3},
+                 {"num_heads", 4}, {"num_layers", 4}, {"ffn_dim", 128}, {"batch_size", 64},
+                 {"lr", 2e-3},
                  {"schedule", "cosine"}, {"warmup_steps", 100}, {"eval_every", 200},
                  {"checkpoint_every", 200}},
                 "9x9 levels, every state of 1500 training levels, 4 epochs, d 64, 4 heads, 4 "
@@ -161,7 +163,8 @@ const train::ConfigSchema<Config>& distill_task_schema() {
         .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
         .check("train_states must be \"trajectories\" or \"all\"", [](const Config& c) {
           return c.train_states == "trajectories" || c.train_states == "all";
-        });
+        })
+        .upgrade(detail::upgrade_zero_ffn_dim(2));
     return schema;
   }();
   return schema;
@@ -171,12 +174,8 @@ models::GridPolicy make_distill_model(const Config& c) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
   return models::GridPolicy(models::GridPolicyOptions(env::kNumTokenTypes, env::kNumActions)
                                 .max_side(std::max(c.height, c.width))
-                                .d_model(c.d_model)
-                                .num_heads(c.num_heads)
-                                .num_layers(c.num_layers)
-                                .ffn_dim(c.ffn_dim)
-                                .dropout(c.dropout)
-                                .attention(c.attention));
+                                .block(c.block)
+                                .num_layers(c.num_layers));
 }
 
 TrainSummary train_distill_task(const Config& c, const train::RunDir& run,

@@ -199,6 +199,7 @@ const train::ConfigSchema<Config>& few_shot_task_schema() {
                 "Gaussian clusters (D 32, class std 1, noise std 1.5), 5-way 1-shot, 5 queries, "
                 "MLP encoder of width 64, 16 episodes a batch, 10k updates, Adam 2e-3 cosine")
         .upgrade(upgrade_saved_config)
+        .upgrade(detail::upgrade_zero_ffn_dim(2))
         .check("episodes must be \"fashion-mnist\" or \"gaussian\"",
                [](const Config& c) {
                  return c.episodes == "fashion-mnist" || c.episodes == "gaussian";
@@ -242,18 +243,13 @@ models::FewShotClassifier make_few_shot_model(const Config& c) {
     options.in_channels(c.point_dim).image_size(1).encoder("mlp").encoder_blocks(2);
   }
   return models::FewShotClassifier(options.encoder_channels(c.encoder_channels)
-                                       .d_model(c.d_model)
-                                       .num_heads(c.num_heads)
                                        .num_layers(c.num_layers)
-                                       .ffn_dim(c.ffn_dim)
-                                       .dropout(c.dropout)
                                        .readout(c.readout)
                                        .readout_features(c.readout_features)
                                        // alpha_init etc. back to the library's defaults
                                        // where the mechanism has no alpha (the task's
                                        // alpha_init default is its own)
-                                       .attention(nn::layer_attention(
-                                           c.attention, c.attention.mechanism())));
+                                       .block(models::layer_block(c.block, c.block.mechanism())));
 }
 
 TrainSummary train_few_shot_task(const Config& c, const train::RunDir& run,

@@ -127,30 +127,34 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
       .check("num_val must be >= 1", [](const Config& c) { return c.num_val >= 1; })
       .check("num_train and num_test must be >= 0",
              [](const Config& c) { return c.num_train >= 0 && c.num_test >= 0; })
-      .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; });
+      .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
+      .upgrade(detail::upgrade_zero_ffn_dim(1));
   if (is_cifar(task)) {
     schema.preset("paper",
                   {{"patch_size", 8}, {"d_model", 128}, {"num_layers", 4}, {"num_heads", 4},
-                   {"dropout", 0.0}, {"batch_size", 128}, {"epochs", task == "cifar10" ? 40 : 50},
+                   {"ffn_dim", 128}, {"dropout", 0.0}, {"batch_size", 128},
+                   {"epochs", task == "cifar10" ? 40 : 50},
                    {"optimizer", "adamw"}, {"lr", 1e-3}, {"augment", true}},
                   "tasks.md experiment 2: patch 8 (17 tokens), d 128, depth 4, heads 4, batch "
                   "128, AdamW 1e-3, flip + resized crop, 40 (CIFAR-10) / 50 (CIFAR-100) epochs");
     schema.preset("quick",
                   {{"patch_size", 8}, {"d_model", 64}, {"num_layers", 2}, {"num_heads", 4},
-                   {"dropout", 0.0}, {"batch_size", 128}, {"epochs", 3}, {"optimizer", "adamw"},
+                   {"ffn_dim", 64}, {"dropout", 0.0}, {"batch_size", 128}, {"epochs", 3},
+                   {"optimizer", "adamw"},
                    {"lr", 2e-3}, {"schedule", "cosine"}, {"warmup_steps", 100},
                    {"augment", true}},
                   "patch 8, d 64, depth 2, heads 4, batch 128, 3 epochs, AdamW 2e-3 cosine");
   } else {
     schema.preset("paper",
                   {{"patch_size", 7}, {"d_model", 128}, {"num_layers", 4}, {"num_heads", 4},
-                   {"dropout", 0.0}, {"batch_size", 200}, {"epochs", 20},
+                   {"ffn_dim", 128}, {"dropout", 0.0}, {"batch_size", 200}, {"epochs", 20},
                    {"optimizer", "adamw"}, {"lr", 1e-3}},
                   "tasks.md experiment 2: patch 7 (17 tokens), d 128, depth 4, heads 4, batch "
                   "200, 20 epochs, AdamW 1e-3");
     schema.preset("quick",
                   {{"patch_size", 7}, {"d_model", 64}, {"num_layers", 2}, {"num_heads", 4},
-                   {"dropout", 0.0}, {"batch_size", 128}, {"epochs", 4}, {"optimizer", "adamw"},
+                   {"ffn_dim", 64}, {"dropout", 0.0}, {"batch_size", 128}, {"epochs", 4},
+                   {"optimizer", "adamw"},
                    {"lr", 2e-3}, {"schedule", "cosine"}, {"warmup_steps", 100},
                    {"eval_every", 200}, {"checkpoint_every", 200}},
                   "patch 7, d 64, depth 2, heads 4, batch 128, 4 epochs, AdamW 2e-3 with "
@@ -170,12 +174,8 @@ models::ViT make_image_model(const Config& c) {
   return models::ViT(
       models::ViTOptions(image_size(c.task), c.patch_size, num_classes(c.task))
           .in_channels(channels(c.task))
-          .d_model(c.d_model)
-          .num_heads(c.num_heads)
-          .num_layers(c.num_layers)
-          .mlp_dim(c.ffn_dim)
-          .dropout(c.dropout)
-          .attention(c.attention));
+          .block(c.block)
+          .num_layers(c.num_layers));
 }
 
 nlohmann::json evaluate_image_model(models::ViT& model, const torch::Tensor& images,

@@ -59,7 +59,8 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
       .field("context", &Config::context, "tokens a prediction sees (context length)")
       .field("steps", &Config::steps, "optimiser updates")
       .field("eval_windows", &Config::eval_windows, "validation windows during training")
-      .field("activation", &Config::activation, "feed-forward activation: relu | gelu")
+      .field("activation", detail::member<Config>(&Config::block),
+             &models::TransformerBlockOptions::activation, "feed-forward activation: relu | gelu")
       .check("task must be char-lm or human-numbers",
              [](const Config& c) { return detail::contains_name(lm_task_names(), c.task); })
       .check("text_file applies to char-lm only",
@@ -70,18 +71,22 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
       .check("steps must be >= 1", [](const Config& c) { return c.steps >= 1; })
       .check("eval_windows must be >= 1", [](const Config& c) { return c.eval_windows >= 1; })
       .check("activation must be relu or gelu",
-             [](const Config& c) { return c.activation == "relu" || c.activation == "gelu"; });
+             [](const Config& c) {
+               return c.block.activation() == "relu" || c.block.activation() == "gelu";
+             })
+      .upgrade(detail::upgrade_zero_ffn_dim(4));
   if (task == "char-lm") {
     schema.preset("paper",
                   {{"context", 64}, {"batch_size", 64}, {"steps", 10000}, {"optimizer", "adamw"},
                    {"lr", 5e-4}, {"d_model", 192}, {"num_heads", 3}, {"num_layers", 6},
-                   {"dropout", 0.2}},
+                   {"ffn_dim", 768}, {"dropout", 0.2}},
                   "tasks.md experiment 3: context 64, batch 64, 10k updates, AdamW 5e-4, "
                   "d_model 192, 3 heads, 6 layers, dropout 0.2");
     schema.preset("quick",
                   {{"context", 64}, {"batch_size", 32}, {"steps", 2000}, {"optimizer", "adamw"},
                    {"lr", 2e-3}, {"schedule", "cosine"}, {"warmup_steps", 100},
-                   {"d_model", 96}, {"num_heads", 3}, {"num_layers", 3}, {"dropout", 0.0},
+                   {"d_model", 96}, {"num_heads", 3}, {"num_layers", 3}, {"ffn_dim", 384},
+                   {"dropout", 0.0},
                    {"eval_every", 250}, {"checkpoint_every", 250}, {"eval_windows", 100}},
                   "context 64, batch 32, 2000 updates, AdamW 2e-3 cosine, d 96, 3 heads, "
                   "3 layers");
@@ -89,13 +94,14 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
     schema.preset("paper",
                   {{"context", 64}, {"batch_size", 64}, {"steps", 3000}, {"optimizer", "adamw"},
                    {"lr", 1e-3}, {"d_model", 64}, {"num_heads", 8}, {"num_layers", 4},
-                   {"dropout", 0.1}},
+                   {"ffn_dim", 256}, {"dropout", 0.1}},
                   "tasks.md experiment 5: d 64, 4 layers, 8 heads, causal, context 64 (of "
                   "16..128), batch 64, 3000 updates, AdamW 1e-3");
     schema.preset("quick",
                   {{"context", 32}, {"batch_size", 32}, {"steps", 600}, {"optimizer", "adamw"},
                    {"lr", 2e-3}, {"schedule", "cosine"}, {"warmup_steps", 50},
-                   {"d_model", 64}, {"num_heads", 4}, {"num_layers", 2}, {"dropout", 0.0},
+                   {"d_model", 64}, {"num_heads", 4}, {"num_layers", 2}, {"ffn_dim", 256},
+                   {"dropout", 0.0},
                    {"eval_every", 100}, {"checkpoint_every", 100}},
                   "context 32, batch 32, 600 updates, AdamW 2e-3 cosine, d 64, 4 heads, "
                   "2 layers");
@@ -148,13 +154,8 @@ models::LanguageModel make_lm_model(const Config& c, int64_t vocab_size) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
   return models::LanguageModel(models::LanguageModelOptions(vocab_size)
                                    .context_length(c.context)
-                                   .d_model(c.d_model)
-                                   .num_heads(c.num_heads)
-                                   .num_layers(c.num_layers)
-                                   .ffn_dim(c.ffn_dim)
-                                   .activation(c.activation)
-                                   .dropout(c.dropout)
-                                   .attention(c.attention));
+                                   .block(c.block)
+                                   .num_layers(c.num_layers));
 }
 
 nlohmann::json evaluate_lm_model(models::LanguageModel& model, const torch::Tensor& stream,

@@ -138,19 +138,22 @@ train::ConfigSchema<Config> build_schema(const std::string& task) {
              })
       .check("eval_episodes must be >= 1", [](const Config& c) { return c.eval_episodes >= 1; })
       .check("steps must be >= 1", [](const Config& c) { return c.steps >= 1; })
-      .check("feature_dim must be >= 0", [](const Config& c) { return c.feature_dim >= 0; });
+      .check("feature_dim must be >= 0", [](const Config& c) { return c.feature_dim >= 0; })
+      .upgrade(detail::upgrade_zero_ffn_dim(4));
   // Linear functions need no feature map (one intention layer is then exactly ridge regression);
   // GP and sinusoid functions need nonlinear features of x for any mechanism.
   const int64_t features = task == "icl-linear" ? 0 : 64;
   schema.preset("full",
-                {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"batch_size", 64},
+                {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"ffn_dim", 256},
+                 {"batch_size", 64},
                  {"steps", 20000}, {"lr", 1e-3}, {"schedule", "cosine"}, {"warmup_steps", 500},
                  {"eval_every", 1000}, {"checkpoint_every", 1000}, {"eval_episodes", 2000},
                  {"feature_dim", features}},
                 "one layer, d 64, 4 heads, batch 64 episodes, 20k updates, Adam 1e-3 cosine, "
                 "2000 evaluation episodes per context size; GP and sinusoid: feature map 64");
   schema.preset("quick",
-                {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"batch_size", 64},
+                {{"d_model", 64}, {"num_heads", 4}, {"num_layers", 1}, {"ffn_dim", 256},
+                 {"batch_size", 64},
                  {"steps", 3000}, {"lr", 3e-3}, {"schedule", "cosine"}, {"warmup_steps", 200},
                  {"eval_every", 500}, {"checkpoint_every", 500}, {"eval_episodes", 500},
                  {"feature_dim", features}},
@@ -169,15 +172,11 @@ const train::ConfigSchema<Config>& regression_task_schema(const std::string& tas
 models::InContextRegressor make_regression_model(const Config& c) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
   return models::InContextRegressor(models::InContextRegressorOptions(x_dim_of(c), 1)
-                                        .d_model(c.d_model)
-                                        .num_heads(c.num_heads)
+                                        .block(c.block)
                                         .num_layers(c.num_layers)
                                         .feed_forward(c.feed_forward)
-                                        .ffn_dim(c.ffn_dim)
                                         .layer_norm(c.layer_norm)
-                                        .feature_dim(c.feature_dim)
-                                        .dropout(c.dropout)
-                                        .attention(c.attention));
+                                        .feature_dim(c.feature_dim));
 }
 
 TrainSummary train_regression_task(const Config& c, const train::RunDir& run,

@@ -41,21 +41,21 @@ const train::ConfigSchema<Config>& sequence_task_schema() {
         .field("num_test", &Config::num_test, "test samples")
         .field("data_seed", &Config::data_seed, "seed of the data sets; -1 = seed")
         .field("epochs", &Config::epochs, "passes over the training set")
-        .field("norm_first", &Config::norm_first,
+        .field("norm_first", detail::member<Config>(&Config::block),
+               &models::TransformerBlockOptions::norm_first,
                "Pre-LN encoder blocks (+ final LayerNorm); false = Post-LN, the paper's")
-        .field("attention_dropout", &Config::attention_dropout,
-               "dropout on the attention weights; -1 = dropout (the paper's code: 0)")
         .preset("paper",
                 {{"length", 64}, {"vocab_size", 10}, {"num_train", 50000}, {"num_val", 1000},
                  {"num_test", 10000}, {"d_model", 64}, {"num_heads", 2}, {"num_layers", 2},
-                 {"ffn_dim", 0}, {"dropout", 0.1}, {"batch_size", 128}, {"epochs", 2},
+                 {"ffn_dim", 128}, {"dropout", 0.1}, {"batch_size", 128}, {"epochs", 2},
                  {"lr", 1e-3}, {"schedule", "cosine-product"}, {"warmup_steps", 5},
                  {"min_lr", 0.0}, {"grad_clip", 5.0}},
                 "tasks.md experiment 1: L 64, d 64, depth 2, heads 2, 50k/1k/10k, batch 128, "
                 "Adam 1e-3, cosine-product (warm-up 5), clip 5, 2 epochs, dropout 0.1")
         .preset("quick",
                 {{"length", 16}, {"num_train", 20000}, {"num_val", 500}, {"num_test", 2000},
-                 {"d_model", 64}, {"num_heads", 2}, {"num_layers", 2}, {"batch_size", 64},
+                 {"d_model", 64}, {"num_heads", 2}, {"num_layers", 2}, {"ffn_dim", 128},
+                 {"batch_size", 64},
                  {"epochs", 3}, {"lr", 2e-3}, {"checkpoint_every", 200}, {"eval_every", 100},
                  {"eval_batch_size", 500}},
                 "L 16, 20k/500/2k samples, batch 64, 3 epochs, Adam 2e-3: ~15 s per mechanism "
@@ -70,10 +70,7 @@ const train::ConfigSchema<Config>& sequence_task_schema() {
                [](const Config& c) { return c.num_val >= 1 && c.num_test >= 1; })
         .check("data_seed must be >= -1", [](const Config& c) { return c.data_seed >= -1; })
         .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
-        .check("attention_dropout must be -1 (= dropout) or in [0, 1)", [](const Config& c) {
-          return c.attention_dropout == -1.0 ||
-                 (c.attention_dropout >= 0.0 && c.attention_dropout < 1.0);
-        });
+        .upgrade(detail::upgrade_zero_ffn_dim(2));
     return schema;
   }();
   return schema;
@@ -85,16 +82,9 @@ int64_t sequence_task_total_steps(const Config& c) {
 
 models::SequenceTagger make_sequence_model(const Config& c) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
-  auto options = models::SequenceTaggerOptions(c.vocab_size, c.vocab_size)
-                     .d_model(c.d_model)
-                     .num_heads(c.num_heads)
-                     .num_layers(c.num_layers)
-                     .ffn_dim(c.ffn_dim)
-                     .dropout(c.dropout)
-                     .attention(c.attention)
-                     .norm_first(c.norm_first);
-  if (c.attention_dropout >= 0.0) options.attention_dropout(c.attention_dropout);
-  return models::SequenceTagger(options);
+  return models::SequenceTagger(models::SequenceTaggerOptions(c.vocab_size, c.vocab_size)
+                                    .block(c.block)
+                                    .num_layers(c.num_layers));
 }
 
 nlohmann::json evaluate_sequence_model(models::SequenceTagger& model, const torch::Tensor& inputs,

@@ -535,13 +535,13 @@ TrainingLoop training_loop_for(const CommonTaskConfig& c, torch::nn::Module& mod
   loop.max_skipped_steps = c.max_skipped_steps;
   loop.seed = static_cast<uint64_t>(c.seed);
   loop.metrics = find_task(c.task).metrics;
-  loop.label = c.task + "/" + c.attention.mechanism();
+  loop.label = c.task + "/" + c.block.mechanism();
   return loop;
 }
 
 nlohmann::json run_summary(const CommonTaskConfig& c, const torch::nn::Module& model) {
   return {{"task", c.task},
-          {"mechanism", c.attention.mechanism()},
+          {"mechanism", c.block.mechanism()},
           {"projection", resolved_projection(c)},
           {"seed", c.seed},
           {"params", parameter_count(model)}};

@@ -71,13 +71,9 @@ torch::Tensor trimmed(const torch::Tensor& rows) {
 models::Seq2Seq make_model(const Config& c, const TranslationData& d) {
   torch::manual_seed(static_cast<uint64_t>(c.seed));
   return models::Seq2Seq(models::Seq2SeqOptions(d.source_vocab.size(), d.target_vocab.size())
-                             .d_model(c.d_model)
-                             .num_heads(c.num_heads)
+                             .block(c.block)
                              .num_encoder_layers(c.num_layers)
-                             .num_decoder_layers(c.num_layers)
-                             .ffn_dim(c.ffn_dim)
-                             .dropout(c.dropout)
-                             .attention(c.attention));
+                             .num_decoder_layers(c.num_layers));
 }
 
 // Teacher-forced logits and targets of a batch of padded rows, on `device` (the model's).
@@ -195,14 +191,16 @@ const train::ConfigSchema<Config>& translation_task_schema() {
         .field("val_bleu_sentences", &Config::val_bleu_sentences,
                "validation pairs decoded for BLEU during training; 0 = all")
         .preset("paper",
-                {{"d_model", 128}, {"num_heads", 4}, {"num_layers", 2}, {"dropout", 0.1},
+                {{"d_model", 128}, {"num_heads", 4}, {"num_layers", 2}, {"ffn_dim", 512},
+                 {"dropout", 0.1},
                  {"label_smoothing", 0.1}, {"optimizer", "adam"}, {"lr", 1.0}, {"beta1", 0.9},
                  {"beta2", 0.98}, {"adam_eps", 1e-9}, {"schedule", "noam"},
                  {"warmup_steps", 4000}, {"batch_size", 50}, {"epochs", 20}},
                 "tasks.md experiment 4: Pre-LN, 2 layers, d 128, 4 heads, dropout 0.1, label "
                 "smoothing 0.1, Adam(0.9, 0.98, 1e-9), Noam (warm-up 4000), batch 50, 20 epochs")
         .preset("quick",
-                {{"d_model", 128}, {"num_heads", 4}, {"num_layers", 2}, {"dropout", 0.1},
+                {{"d_model", 128}, {"num_heads", 4}, {"num_layers", 2}, {"ffn_dim", 512},
+                 {"dropout", 0.1},
                  {"label_smoothing", 0.1}, {"optimizer", "adam"}, {"lr", 1.0}, {"beta1", 0.9},
                  {"beta2", 0.98}, {"adam_eps", 1e-9}, {"schedule", "noam"},
                  {"warmup_steps", 400}, {"batch_size", 64}, {"epochs", 2},
@@ -222,7 +220,8 @@ const train::ConfigSchema<Config>& translation_task_schema() {
                [](const Config& c) { return c.label_smoothing >= 0 && c.label_smoothing < 1; })
         .check("epochs must be >= 1", [](const Config& c) { return c.epochs >= 1; })
         .check("val_bleu_sentences must be >= 0",
-               [](const Config& c) { return c.val_bleu_sentences >= 0; });
+               [](const Config& c) { return c.val_bleu_sentences >= 0; })
+        .upgrade(detail::upgrade_zero_ffn_dim(4));
     return schema;
   }();
   return schema;

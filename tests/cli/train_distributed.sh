@@ -57,8 +57,8 @@ PYEOF
 }
 
 SETS=(--task sort --seed 1 --set length=8 --set num_train=512 --set num_val=32 --set num_test=32
-      --set d_model=16 --set num_heads=2 --set num_layers=1 --set batch_size=32 --set epochs=40
-      --set checkpoint_every=8 --set eval_every=16 --set eval_batch_size=16 --quiet)
+      --set d_model=16 --set ffn_dim=32 --set num_heads=2 --set num_layers=1 --set batch_size=32
+      --set epochs=40 --set checkpoint_every=8 --set eval_every=16 --set eval_batch_size=16 --quiet)
 
 # 1. --nproc 2 against the torchrun environment.
 "$KVQ" train "${SETS[@]}" --run-dir "$TMP/a" --nproc 2 >"$TMP/a.out" 2>"$TMP/a.err" \

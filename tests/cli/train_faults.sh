@@ -14,7 +14,7 @@ fail() { echo "FAIL: $*"; echo "--- stderr:"; cat "$TMP/err"; exit 1; }
 
 RUN=$TMP/run
 SETS=(--set length=8 --set num_train=256 --set num_val=32 --set num_test=32 --set d_model=16
-      --set num_heads=2 --set num_layers=1 --set batch_size=32 --set epochs=2
+      --set ffn_dim=32 --set num_heads=2 --set num_layers=1 --set batch_size=32 --set epochs=2
       --set checkpoint_every=4 --set eval_batch_size=32 --set max_skipped_steps=0)
 
 "$KVQ" --threads 1 train --task sort --mechanism intention --seed 1 "${SETS[@]}" --run-dir "$RUN" \

@@ -26,16 +26,23 @@ using kvq_test::expect_error_naming;
 constexpr int kMaxSteps = 300;
 constexpr double kLossBound = 0.01;
 
+// Pre-LN layers of width 16 (feed-forward 32) running `mechanism`, without dropout.
+M::TransformerBlockOptions tiny_block(const std::string& mechanism, int64_t num_heads = 2) {
+  return M::TransformerBlockOptions(16, num_heads)
+      .ffn_dim(32)
+      .dropout(0.0)
+      .norm_first(true)
+      .mechanism(mechanism);
+}
+
 M::FewShotClassifierOptions tiny(int64_t num_ways, const std::string& mechanism) {
   return M::FewShotClassifierOptions(num_ways)
       .image_size(8)
       .encoder_blocks(2)
       .encoder_channels(8)
       .norm_groups(2)
-      .d_model(16)
-      .num_heads(2)
-      .num_layers(1)
-      .mechanism(mechanism);
+      .block(tiny_block(mechanism))
+      .num_layers(1);
 }
 
 TEST(ConvEncoder, OutputWidthFollowsTheBlocks) {
@@ -156,7 +163,8 @@ TEST(FewShotClassifier, LabelReadoutIsRidgeOrSoftNearestNeighbour) {
   for (const char* mechanism : {"intention", "softmax"}) {
     SCOPED_TRACE(mechanism);
     torch::manual_seed(5);
-    M::FewShotClassifier model(tiny(3, mechanism).num_heads(1).readout("labels"));
+    M::FewShotClassifier model(
+        tiny(3, mechanism).block(tiny_block(mechanism, 1)).readout("labels"));
     model->to(torch::kFloat64);
     model->eval();
     EXPECT_EQ(model->blocks->size(), 0u);
@@ -197,7 +205,7 @@ TEST(FewShotClassifier, LabelReadoutOnEncoderFeatures) {
                                    .encoder("mlp")
                                    .encoder_blocks(2)
                                    .encoder_channels(8)
-                                   .num_heads(1)
+                                   .block(tiny_block(mechanism, 1))
                                    .readout("labels")
                                    .readout_features("encoder"));
     model->to(torch::kFloat64);
@@ -278,8 +286,12 @@ TEST(FewShotClassifier, BadOptionsAndInputsNameTheArgument) {
   expect_error_naming([] { M::FewShotClassifier(tiny(0, "softmax")); }, {"num_ways"}, "0-way");
   expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").num_layers(0)); },
                       {"num_layers"}, "no layers");
-  expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").d_model(10).num_heads(4)); },
-                      {"d_model", "num_heads"}, "d_model not a multiple");
+  expect_error_naming(
+      [] {
+        M::FewShotClassifier(
+            tiny(2, "softmax").block(tiny_block("softmax").d_model(10).num_heads(4)));
+      },
+      {"d_model", "num_heads"}, "d_model not a multiple");
   expect_error_naming([] { M::FewShotClassifier(tiny(2, "nope")); }, {"mechanism"},
                       "unknown mechanism");
   expect_error_naming(
@@ -287,8 +299,12 @@ TEST(FewShotClassifier, BadOptionsAndInputsNameTheArgument) {
       {"mechanisms"}, "per-layer list of the wrong length");
   expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").norm_groups(3)); },
                       {"norm_groups"}, "groups do not divide the encoder channels");
-  expect_error_naming([] { M::FewShotClassifier(tiny(2, "softmax").scale(-1.0)); },
-                      {"scale"}, "negative scale");
+  expect_error_naming(
+      [] {
+        M::FewShotClassifier(
+            tiny(2, "softmax").block(tiny_block("softmax").scale(-1.0)));
+      },
+      {"scale"}, "negative scale");
 
   M::FewShotClassifier model(tiny(3, "softmax"));
   auto support = torch::rand({2, 4, 1, 8, 8}), query = torch::rand({2, 3, 1, 8, 8});
@@ -343,7 +359,7 @@ double overfit(const std::string& mechanism, const std::string& readout = "head"
     return clean + 0.3 * torch::randn(clean.sizes());
   };
   auto support = images(support_labels), query = images(query_labels);
-  M::FewShotClassifier model(tiny(N, mechanism).dropout(0.0).readout(readout));
+  M::FewShotClassifier model(tiny(N, mechanism).readout(readout));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-2));
   double initial = 0, value = 0;
   int step = 0;

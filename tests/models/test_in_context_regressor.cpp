@@ -36,6 +36,14 @@ D::RegressionEpisode linear_episode(int64_t n, uint64_t seed,
           dtype));
 }
 
+// The regressor's default layers (Pre-LN, feed-forward 4 d, GELU, no dropout) at width d_model.
+M::TransformerBlockOptions icr_block(int64_t d_model, int64_t num_heads) {
+  return M::TransformerBlockOptions(d_model, num_heads)
+      .activation("gelu")
+      .dropout(0.0)
+      .norm_first(true);
+}
+
 M::InContextRegressor ridge_model(const M::InContextRegressorOptions& options, double alpha,
                                   torch::ScalarType dtype) {
   M::InContextRegressor model(options);
@@ -50,7 +58,7 @@ TEST(InContextRegressor, ShapesAndGradientsForEveryMechanism) {
     SCOPED_TRACE(name);
     torch::manual_seed(0);
     M::InContextRegressor model(
-        M::InContextRegressorOptions(3, 2).d_model(16).num_heads(2).num_layers(2).mechanism(name));
+        M::InContextRegressorOptions(3, 2).block(icr_block(16, 2).mechanism(name)).num_layers(2));
     auto out = model(torch::randn({2, 5, 3}), torch::randn({2, 5, 2}), torch::randn({2, 4, 3}));
     ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, 4, 2}));
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
@@ -64,7 +72,8 @@ TEST(InContextRegressor, ShapesAndGradientsForEveryMechanism) {
   EXPECT_EQ(mixed->layers->ptr<M::InContextRegressorLayerImpl>(0)->mechanism, "intention");
   EXPECT_EQ(mixed->layers->ptr<M::InContextRegressorLayerImpl>(1)->mechanism, "softmax");
   // The feature map: phi(x) feeds both embeddings, so x_embed reads F features.
-  M::InContextRegressor featured(M::InContextRegressorOptions(3, 1).d_model(16).feature_dim(12));
+  M::InContextRegressor featured(
+      M::InContextRegressorOptions(3, 1).block(icr_block(16, 4)).feature_dim(12));
   ASSERT_FALSE(featured->features.is_empty());
   EXPECT_EQ(featured->x_embed->weight.sizes(), (std::vector<int64_t>{16, 12}));
   EXPECT_EQ(featured->xy_embed->weight.sizes(), (std::vector<int64_t>{16, 13}));
@@ -87,10 +96,8 @@ TEST(InContextRegressor, RidgeConstructionIsExactInFloat64) {
   for (int64_t d_model : {5, 8}) {
     for (bool learn_alpha : {false, true}) {
       for (const char* projection : {"qkv", "kv"}) {
-        auto options = M::ridge_construction_options(4, 1)
-                           .d_model(d_model)
-                           .learn_alpha(learn_alpha)
-                           .projection(projection);
+        auto options = M::ridge_construction_options(4, 1);
+        options.block().d_model(d_model).learn_alpha(learn_alpha).projection(projection);
         for (int64_t n : {2, 8, 32}) {
           const auto e = linear_episode(n, 100 + n);
           for (double alpha : {1e-2, 0.1, 1.0, 10.0, 100.0}) {
@@ -140,7 +147,7 @@ TEST(InContextRegressor, SoftmaxWithTheSameWeightsIsNotRidge) {
       // The construction's options with the mechanism swapped; learn_alpha (false) does not
       // apply to it and is refused unless reset (layer_attention).
       auto options = M::ridge_construction_options(4, 1);
-      options.attention(kvq::nn::layer_attention(options.attention(), mechanism));
+      options.block(M::layer_block(options.block(), mechanism));
       auto model = ridge_model(options, 1.0, torch::kFloat64);
       const double err = rel_err(model(e.context_x, e.context_y, e.target_x),
                                  D::ridge_posterior_mean(e.context_x, e.context_y, e.target_x, 1.0));
@@ -157,8 +164,8 @@ TEST(InContextRegressor, ContextPaddingEqualsTruncation) {
   for (const char* mechanism : {"intention", "softmax", "linear", "softmax-intention"}) {
     SCOPED_TRACE(mechanism);
     torch::manual_seed(3);
-    M::InContextRegressor model(M::InContextRegressorOptions(2, 1).d_model(16).num_heads(2).mechanism(
-        mechanism));
+    M::InContextRegressor model(
+        M::InContextRegressorOptions(2, 1).block(icr_block(16, 2).mechanism(mechanism)));
     model->to(torch::kFloat64);
     model->eval();
     auto opts = torch::TensorOptions().dtype(torch::kFloat64);
@@ -183,7 +190,7 @@ TEST(InContextRegressor, ContextPermutationAndTargetIndependence) {
     SCOPED_TRACE(name);
     torch::manual_seed(4);
     M::InContextRegressor model(
-        M::InContextRegressorOptions(2, 1).d_model(8).num_heads(2).mechanism(name));
+        M::InContextRegressorOptions(2, 1).block(icr_block(8, 2).mechanism(name)));
     model->to(torch::kFloat64);
     model->eval();
     auto opts = torch::TensorOptions().dtype(torch::kFloat64);
@@ -200,7 +207,7 @@ TEST(InContextRegressor, ContextPermutationAndTargetIndependence) {
 }
 
 TEST(InContextRegressor, BadInputsAndOptionsNameTheArgument) {
-  M::InContextRegressor model(M::InContextRegressorOptions(3, 1).d_model(8).num_heads(2));
+  M::InContextRegressor model(M::InContextRegressorOptions(3, 1).block(icr_block(8, 2)));
   auto cx = torch::zeros({2, 5, 3}), cy = torch::zeros({2, 5, 1}), tx = torch::zeros({2, 4, 3});
   expect_error([&] { model(cx, torch::zeros({2, 5, 2}), tx); },
                {"InContextRegressor", "context_y", "(B, N, dy) = (2, 5, 1)", "[2, 5, 2]"});
@@ -215,13 +222,16 @@ TEST(InContextRegressor, BadInputsAndOptionsNameTheArgument) {
 
   using O = M::InContextRegressorOptions;
   expect_error([] { M::InContextRegressor(O(0, 1)); }, {"x_dim"});
-  expect_error([] { M::InContextRegressor(O(1, 1).d_model(6).num_heads(4)); },
+  expect_error([] { M::InContextRegressor(O(1, 1).block(icr_block(6, 4))); },
                {"d_model", "num_heads"});
-  expect_error([] { M::InContextRegressor(O(1, 1).mechanism("nope")); },
+  expect_error([] { M::InContextRegressor(O(1, 1).block(icr_block(8, 2).norm_first(false))); },
+               {"norm_first"});
+  expect_error([] { M::InContextRegressor(O(1, 1).block(icr_block(8, 2).mechanism("nope"))); },
                {"mechanism 'nope'", "valid mechanisms", "intention"});
   expect_error([] { M::InContextRegressor(O(1, 1).num_layers(2).mechanisms({"softmax"})); },
                {"mechanisms", "per layer (2)"});
-  expect_error([] { M::InContextRegressor(O(1, 1).activation("tanh")); }, {"activation"});
+  expect_error([] { M::InContextRegressor(O(1, 1).block(icr_block(8, 2).activation("tanh"))); },
+               {"activation"});
 
   auto ridge = M::ridge_construction_options(4, 1);
   expect_error([&] {
@@ -229,7 +239,9 @@ TEST(InContextRegressor, BadInputsAndOptionsNameTheArgument) {
     M::set_ridge_weights(m, 1.0);
   }, {"set_ridge_weights", "num_layers = 1"});
   expect_error([&] {
-    M::InContextRegressor m(O(ridge).d_model(4));
+    auto narrow = ridge;
+    narrow.block().d_model(4);
+    M::InContextRegressor m(narrow);
     M::set_ridge_weights(m, 1.0);
   }, {"d_model >= x_dim + y_dim = 5", "got 4"});
   expect_error([&] {

@@ -11,9 +11,13 @@ namespace {
 
 namespace M = kvq::models;
 
+// Pre-LN blocks of width 16 (2 heads, feed-forward 4 * 16), dropout 0.1.
+M::TransformerBlockOptions tiny_block() {
+  return M::TransformerBlockOptions(16, 2).dropout(0.1).norm_first(true);
+}
+
 M::LanguageModelOptions tiny(int64_t vocab = 11) {
-  return M::LanguageModelOptions(vocab).context_length(12).d_model(16).num_heads(2).num_layers(2).dropout(
-      0.1);
+  return M::LanguageModelOptions(vocab).context_length(12).block(tiny_block()).num_layers(2);
 }
 
 double max_abs(const torch::Tensor& x) { return x.abs().max().item<double>(); }
@@ -36,7 +40,7 @@ TEST(LanguageModel, OutputsAtTIgnoreLaterTokensForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(1);
-    M::LanguageModel lm(tiny().mechanism(name));
+    M::LanguageModel lm(tiny().block(tiny_block().mechanism(name)));
     lm->to(torch::kFloat64);
     lm->eval();
     auto tokens = torch::randint(0, 11, {2, 12}, torch::kInt64);
@@ -67,7 +71,8 @@ TEST(LanguageModel, PerLayerMechanisms) {
   EXPECT_EQ(lm(torch::randint(0, 11, {2, 5}, torch::kInt64)).sizes(),
             (std::vector<int64_t>{2, 5, 11}));
 
-  M::LanguageModel projected(tiny().mechanism("softmax-intention").projection("kv"));
+  M::LanguageModel projected(
+      tiny().block(tiny_block().mechanism("softmax-intention").projection("kv")));
   EXPECT_TRUE(projected->blocks->ptr<M::TransformerBlockImpl>(1)->self_attn->q_proj.is_empty());
 }
 
@@ -98,7 +103,7 @@ TEST(LanguageModel, GenerateIsDeterministicForASeedAndKeepsThePrompt) {
 // top_k = 1 leaves only the argmax: generation is greedy, whatever the seed and temperature.
 TEST(LanguageModel, TopKOneIsGreedy) {
   torch::manual_seed(3);
-  M::LanguageModel lm(tiny().mechanism("linear"));
+  M::LanguageModel lm(tiny().block(tiny_block().mechanism("linear")));
   lm->eval();
   auto tokens = torch::randint(0, 11, {2, 2}, torch::kInt64);
   auto got = lm->generate(tokens, M::GenerateOptions().max_new_tokens(6).top_k(1).seed(5)
@@ -117,7 +122,7 @@ TEST(LanguageModel, PrefillAndStepsGiveTheForwardLogitsForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(4);
-    M::LanguageModel lm(tiny().mechanism(name));
+    M::LanguageModel lm(tiny().block(tiny_block().mechanism(name)));
     lm->to(torch::kFloat64);
     lm->eval();
     auto tokens = torch::randint(0, 11, {2, 12}, torch::kInt64);
@@ -137,7 +142,7 @@ TEST(LanguageModel, PrefillAndStepsGiveTheForwardLogitsForEveryMechanism) {
 // tokens at random: its samples are neither noise nor one repeated token.
 M::LanguageModel trained_tiny(const std::string& mechanism) {
   torch::manual_seed(9);
-  M::LanguageModel lm(tiny().mechanism(mechanism).dropout(0.0));
+  M::LanguageModel lm(tiny().block(tiny_block().mechanism(mechanism).dropout(0.0)));
   auto stream = torch::empty({400}, torch::kInt64);
   auto jumps = torch::randint(0, 2, {400}, torch::kInt64) * 2 + 1;  // +1 or +3
   int64_t token = 0;
@@ -184,17 +189,19 @@ TEST(LanguageModel, CachedGenerationGivesTheUncachedTokensForEveryMechanism) {
 
 TEST(LanguageModel, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
-  expect_error_naming([] { M::LanguageModel(tiny().d_model(10).num_heads(3)); }, {"d_model", "num_heads"},
-                      "d_model not a multiple of num_heads");
+  expect_error_naming([] { M::LanguageModel(tiny().block(tiny_block().d_model(10).num_heads(3))); },
+                      {"d_model", "num_heads"}, "d_model not a multiple of num_heads");
+  expect_error_naming([] { M::LanguageModel(tiny().block(tiny_block().norm_first(false))); },
+                      {"norm_first"}, "Post-LN blocks");
   expect_error_naming([] { M::LanguageModel(tiny().num_layers(0)); }, {"num_layers"}, "no layers");
   expect_error_naming([] { M::LanguageModel(tiny().context_length(0)); }, {"context_length"},
                       "empty context");
-  expect_error_naming([] { M::LanguageModel(tiny().dropout(-0.5)); }, {"dropout"},
-                      "negative dropout");
+  expect_error_naming([] { M::LanguageModel(tiny().block(tiny_block().dropout(-0.5))); },
+                      {"dropout"}, "negative dropout");
   expect_error_naming([] { M::LanguageModel(tiny().mechanisms({"kv"})); }, {"mechanisms"},
                       "per-layer list of the wrong length");
-  expect_error_naming([] { M::LanguageModel(tiny().mechanism("flash")); }, {"mechanism"},
-                      "unknown mechanism");
+  expect_error_naming([] { M::LanguageModel(tiny().block(tiny_block().mechanism("flash"))); },
+                      {"mechanism"}, "unknown mechanism");
   M::LanguageModel lm(tiny());
   expect_error_naming([&] { lm(torch::zeros({1, 13}, torch::kInt64)); }, {"context_length"},
                       "longer than the context");

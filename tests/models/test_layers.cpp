@@ -100,13 +100,14 @@ TEST(TransformerBlock, FeedForwardWidthAndActivation) {
 }
 
 TEST(TransformerBlock, PassesMechanismProjectionAndAlphaToAttention) {
-  TransformerBlock block(TransformerBlockOptions(8, 2)
-                             .mechanism("softmax-intention")
-                             .projection("kv")
-                             .alpha_init(0.5)
-                             .scale(0.125)
-                             .dropout(0.2)
-                             .attention_dropout(0.05));
+  auto options = TransformerBlockOptions(8, 2)
+                     .mechanism("softmax-intention")
+                     .projection("kv")
+                     .alpha_init(0.5)
+                     .scale(0.125)
+                     .dropout(0.2);
+  options.attention().dropout(0.05);
+  TransformerBlock block(options);
   const auto& a = block->self_attn->options;
   EXPECT_EQ(a.mechanism(), "softmax-intention");
   EXPECT_EQ(a.projection(), "kv");
@@ -115,6 +116,8 @@ TEST(TransformerBlock, PassesMechanismProjectionAndAlphaToAttention) {
   ASSERT_TRUE(a.scale().has_value());
   EXPECT_EQ(*a.scale(), 0.125);
   EXPECT_EQ(a.dropout(), 0.05);
+  EXPECT_EQ(block->dropout->options.p(), 0.2);
+  // Unset, the attention dropout is the block's dropout (as torch::nn::TransformerEncoderLayer).
   EXPECT_EQ(TransformerBlock(TransformerBlockOptions(8, 2).dropout(0.3))
                 ->self_attn->options.dropout(),
             0.3);
@@ -183,8 +186,12 @@ TEST(TransformerBlockOptions, BadOptionsNameTheOption) {
   expect_error_naming([] { TransformerBlock(TransformerBlockOptions(8, 2).dropout(1.0)); },
                       {"dropout"}, "dropout 1");
   expect_error_naming(
-      [] { TransformerBlock(TransformerBlockOptions(8, 2).attention_dropout(-0.1)); },
-      {"attention_dropout"}, "negative attention_dropout");
+      [] {
+        auto options = TransformerBlockOptions(8, 2);
+        options.attention().dropout(-0.1);
+        TransformerBlock{options};
+      },
+      {"dropout", "[0, 1)"}, "negative attention dropout");
   expect_error_naming([] { TransformerBlock(TransformerBlockOptions(8, 2).ffn_dim(-1)); },
                       {"ffn_dim"}, "negative ffn_dim");
   expect_error_naming(

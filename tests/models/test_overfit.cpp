@@ -59,13 +59,16 @@ OverfitResult fit(torch::nn::Module& model, LossFn loss_fn) {
   return r;
 }
 
+// Pre-LN blocks of width 16 (2 heads, feed-forward 4 * 16) running `mechanism`, without dropout.
+M::TransformerBlockOptions pre_ln_block(const std::string& mechanism) {
+  return M::TransformerBlockOptions(16, 2).dropout(0.0).norm_first(true).mechanism(mechanism);
+}
+
 OverfitResult overfit_tagger(const std::string& mechanism) {
-  M::SequenceTagger model(M::SequenceTaggerOptions(8, 8)
-                              .d_model(16)
-                              .num_heads(2)
-                              .num_layers(1)
-                              .dropout(0.0)
-                              .mechanism(mechanism));
+  M::SequenceTagger model(
+      M::SequenceTaggerOptions(8, 8)
+          .block(M::TransformerBlockOptions(16, 2).ffn_dim(32).dropout(0.0).mechanism(mechanism))
+          .num_layers(1));
   auto x = torch::randint(0, 8, {8, 8}, torch::kInt64);
   auto y = x.flip(1);
   return fit(*model, [&] {
@@ -77,11 +80,8 @@ OverfitResult overfit_language_model(const std::string& mechanism) {
   const int64_t vocab = 5;
   M::LanguageModel model(M::LanguageModelOptions(vocab)
                              .context_length(12)
-                             .d_model(16)
-                             .num_heads(2)
-                             .num_layers(1)
-                             .dropout(0.0)
-                             .mechanism(mechanism));
+                             .block(pre_ln_block(mechanism))
+                             .num_layers(1));
   auto seq = torch::randint(0, vocab, {4, 13}, torch::kInt64);
   seq.select(1, 0).copy_(torch::randperm(vocab, torch::kInt64).narrow(0, 0, 4));
   auto input = seq.narrow(1, 0, 12), target = seq.narrow(1, 1, 12);
@@ -95,12 +95,9 @@ OverfitResult overfit_seq2seq(const std::string& mechanism) {
   // Tokens 1..9; 0 = padding (ignored in the loss), 10 = bos, 11 = eos.
   const int64_t pad = 0, bos = 10, eos = 11, vocab = 12;
   M::Seq2Seq model(M::Seq2SeqOptions(vocab, vocab)
-                       .d_model(16)
-                       .num_heads(2)
+                       .block(pre_ln_block(mechanism))
                        .num_encoder_layers(1)
-                       .num_decoder_layers(1)
-                       .dropout(0.0)
-                       .mechanism(mechanism));
+                       .num_decoder_layers(1));
   const std::vector<int64_t> lengths = {6, 3, 5, 4};
   const int64_t B = 4, S = 6, T = S + 2;
   auto src = torch::full({B, S}, pad, torch::kInt64);
@@ -124,7 +121,9 @@ OverfitResult overfit_seq2seq(const std::string& mechanism) {
 }
 
 OverfitResult overfit_vit(const std::string& mechanism) {
-  M::ViT model(M::ViTOptions(8, 4, 4).d_model(16).num_heads(2).num_layers(1).mechanism(mechanism));
+  M::ViT model(M::ViTOptions(8, 4, 4)
+                   .block(pre_ln_block(mechanism).ffn_dim(16).activation("gelu"))
+                   .num_layers(1));
   auto images = torch::randn({8, 1, 8, 8});
   auto labels = torch::arange(8, torch::kInt64).remainder(4);
   return fit(*model, [&] { return torch::nn::functional::cross_entropy(model(images), labels); });

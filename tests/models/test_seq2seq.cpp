@@ -17,13 +17,16 @@ using torch::indexing::Slice;
 // Tokens: 0 = padding, 1..9 words, 10 = bos, 11 = eos.
 constexpr int64_t kPad = 0, kBos = 10, kEos = 11, kVocab = 12;
 
+// Pre-LN blocks of width 16 (2 heads, feed-forward 4 * 16), dropout 0.1.
+M::TransformerBlockOptions tiny_block() {
+  return M::TransformerBlockOptions(16, 2).dropout(0.1).norm_first(true);
+}
+
 M::Seq2SeqOptions tiny() {
   return M::Seq2SeqOptions(kVocab, kVocab)
-      .d_model(16)
-      .num_heads(2)
+      .block(tiny_block())
       .num_encoder_layers(2)
-      .num_decoder_layers(2)
-      .dropout(0.1);
+      .num_decoder_layers(2);
 }
 
 double max_abs(const torch::Tensor& x) { return x.abs().max().item<double>(); }
@@ -55,7 +58,7 @@ TEST(Seq2Seq, PaddedSourceTokensDoNotChangeTheOutputForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(1);
-    M::Seq2Seq model(tiny().mechanism(name));
+    M::Seq2Seq model(tiny().block(tiny_block().mechanism(name)));
     model->to(torch::kFloat64);
     model->eval();
     auto [src, mask] = padded_source();
@@ -80,7 +83,7 @@ TEST(Seq2Seq, DecoderOutputsAtTIgnoreLaterTargetTokensForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(2);
-    M::Seq2Seq model(tiny().mechanism(name));
+    M::Seq2Seq model(tiny().block(tiny_block().mechanism(name)));
     model->to(torch::kFloat64);
     model->eval();
     auto [src, mask] = padded_source();
@@ -130,7 +133,7 @@ TEST(Seq2Seq, GreedyDecodeStopsAtEos) {
 // ends (the eos fill is exercised).
 TEST(Seq2Seq, GreedyDecodeMatchesAnArgmaxLoopWithPerRowStops) {
   torch::manual_seed(4);
-  M::Seq2Seq model(tiny().mechanism("softmax-intention"));
+  M::Seq2Seq model(tiny().block(tiny_block().mechanism("softmax-intention")));
   model->to(torch::kFloat64);
   model->eval();
   auto [src, mask] = padded_source();
@@ -180,7 +183,8 @@ TEST(Seq2Seq, GreedyDecodeMatchesAnArgmaxLoopWithPerRowStops) {
 TEST(Seq2Seq, TrainedModelDecodesRowsOfDifferentLengths) {
   at::set_num_threads(1);
   torch::manual_seed(5);
-  M::Seq2Seq model(tiny().dropout(0.0).num_encoder_layers(1).num_decoder_layers(1));
+  M::Seq2Seq model(
+      tiny().block(tiny_block().dropout(0.0)).num_encoder_layers(1).num_decoder_layers(1));
   const std::vector<int64_t> lengths = {5, 2, 4};
   const int64_t S = 5, T = S + 2;
   auto src = torch::full({3, S}, kPad, torch::kInt64);
@@ -223,7 +227,7 @@ TEST(Seq2Seq, DecodePrefillAndStepsEqualDecodeForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(6);
-    M::Seq2Seq model(tiny().mechanism(name));
+    M::Seq2Seq model(tiny().block(tiny_block().mechanism(name)));
     model->to(torch::kFloat64);
     model->eval();
     auto [src, mask] = padded_source();
@@ -244,7 +248,7 @@ TEST(Seq2Seq, GreedyDecodeIsTheSameWithAndWithoutTheCacheForEveryMechanism) {
   for (const auto& name : kvq::mechanism_names()) {
     SCOPED_TRACE(name);
     torch::manual_seed(7);
-    M::Seq2Seq model(tiny().mechanism(name));
+    M::Seq2Seq model(tiny().block(tiny_block().mechanism(name)));
     model->eval();
     auto [src, mask] = padded_source();
     auto cached = model->greedy_decode(src, mask, kBos, kEos, 12);
@@ -257,12 +261,12 @@ TEST(Seq2Seq, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
   expect_error_naming([] { M::Seq2Seq(tiny().num_encoder_layers(0)); }, {"num_encoder_layers"},
                       "no encoder layers");
-  expect_error_naming([] { M::Seq2Seq(tiny().d_model(15)); }, {"d_model", "num_heads"},
-                      "d_model not a multiple");
+  expect_error_naming([] { M::Seq2Seq(tiny().block(tiny_block().d_model(15))); },
+                      {"d_model", "num_heads"}, "d_model not a multiple");
   expect_error_naming([] { M::Seq2Seq(tiny().mechanisms({"kv", "kv", "kv"})); }, {"mechanisms"},
                       "3 names for 4 layers");
-  expect_error_naming([] { M::Seq2Seq(tiny().activation("swish")); }, {"activation"},
-                      "bad activation");
+  expect_error_naming([] { M::Seq2Seq(tiny().block(tiny_block().activation("swish"))); },
+                      {"activation"}, "bad activation");
   M::Seq2Seq model(tiny());
   const auto source = padded_source();  // not a structured binding: lambdas capture it below
   const auto& src = source.first;

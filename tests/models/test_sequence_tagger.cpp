@@ -14,14 +14,15 @@ double max_abs(const torch::Tensor& x) { return x.abs().max().item<double>(); }
 
 TEST(SequenceTagger, ShapesAndPaperArchitecture) {
   torch::manual_seed(0);
-  M::SequenceTagger model(M::SequenceTaggerOptions(10, 10).d_model(32).num_heads(4).num_layers(3));
+  M::SequenceTagger model(M::SequenceTaggerOptions(10, 10).num_layers(3));
   EXPECT_EQ(model(torch::randint(0, 10, {5, 9}, torch::kInt64)).sizes(),
             (std::vector<int64_t>{5, 9, 10}));
-  EXPECT_EQ(model->embed->weight.sizes(), (std::vector<int64_t>{32, 10}));  // Linear(V, d)
+  EXPECT_EQ(model->embed->weight.sizes(), (std::vector<int64_t>{64, 10}));  // Linear(V, d)
   ASSERT_EQ(model->blocks->size(), 3u);
   auto block = model->blocks->ptr<M::TransformerBlockImpl>(0);
+  EXPECT_EQ(block->options.num_heads(), 2);
   EXPECT_FALSE(block->options.norm_first());            // Post-LN
-  EXPECT_EQ(block->linear1->weight.size(0), 64);        // FFN 2d
+  EXPECT_EQ(block->linear1->weight.size(0), 128);       // FFN 2d
   EXPECT_EQ(block->options.activation(), "relu");
   EXPECT_EQ(block->options.dropout(), 0.1);
   EXPECT_EQ(model->head->size(), 5u);                   // Linear-LN-ReLU-Dropout-Linear
@@ -33,7 +34,8 @@ TEST(SequenceTagger, ShapesAndPaperArchitecture) {
 // The forward pass is one-hot -> Linear -> + PE -> blocks -> head, written out here.
 TEST(SequenceTagger, ForwardIsTheDocumentedComposition) {
   torch::manual_seed(1);
-  M::SequenceTagger model(M::SequenceTaggerOptions(6, 4).d_model(8).num_heads(2).mechanism("kv"));
+  M::SequenceTagger model(M::SequenceTaggerOptions(6, 4).block(
+      M::TransformerBlockOptions(8, 2).ffn_dim(16).mechanism("kv")));
   model->to(torch::kFloat64);
   model->eval();
   auto tokens = torch::randint(0, 6, {2, 5}, torch::kInt64);
@@ -50,7 +52,8 @@ TEST(SequenceTagger, ForwardIsTheDocumentedComposition) {
 TEST(SequenceTagger, PreLnVariantIsTheDocumentedComposition) {
   torch::manual_seed(2);
   M::SequenceTagger model(
-      M::SequenceTaggerOptions(6, 4).d_model(8).num_heads(2).num_layers(2).norm_first(true));
+      M::SequenceTaggerOptions(6, 4).block(
+          M::TransformerBlockOptions(8, 2).ffn_dim(16).norm_first(true)));
   model->to(torch::kFloat64);
   model->eval();
   ASSERT_FALSE(model->final_norm.is_empty());
@@ -73,7 +76,8 @@ TEST(SequenceTagger, BidirectionalAndPaddingForEveryMechanism) {
     SCOPED_TRACE(name);
     torch::manual_seed(2);
     M::SequenceTagger model(
-        M::SequenceTaggerOptions(10, 10).d_model(16).num_heads(2).mechanism(name));
+        M::SequenceTaggerOptions(10, 10).block(
+            M::TransformerBlockOptions(16, 2).ffn_dim(32).mechanism(name)));
     model->to(torch::kFloat64);
     model->eval();
     auto tokens = torch::randint(0, 10, {2, 8}, torch::kInt64);
@@ -98,14 +102,18 @@ TEST(SequenceTagger, BadOptionsAndInputsNameTheArgument) {
   expect_error_naming([] { M::SequenceTagger(M::SequenceTaggerOptions(10, 0)); }, {"num_classes"},
                       "no classes");
   expect_error_naming(
-      [] { M::SequenceTagger(M::SequenceTaggerOptions(10, 10).d_model(30).num_heads(4)); },
+      [] {
+        M::SequenceTagger(
+            M::SequenceTaggerOptions(10, 10).block(M::TransformerBlockOptions(30, 4)));
+      },
       {"d_model", "num_heads"}, "d_model not a multiple");
   expect_error_naming([] { M::SequenceTagger(M::SequenceTaggerOptions(10, 10).num_layers(0)); },
                       {"num_layers"}, "no layers");
   expect_error_naming(
       [] {
         M::SequenceTagger(
-            M::SequenceTaggerOptions(10, 10).mechanism("intention").projection("kv-pos"));
+            M::SequenceTaggerOptions(10, 10).block(
+                M::TransformerBlockOptions(64, 2).mechanism("intention").projection("kv-pos")));
       },
       {"kv-pos"}, "kv-pos without a softmax");
   M::SequenceTagger model(M::SequenceTaggerOptions(10, 10));

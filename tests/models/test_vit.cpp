@@ -30,27 +30,48 @@ TEST(ImageToPatches, LayoutIsRowMajorPatchesOfPixelsThenChannels) {
                         img[b][ch][r * p + i][c * p + j]);
 }
 
+// The ViT's blocks as the paper's: Pre-LN, GELU, MLP width d, no dropout.
+M::TransformerBlockOptions vit_block(int64_t d_model, int64_t num_heads) {
+  return M::TransformerBlockOptions(d_model, num_heads)
+      .ffn_dim(d_model)
+      .activation("gelu")
+      .dropout(0.0)
+      .norm_first(true);
+}
+
 TEST(ViT, ShapesForThePapersPatchSizes) {
   torch::manual_seed(0);
   for (int64_t patch : {7, 4}) {
-    M::ViT vit(M::ViTOptions(28, patch, 10).d_model(16).num_heads(2).num_layers(1));
+    M::ViT vit(M::ViTOptions(28, patch, 10).block(vit_block(16, 2)).num_layers(1));
     EXPECT_EQ(vit->num_tokens(), patch == 7 ? 17 : 50);  // tasks.md: 17 and 50 tokens
     EXPECT_EQ(vit->position_embedding.sizes(), (std::vector<int64_t>{1, vit->num_tokens(), 16}));
     EXPECT_EQ(vit(torch::randn({3, 1, 28, 28})).sizes(), (std::vector<int64_t>{3, 10}));
   }
-  M::ViT cifar(M::ViTOptions(32, 8, 100).in_channels(3).d_model(16).num_heads(4).num_layers(2));
+  M::ViT cifar(M::ViTOptions(32, 8, 100).in_channels(3).block(vit_block(16, 4)).num_layers(2));
   EXPECT_EQ(cifar->num_tokens(), 17);
   EXPECT_EQ(cifar(torch::randn({2, 3, 32, 32})).sizes(), (std::vector<int64_t>{2, 100}));
   auto block = cifar->blocks->ptr<M::TransformerBlockImpl>(0);
   EXPECT_TRUE(block->options.norm_first());
   EXPECT_EQ(block->options.activation(), "gelu");
-  EXPECT_EQ(block->linear1->weight.size(0), 16);  // MLP width d by default
+  EXPECT_EQ(block->linear1->weight.size(0), 16);  // MLP width d
+  // The defaults are the paper's: d 128, 4 heads, MLP width d, GELU, no dropout.
+  M::ViT paper(M::ViTOptions(28, 7, 10));
+  const auto& defaults = paper->blocks->ptr<M::TransformerBlockImpl>(0)->options;
+  EXPECT_EQ(paper->blocks->size(), 4u);
+  EXPECT_EQ(defaults.d_model(), 128);
+  EXPECT_EQ(defaults.num_heads(), 4);
+  EXPECT_EQ(defaults.ffn_width(), 128);
+  EXPECT_EQ(defaults.activation(), "gelu");
+  EXPECT_EQ(defaults.dropout(), 0.0);
 }
 
 TEST(ViT, ForwardIsTheDocumentedComposition) {
   torch::manual_seed(1);
-  M::ViT vit(M::ViTOptions(8, 4, 5).in_channels(2).d_model(8).num_heads(2).num_layers(2).mlp_dim(
-      12).mechanism("intention").scale(1.0 / std::sqrt(8.0)));
+  M::ViT vit(M::ViTOptions(8, 4, 5)
+                 .in_channels(2)
+                 .block(vit_block(8, 2).ffn_dim(12).mechanism("intention").scale(
+                     1.0 / std::sqrt(8.0)))
+                 .num_layers(2));
   vit->to(torch::kFloat64);
   vit->eval();
   auto blk = vit->blocks->ptr<M::TransformerBlockImpl>(0);
@@ -91,13 +112,16 @@ TEST(ViT, RejectsPatchSizesThatDoNotDivideTheImage) {
 TEST(ViT, BadOptionsAndInputsNameTheArgument) {
   using kvq_test::expect_error_naming;
   expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 0)); }, {"num_classes"}, "no classes");
-  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).d_model(10).num_heads(4)); },
+  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).block(vit_block(10, 4))); },
                       {"d_model", "num_heads"}, "d_model not a multiple");
+  expect_error_naming(
+      [] { M::ViT(M::ViTOptions(8, 4, 3).block(vit_block(8, 2).norm_first(false))); },
+      {"norm_first"}, "Post-LN blocks");
   expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).mechanisms({"kv"}).num_layers(2)); },
                       {"mechanisms"}, "per-layer list of the wrong length");
-  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).scale(0.0)); },
+  expect_error_naming([] { M::ViT(M::ViTOptions(8, 4, 3).block(vit_block(8, 2).scale(0.0))); },
                       {"scale"}, "zero scale");
-  M::ViT vit(M::ViTOptions(8, 4, 3).d_model(8).num_heads(2).num_layers(1));
+  M::ViT vit(M::ViTOptions(8, 4, 3).block(vit_block(8, 2)).num_layers(1));
   expect_error_naming([&] { vit(torch::randn({2, 1, 8, 12})); }, {"images"}, "wrong width");
   expect_error_naming([&] { vit(torch::randn({2, 3, 8, 8})); }, {"images"}, "wrong channels");
   expect_error_naming([&] { vit(torch::zeros({2, 1, 8, 8}, torch::kInt64)); }, {"images"},

@@ -48,12 +48,11 @@ TEST(AttentionOptions, RefusesOptionsThatApplyToNoLayer) {
 TEST(AttentionOptions, MixedStackGivesEachLayerWhatAppliesToIt) {
   const auto attention =
       AttentionOptions().mechanism("softmax").alpha_init(0.5).chunk_size(4).learn_alpha(false);
-  kvq::models::LanguageModel lm(kvq::models::LanguageModelOptions(11)
-                                    .d_model(8)
-                                    .num_heads(2)
-                                    .num_layers(2)
-                                    .attention(attention)
-                                    .mechanisms({"softmax", "intention"}));
+  kvq::models::LanguageModel lm(
+      kvq::models::LanguageModelOptions(11)
+          .block(kvq::models::TransformerBlockOptions(8, 2).norm_first(true).attention(attention))
+          .num_layers(2)
+          .mechanisms({"softmax", "intention"}));
   const auto& softmax = lm->blocks->ptr<kvq::models::TransformerBlockImpl>(0)->self_attn->options;
   const auto& intention = lm->blocks->ptr<kvq::models::TransformerBlockImpl>(1)->self_attn->options;
   EXPECT_EQ(softmax.mechanism(), "softmax");
@@ -65,12 +64,11 @@ TEST(AttentionOptions, MixedStackGivesEachLayerWhatAppliesToIt) {
   EXPECT_FALSE(intention.learn_alpha());
   expect_error_naming(
       [] {
-        kvq::models::LanguageModel(kvq::models::LanguageModelOptions(11)
-                                       .d_model(8)
-                                       .num_heads(2)
-                                       .num_layers(2)
-                                       .alpha_init(0.5)
-                                       .mechanisms({"softmax", "kv"}));
+        kvq::models::LanguageModel(
+            kvq::models::LanguageModelOptions(11)
+                .block(kvq::models::TransformerBlockOptions(8, 2).norm_first(true).alpha_init(0.5))
+                .num_layers(2)
+                .mechanisms({"softmax", "kv"}));
       },
       {"alpha_init"}, "alpha_init with no layer that has alpha");
 }

@@ -32,7 +32,8 @@ constexpr int64_t kTotalSteps = 48;  // 3 epochs of 512 / 32
 // the checkpoint at 22 falls between two train records (every 4), so it carries a partial window.
 std::vector<std::string> tiny_sets(const std::string& mechanism) {
   return {"length=8",        "num_train=512",     "num_val=64",      "num_test=128",
-          "d_model=16",      "num_heads=2",       "num_layers=1",    "batch_size=32",
+          "d_model=16",      "ffn_dim=32",        "num_heads=2",     "num_layers=1",
+          "batch_size=32",
           "epochs=3",        "lr=5e-3",           "eval_every=8",    "checkpoint_every=11",
           "log_every=4",     "eval_batch_size=50", "mechanism=" + mechanism};
 }
@@ -203,8 +204,8 @@ TEST(SequenceTask, AttentionDropoutReachesEveryBlock) {
     auto model = KT::make_sequence_model(schema.from_json(patch));
     std::vector<double> out;
     for (size_t i = 0; i < model->blocks->size(); ++i) {
-      out.push_back(
-          model->blocks->ptr<kvq::models::TransformerBlockImpl>(i)->self_attn->options.dropout());
+      out.push_back(*model->blocks->ptr<kvq::models::TransformerBlockImpl>(i)
+                         ->self_attn->options.dropout());
     }
     return out;
   };

@@ -5,11 +5,15 @@
 // number (icl-linear). Tasks needing data that may be absent (Fashion-MNIST) skip without it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "kvq/data/idx.h"
+#include "kvq/data/synthetic_tasks.h"
 #include "kvq/env/grid_world.h"
 #include "kvq/models/grid_policy.h"
 #include "kvq/registry.h"
@@ -101,10 +105,47 @@ void expect_resume_is_exact(const std::string& task, const std::vector<std::stri
   EXPECT_EQ(records(resumed.run_dir), records(whole.run_dir));
 }
 
+// A run of `task` with `sets` saved by an earlier kvq: trained to `stop`, its config.json then
+// rewritten by `make_old` as that kvq wrote it. Checks that it evaluates as before the rewrite and
+// resumes to the uninterrupted run's results; returns (saved config, config as read today).
+std::pair<nlohmann::json, nlohmann::json> expect_old_run_evaluates_and_resumes(
+    const std::string& task, const std::vector<std::string>& sets, int64_t stop,
+    const std::function<void(nlohmann::json&)>& make_old) {
+  TempDir tmp;
+  const auto whole = KT::train_task(task, tiny(sets, tmp.file("whole")));
+  auto first = tiny(sets, tmp.file("parts"));
+  first.context.stop_after_step = stop;
+  KT::train_task(task, first);
+
+  const auto saved = kvq::train::RunDir::open(tmp.file("parts")).load_config();
+  auto old = saved;
+  make_old(old);
+  KT::EvalOptions last;
+  last.checkpoint = "last";
+  const auto evaluate = [&] {
+    const auto [info, config] = KT::task_of_run(tmp.file("parts"));
+    return info->evaluate(config, kvq::train::RunDir::open(tmp.file("parts")), last);
+  };
+  const auto expected = evaluate();
+  tmp.write("parts/config.json", old.dump(2));
+  EXPECT_EQ(evaluate(), expected);
+  auto read_today = KT::task_of_run(tmp.file("parts")).second;
+
+  auto second = tiny(sets, tmp.file("parts"));
+  second.sources.sets.clear();
+  second.seed.reset();
+  second.resume = true;
+  const auto resumed = KT::train_task(task, second);
+  EXPECT_EQ(resumed.summary.at("test"), whole.summary.at("test"));
+  EXPECT_EQ(records(resumed.run_dir), records(whole.run_dir));
+  return {saved, read_today};
+}
+
 TEST(TaskFamilies, HumanNumbersTrainsBeatsUnigramAndResumesExactly) {
   const std::vector<std::string> sets = {
-      "context=16",   "batch_size=16", "steps=60",        "d_model=32",       "num_heads=2",
-      "num_layers=1", "dropout=0.1",   "lr=3e-3",         "eval_every=20",    "checkpoint_every=25",
+      "context=16",   "batch_size=16", "steps=60",        "d_model=32",       "ffn_dim=128",
+      "num_heads=2",  "num_layers=1", "dropout=0.1",     "lr=3e-3",          "eval_every=20",
+      "checkpoint_every=25",
       "log_every=10", "eval_windows=40", "mechanism=intention"};
   TempDir tmp;
   const auto out = KT::train_task("human-numbers", tiny(sets, tmp.file("run")));
@@ -117,7 +158,7 @@ TEST(TaskFamilies, HumanNumbersTrainsBeatsUnigramAndResumesExactly) {
 
 TEST(TaskFamilies, InContextLinearRegressionReportsBayesAndResumesExactly) {
   const std::vector<std::string> sets = {
-      "x_dim=3",        "steps=40",          "batch_size=16",   "d_model=16",
+      "x_dim=3",        "steps=40",          "batch_size=16",   "d_model=16",     "ffn_dim=64",
       "num_heads=2",    "eval_every=15",     "checkpoint_every=15", "eval_episodes=40",
       "eval_contexts=[2,8]", "warmup_steps=5", "mechanism=intention"};
   TempDir tmp;
@@ -174,35 +215,79 @@ TEST(TaskFamilies, FewShotRunsSavedBeforeTheReadoutKeysEvaluateAndResume) {
     auto sets = common;
     sets.insert(sets.end(), c.sets.begin(), c.sets.end());
     SCOPED_TRACE(sets.back());
-    TempDir tmp;
-    const auto whole = KT::train_task("few-shot", tiny(sets, tmp.file("whole")));
-    auto first = tiny(sets, tmp.file("parts"));
-    first.context.stop_after_step = 15;
-    KT::train_task("few-shot", first);
+    const auto [saved, today] =
+        expect_old_run_evaluates_and_resumes("few-shot", sets, 15, [&](nlohmann::json& old) {
+          for (const auto& key : c.keys_then_absent) old.erase(key);
+          old["alpha_init"] = 1.0;
+        });
+    EXPECT_EQ(today.at("readout"), saved.at("readout"));
+  }
+}
 
-    const auto config_path = fs::path(tmp.file("parts")) / "config.json";
-    const auto saved = kvq::train::RunDir::open(tmp.file("parts")).load_config();
-    auto old = saved;
-    for (const auto& key : c.keys_then_absent) old.erase(key);
-    old["alpha_init"] = 1.0;
-    KT::EvalOptions last;
-    last.checkpoint = "last";
-    const auto evaluate = [&] {
-      const auto [task, config] = KT::task_of_run(tmp.file("parts"));
-      return task->evaluate(config, kvq::train::RunDir::open(tmp.file("parts")), last);
-    };
-    const auto expected = evaluate();
-    tmp.write("parts/config.json", old.dump(2));
-    EXPECT_EQ(evaluate(), expected);
-    EXPECT_EQ(KT::task_of_run(tmp.file("parts")).second.at("readout"), saved.at("readout"));
+// Before ffn_dim had one meaning (the feed-forward width, as in every block), a task's
+// ffn_dim = 0 stood for its model's own multiple of d_model, and attention_dropout was a key of the
+// synthetic tasks only. A config saved then, of every preset of every task, reads today as the
+// preset does: the same width, and the attention dropout unset (= dropout).
+TEST(TaskFamilies, ConfigsSavedBeforeFfnDimHadOneMeaningReadAsToday) {
+  const std::map<std::string, int64_t> old_multiple = {
+      {"reverse", 2}, {"sort", 2},          {"copy", 2},       {"sub", 2},
+      {"swap", 2},    {"fashion-mnist", 1}, {"mnist", 1},      {"cifar10", 1},
+      {"cifar100", 1}, {"char-lm", 4},      {"human-numbers", 4}, {"translation", 4},
+      {"icl-linear", 4}, {"icl-gp", 4},     {"icl-sinusoid", 4}, {"few-shot", 2},
+      {"distill", 2}};
+  const auto synthetic = kvq::data::synthetic_task_names();
+  for (const auto& task : KT::tasks()) {
+    ASSERT_EQ(old_multiple.count(task.name), 1u) << task.name << ": add its old multiple here";
+    for (const auto& preset : task.schema->preset_names()) {
+      SCOPED_TRACE(task.name + " " + preset);
+      kvq::train::ConfigSources sources;
+      sources.preset = preset;
+      if (task.name == "mnist" || task.name.rfind("cifar", 0) == 0) {
+        sources.sets = {"data_dir=/nonexistent"};  // read with the data, not here
+      }
+      const auto today = task.resolve(sources);
+      auto saved = today;
+      saved["ffn_dim"] = 0;
+      if (std::find(synthetic.begin(), synthetic.end(), task.name) == synthetic.end()) {
+        saved.erase("attention_dropout");
+      }
+      task.schema->upgrade_saved(saved);
+      EXPECT_EQ(saved.at("ffn_dim").get<int64_t>(),
+                old_multiple.at(task.name) * today.at("d_model").get<int64_t>());
+      EXPECT_EQ(saved.at("ffn_dim"), today.at("ffn_dim"));
+      EXPECT_EQ(saved.value("attention_dropout", -1.0), -1.0);
+      EXPECT_EQ(today.at("attention_dropout").get<double>(), -1.0);
+    }
+  }
+}
 
-    auto second = tiny(sets, tmp.file("parts"));
-    second.sources.sets.clear();
-    second.seed.reset();
-    second.resume = true;
-    const auto resumed = KT::train_task("few-shot", second);
-    EXPECT_EQ(resumed.summary.at("test"), whole.summary.at("test"));
-    EXPECT_EQ(records(resumed.run_dir), records(whole.run_dir));
+// A run saved that way evaluates with the model it was trained as and resumes exactly: sort and
+// distill (2 d_model), with one block of width 16 and ffn_dim 32.
+TEST(TaskFamilies, RunsSavedBeforeFfnDimHadOneMeaningEvaluateAndResume) {
+  struct Case {
+    std::string task;
+    std::vector<std::string> sets;
+    int64_t stop;
+  };
+  const std::vector<Case> cases = {
+      {"sort",
+       {"length=8", "num_train=256", "num_val=32", "num_test=64", "d_model=16", "ffn_dim=32",
+        "num_heads=2", "num_layers=1", "batch_size=32", "epochs=2", "checkpoint_every=4",
+        "eval_every=8", "eval_batch_size=32", "dropout=0.1"},
+       4},
+      {"distill",
+       {"height=5", "width=5", "num_distractors=1", "train_levels=20", "val_levels=5",
+        "test_levels=10", "epochs=2", "d_model=16", "ffn_dim=32", "num_heads=2", "num_layers=1",
+        "batch_size=16", "warmup_steps=2", "checkpoint_every=5", "dropout=0.1"},
+       5}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.task);
+    const auto [saved, today] =
+        expect_old_run_evaluates_and_resumes(c.task, c.sets, c.stop, [&](nlohmann::json& old) {
+          old["ffn_dim"] = 0;
+          if (c.task != "sort") old.erase("attention_dropout");
+        });
+    EXPECT_EQ(today.at("ffn_dim"), 32);
   }
 }
 
@@ -211,7 +296,8 @@ TEST(TaskFamilies, DistillationReportsStudentTeacherAndRandom) {
   const auto out = KT::train_task(
       "distill", tiny({"height=5", "width=5", "num_distractors=1", "train_levels=40",
                        "val_levels=10", "test_levels=30", "epochs=2", "d_model=16",
-                       "num_heads=2", "num_layers=1", "batch_size=16", "warmup_steps=2"},
+                       "ffn_dim=32", "num_heads=2", "num_layers=1", "batch_size=16",
+                       "warmup_steps=2"},
                       tmp.file("run")));
   const auto& test = out.summary.at("test");
   // The teacher acts optimally on solvable levels; a random walk does not always arrive.
@@ -233,7 +319,7 @@ TEST(TaskFamilies, TranslationOnAUserTsvTrainsAndTranslates) {
   const auto out = KT::train_task(
       "translation",
       tiny({"tsv_file=" + file, "min_freq=1", "val_fraction=0.1", "test_fraction=0.1",
-            "d_model=32", "num_heads=2", "num_layers=1", "batch_size=8", "epochs=4",
+            "d_model=32", "ffn_dim=128", "num_heads=2", "num_layers=1", "batch_size=8", "epochs=4",
             "schedule=constant", "lr=3e-3", "warmup_steps=0", "label_smoothing=0.1"},
            tmp.file("run")));
   const auto& test = out.summary.at("test");
@@ -265,7 +351,8 @@ TEST(TaskFamilies, FashionMnistTinyViTLearnsWellAboveChance) {
   const auto out = KT::train_task(
       "fashion-mnist",
       tiny({"num_train=2048", "num_val=256", "num_test=512", "epochs=2", "batch_size=64",
-            "d_model=32", "num_heads=2", "num_layers=1", "lr=3e-3", "optimizer=adamw"},
+            "d_model=32", "ffn_dim=32", "num_heads=2", "num_layers=1", "lr=3e-3",
+            "optimizer=adamw"},
            tmp.file("run")));
   // Ten classes: chance is 0.1; 64 updates of a tiny ViT reach well above 0.4.
   EXPECT_GT(out.summary.at("test").at("acc").get<double>(), 0.4) << out.summary.at("test");
@@ -280,10 +367,9 @@ TEST(GridPolicy, LogitsForEveryMechanismAndGradients) {
     kvq::models::GridPolicy policy(
         kvq::models::GridPolicyOptions(kvq::env::kNumTokenTypes, kvq::env::kNumActions)
             .max_side(6)
-            .d_model(16)
-            .num_heads(2)
-            .num_layers(1)
-            .mechanism(mechanism));
+            .block(
+                kvq::models::TransformerBlockOptions(16, 2).norm_first(true).mechanism(mechanism))
+            .num_layers(1));
     const auto logits = policy->forward(obs.types, obs.rows, obs.cols);
     ASSERT_EQ(logits.sizes(), (std::vector<int64_t>{2, kvq::env::kNumActions})) << mechanism;
     logits.sum().backward();

@@ -53,9 +53,10 @@ int64_t checkpoint_step(const std::string& run_dir) {
 KT::TrainOptions tiny_sort(const std::string& run_dir, const std::vector<std::string>& extra) {
   KT::TrainOptions o;
   o.sources.sets = {"length=8",     "num_train=512", "num_val=64",    "num_test=128",
-                    "d_model=16",   "num_heads=2",   "num_layers=1",  "batch_size=32",
-                    "epochs=3",     "lr=5e-3",       "eval_every=8",  "checkpoint_every=11",
-                    "log_every=4",  "eval_batch_size=64", "mechanism=intention"};
+                    "d_model=16",   "ffn_dim=32",    "num_heads=2",   "num_layers=1",
+                    "batch_size=32", "epochs=3",    "lr=5e-3",       "eval_every=8",
+                    "checkpoint_every=11", "log_every=4", "eval_batch_size=64",
+                    "mechanism=intention"};
   o.sources.sets.insert(o.sources.sets.end(), extra.begin(), extra.end());
   o.seed = 3;
   o.run_dir = run_dir;

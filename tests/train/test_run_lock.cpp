@@ -72,7 +72,7 @@ TEST(RunLock, ReleasedWhenItsProcessIsKilled) {
 KT::TrainOptions tiny_copy(const std::string& run_dir) {
   KT::TrainOptions o;
   o.sources.sets = {"length=6",    "num_train=64", "num_val=32",   "num_test=32",
-                    "d_model=8",   "num_heads=2",  "num_layers=1", "batch_size=32",
+                    "d_model=8",   "ffn_dim=16",  "num_heads=2",  "num_layers=1", "batch_size=32",
                     "epochs=1",    "eval_batch_size=32"};
   o.seed = 1;
   o.run_dir = run_dir;

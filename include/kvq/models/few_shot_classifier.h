@@ -100,24 +100,16 @@ struct FewShotClassifierOptions {
   TORCH_ARG(std::string, encoder_norm) = "group";
   /// Groups of the encoder's GroupNorm; must divide encoder_channels. Default: 8.
   TORCH_ARG(int64_t, norm_groups) = 8;
-  /// Width d of the attention layers. Default: 64.
-  TORCH_ARG(int64_t, d_model) = 64;
-  /// Attention heads; d_model must be a multiple. Default: 1 (one ridge regression / one soft
-  /// nearest neighbour over the full width).
-  TORCH_ARG(int64_t, num_heads) = 1;
+  /// The attention layers (SupportAttentionBlock): width d, heads, feed-forward, dropout,
+  /// Pre-LN (with a final LayerNorm) or Post-LN, attention. Default: d 64, 1 head (one ridge
+  /// regression / one soft nearest neighbour over the full width), feed-forward 2 * d, ReLU, no
+  /// dropout, Pre-LN.
+  TORCH_ARG(TransformerBlockOptions, block) =
+      TransformerBlockOptions(64, 1).ffn_dim(128).dropout(0.0).norm_first(true);
   /// Cross-attention layers. Default: 1.
   TORCH_ARG(int64_t, num_layers) = 1;
-  /// Feed-forward hidden width; 0 = 2 * d_model. Default: 0.
-  TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Dropout in the layers (residuals, FFN, attention weights). Default: 0.
-  TORCH_ARG(double, dropout) = 0.0;
-  /// Pre-LN layers with a final LayerNorm when true, Post-LN when false. Default: true.
-  TORCH_ARG(bool, norm_first) = true;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
-  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
+  /// One mechanism per layer (num_layers names); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
   /// How the class scores are read (see FewShotClassifierImpl): "head", a Linear(d, N) head on
   /// the queries' outputs after num_layers SupportAttentionBlocks; or "labels", in-context

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kvq/modules/attention_options.h"
+#include "kvq/models/layers.h"
 
 namespace kvq {
 namespace models {
@@ -22,21 +22,14 @@ struct GridPolicyOptions {
   TORCH_ARG(int64_t, num_actions);
   /// Largest grid height and width the position embeddings cover. Default: 32.
   TORCH_ARG(int64_t, max_side) = 32;
-  /// Model width d. Default: 64.
-  TORCH_ARG(int64_t, d_model) = 64;
-  /// Attention heads. Default: 4.
-  TORCH_ARG(int64_t, num_heads) = 4;
-  /// Pre-LN encoder blocks. Default: 2.
+  /// The encoder blocks; they must be Pre-LN (norm_first), and a final LayerNorm follows them.
+  /// Default: d 64, 4 heads, feed-forward 2 * d, ReLU, no dropout.
+  TORCH_ARG(TransformerBlockOptions, block) =
+      TransformerBlockOptions(64, 4).ffn_dim(128).dropout(0.0).norm_first(true);
+  /// Encoder blocks. Default: 2.
   TORCH_ARG(int64_t, num_layers) = 2;
-  /// Feed-forward width; 0 = 2 * d_model. Default: 0.
-  TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Dropout in the blocks. Default: 0.
-  TORCH_ARG(double, dropout) = 0.0;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
-  /// Per-layer mechanisms; empty = `mechanism` everywhere. Default: {}.
+  /// One mechanism per layer (num_layers names); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
 };
 

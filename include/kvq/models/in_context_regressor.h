@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kvq/modules/multi_head_kvq.h"
+#include "kvq/models/layers.h"
 
 namespace kvq {
 namespace models {
@@ -20,35 +20,23 @@ struct InContextRegressorOptions {
   TORCH_ARG(int64_t, x_dim);
   /// Output dimension dy.
   TORCH_ARG(int64_t, y_dim);
-  /// Model width d. Default: 64.
-  TORCH_ARG(int64_t, d_model) = 64;
-  /// Attention heads; d_model must be a multiple. Default: 4.
-  TORCH_ARG(int64_t, num_heads) = 4;
+  /// The layers' width, heads, feed-forward (width, activation), dropout (residual branches,
+  /// feed-forward hidden layer, attention weights unless attention.dropout is set), LayerNorm
+  /// epsilon, biases (also of the embeddings and the readout) and attention. norm_first must be
+  /// true: the layers are Pre-LN, or without LayerNorm when layer_norm is false. Default: d 64,
+  /// 4 heads, feed-forward 4 * d, GELU, no dropout.
+  TORCH_ARG(TransformerBlockOptions, block) =
+      TransformerBlockOptions(64, 4).activation("gelu").dropout(0.0).norm_first(true);
   /// Cross-attention layers. Default: 2.
   TORCH_ARG(int64_t, num_layers) = 2;
   /// A feed-forward branch after each cross-attention. Default: true.
   TORCH_ARG(bool, feed_forward) = true;
-  /// Hidden width of the feed-forward branch; 0 = 4 * d_model. Default: 0.
-  TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Feed-forward activation, "relu" or "gelu" (exact erf form). Default: "gelu".
-  TORCH_ARG(std::string, activation) = "gelu";
   /// Pre-LN: LayerNorm before each branch and before the readout; false = no LayerNorm at all.
   /// Default: true.
   TORCH_ARG(bool, layer_norm) = true;
-  /// LayerNorm epsilon. Default: 1e-5.
-  TORCH_ARG(double, layer_norm_eps) = 1e-5;
-  /// Dropout on the residual branches, the feed-forward hidden layer and the attention weights
-  /// (mechanisms with a softmax). Default: 0.
-  TORCH_ARG(double, dropout) = 0.0;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
-  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
+  /// One mechanism per layer (num_layers names); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
-  /// Biases in the embeddings, attention projections, feed-forward layers and readout.
-  /// Default: true.
-  TORCH_ARG(bool, bias) = true;
   /// Width F of a learned feature map phi(x) = GELU(W2 GELU(W1 x + b1) + b2) applied to every x
   /// before the embeddings (nonlinear functions: GP, sinusoid); 0 = phi(x) = x. Default: 0.
   TORCH_ARG(int64_t, feature_dim) = 0;

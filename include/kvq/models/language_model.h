@@ -18,23 +18,15 @@ struct LanguageModelOptions {
   TORCH_ARG(int64_t, vocab_size);
   /// Longest input T (learned positions 0 .. context_length - 1). Default: 64.
   TORCH_ARG(int64_t, context_length) = 64;
-  /// Model width. Default: 192.
-  TORCH_ARG(int64_t, d_model) = 192;
-  /// Attention heads; d_model must be a multiple. Default: 3.
-  TORCH_ARG(int64_t, num_heads) = 3;
+  /// The blocks; they must be Pre-LN (norm_first), and a final LayerNorm follows them (GPT-2).
+  /// Default: d 192, 3 heads, feed-forward 4 * d, ReLU (gpt.py; nanoGPT's is "gelu"), dropout 0.2
+  /// on residual branches, feed-forward hidden layer and attention weights.
+  TORCH_ARG(TransformerBlockOptions, block) =
+      TransformerBlockOptions(192, 3).dropout(0.2).norm_first(true);
   /// Blocks. Default: 6.
   TORCH_ARG(int64_t, num_layers) = 6;
-  /// Feed-forward hidden width; 0 = 4 * d_model. Default: 0.
-  TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Feed-forward activation, "relu" (gpt.py) or "gelu" (nanoGPT). Default: "relu".
-  TORCH_ARG(std::string, activation) = "relu";
-  /// Dropout on residual branches, FFN hidden layer and attention weights. Default: 0.2.
-  TORCH_ARG(double, dropout) = 0.2;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
-  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
+  /// One mechanism per layer (num_layers names); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
 };
 

@@ -36,6 +36,9 @@ std::vector<std::string> layer_mechanisms(const std::string& owner,
 void check_tokens(const char* owner, const char* arg, const torch::Tensor& tokens,
                   int64_t vocab_size);
 
+// The options of one Transformer block, and of every block of a model's stack (the models'
+// `block`, with num_layers beside it, as torch::nn::TransformerEncoderOptions holds its layer's
+// options). One meaning of every field wherever it appears.
 struct TransformerBlockOptions {
   TransformerBlockOptions(int64_t d_model, int64_t num_heads)
       : d_model_(d_model), num_heads_(num_heads) {}
@@ -47,11 +50,9 @@ struct TransformerBlockOptions {
   TORCH_ARG(int64_t, ffn_dim) = 0;
   /// Feed-forward activation, "relu" or "gelu" (exact erf form). Default: "relu".
   TORCH_ARG(std::string, activation) = "relu";
-  /// Dropout on both residual branches and on the feed-forward hidden layer. Default: 0.1.
+  /// Dropout on both residual branches and on the feed-forward hidden layer, and on the attention
+  /// weights unless attention.dropout is set. Default: 0.1.
   TORCH_ARG(double, dropout) = 0.1;
-  /// Dropout on the attention weights (mechanisms with a softmax only); unset = dropout.
-  /// Default: unset.
-  TORCH_ARG(c10::optional<double>, attention_dropout) = c10::nullopt;
   /// Pre-LN (x + f(LN(x))) when true, Post-LN (LN(x + f(x)), Vaswani et al.) when false.
   /// Default: false.
   TORCH_ARG(bool, norm_first) = false;
@@ -60,14 +61,39 @@ struct TransformerBlockOptions {
   /// Biases in the attention projections and the feed-forward layers. Default: true.
   TORCH_ARG(bool, bias) = true;
   // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the attention's score scale; unset = 1/sqrt(head width)): the fields of `attention`.
+  // scale (the attention's score scale; unset = 1/sqrt(head width)): the fields of `attention`,
+  // settable here directly. The attention dropout is attention().dropout() (unset = dropout).
   KVQ_ATTENTION_ARGS;
 
  public:
-  // The options of this block's MultiHeadKVQ (self- and cross-attention alike): `attention`,
-  // attention_dropout (or dropout), bias.
-  kvq::nn::MultiHeadKVQOptions attention_options() const;
+  // The options of this block's MultiHeadKVQ (self- and cross-attention alike): d_model,
+  // num_heads, bias, and `attention` with its dropout resolved (unset = dropout).
+  kvq::nn::MultiHeadKVQOptions multi_head_options() const;
+  // The feed-forward hidden width: ffn_dim, or 4 * d_model when it is 0.
+  int64_t ffn_width() const;
 };
+
+// Checks `block` as the blocks of `owner` (a model or a layer) running `mechanisms` (empty =
+// block.mechanism()): d_model a positive multiple of num_heads, ffn_dim >= 0, activation relu or
+// gelu, dropout in [0, 1), layer_norm_eps > 0, and the attention options for those layers
+// (nn::check_attention_options). Errors start with `owner`.
+void check_block_options(const std::string& owner, const TransformerBlockOptions& block,
+                         const std::vector<std::string>& mechanisms = {});
+
+// The options of one layer of a stack built from `block`: `block` with the attention of a layer
+// running `mechanism` (nn::layer_attention).
+TransformerBlockOptions layer_block(const TransformerBlockOptions& block,
+                                    const std::string& mechanism);
+
+// The options of each of the `num_layers` layers of `owner`'s stack built from `block`: layer i
+// runs layer_mechanisms(owner, block.attention(), mechanisms, num_layers)[i] with layer_block.
+// Checks num_layers >= 1, `block` for those layers (check_block_options) and, with
+// `needs_norm_first` (a model whose stack ends with a LayerNorm), block.norm_first.
+std::vector<TransformerBlockOptions> layer_blocks(const std::string& owner,
+                                                  const TransformerBlockOptions& block,
+                                                  const std::vector<std::string>& mechanisms,
+                                                  int64_t num_layers,
+                                                  bool needs_norm_first = false);
 
 // Encoder / decoder-only block: self-attention through MultiHeadKVQ, then the feed-forward network
 // FFN(x) = W2 dropout(act(W1 x + b1)) + b2, each in a residual branch with dropout.

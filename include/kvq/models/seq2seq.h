@@ -19,27 +19,17 @@ struct Seq2SeqOptions {
   TORCH_ARG(int64_t, src_vocab_size);
   /// Target vocabulary; target tokens are in [0, tgt_vocab_size).
   TORCH_ARG(int64_t, tgt_vocab_size);
-  /// Model width d. Default: 128.
-  TORCH_ARG(int64_t, d_model) = 128;
-  /// Attention heads; d_model must be a multiple. Default: 4.
-  TORCH_ARG(int64_t, num_heads) = 4;
+  /// The encoder and decoder blocks; they must be Pre-LN (norm_first), and each stack ends with a
+  /// LayerNorm. block.dropout also applies to the embeddings. Default: d 128, 4 heads,
+  /// feed-forward 4 * d, ReLU, dropout 0.1.
+  TORCH_ARG(TransformerBlockOptions, block) = TransformerBlockOptions(128, 4).norm_first(true);
   /// Encoder blocks. Default: 2.
   TORCH_ARG(int64_t, num_encoder_layers) = 2;
   /// Decoder blocks. Default: 2.
   TORCH_ARG(int64_t, num_decoder_layers) = 2;
-  /// Feed-forward hidden width; 0 = 4 * d_model. Default: 0.
-  TORCH_ARG(int64_t, ffn_dim) = 0;
-  /// Feed-forward activation, "relu" or "gelu". Default: "relu".
-  TORCH_ARG(std::string, activation) = "relu";
-  /// Dropout on embeddings, residual branches, FFN hidden layer and attention weights.
-  /// Default: 0.1.
-  TORCH_ARG(double, dropout) = 0.1;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
   /// One mechanism per layer, encoder layers first, then decoder layers (each decoder layer uses
-  /// its mechanism for self- and cross-attention); empty = `mechanism` everywhere. Default: empty.
+  /// its mechanism for self- and cross-attention); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
 };
 

@@ -22,23 +22,18 @@ struct ViTOptions {
   TORCH_ARG(int64_t, num_classes);
   /// Image channels C. Default: 1.
   TORCH_ARG(int64_t, in_channels) = 1;
-  /// Model width d. Default: 128.
-  TORCH_ARG(int64_t, d_model) = 128;
-  /// Attention heads; d_model must be a multiple. Default: 4.
-  TORCH_ARG(int64_t, num_heads) = 4;
+  /// The blocks; they must be Pre-LN (norm_first), and a final LayerNorm follows them. The head's
+  /// hidden width is the blocks' feed-forward width. Default: the paper's d 128, 4 heads,
+  /// feed-forward d, GELU, no dropout.
+  TORCH_ARG(TransformerBlockOptions, block) =
+      TransformerBlockOptions(128, 4).ffn_dim(128).activation("gelu").dropout(0.0).norm_first(
+          true);
   /// Blocks. Default: 4.
   TORCH_ARG(int64_t, num_layers) = 4;
-  /// Hidden width of the block MLPs and of the head; 0 = d_model (the paper's). Default: 0.
-  TORCH_ARG(int64_t, mlp_dim) = 0;
-  /// Dropout on residual branches, MLP hidden layers and attention weights. Default: 0.
-  TORCH_ARG(double, dropout) = 0.0;
   /// Dropout on the token sequence after the position embedding. Default: 0.
   TORCH_ARG(double, embedding_dropout) = 0.0;
-  // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map, chunk_size,
-  // scale (the score scale; unset = 1/sqrt(head width)): the fields of `attention`, the
-  // options of every layer's attention (kvq/modules/attention_options.h).
-  KVQ_ATTENTION_ARGS;
-  /// One mechanism per layer (num_layers names); empty = `mechanism` everywhere. Default: empty.
+  /// One mechanism per layer (num_layers names); empty = block.mechanism() everywhere.
+  /// Default: empty.
   TORCH_ARG(std::vector<std::string>, mechanisms) = {};
 };
 
@@ -47,8 +42,8 @@ struct ViTOptions {
 torch::Tensor image_to_patches(const torch::Tensor& images, int64_t patch_size);
 
 // patches -> Linear(p*p*C, d); prepend a learned cls token; + learned position embedding
-// (1, N + 1, d); dropout; num_layers Pre-LN blocks (MLP width mlp_dim, GELU); LayerNorm;
-// head Linear(d, mlp_dim) - GELU - Linear(mlp_dim, num_classes) on the cls token.
+// (1, N + 1, d); dropout; num_layers Pre-LN blocks (MLP width F = block.ffn_width(), the
+// paper's GELU); LayerNorm; head Linear(d, F) - GELU - Linear(F, num_classes) on the cls token.
 // images float (B, C, image_size, image_size) -> logits (B, num_classes).
 class ViTImpl : public torch::nn::Cloneable<ViTImpl> {
  public:

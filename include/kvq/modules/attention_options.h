@@ -40,15 +40,21 @@ struct AttentionOptions {
   TORCH_ARG(int64_t, chunk_size) = 0;
   /// Score scale of the softmax and kernel mixers; unset = 1/sqrt(head width). Default: unset.
   TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
+  /// Dropout on the attention weights, in [0, 1), while training. Only mechanisms with a softmax
+  /// have weights to drop; the others run as with 0 (a stack's dropout may hold a value for all
+  /// its layers, so this option is never refused). Unset = the owner's: 0 in MultiHeadKVQ, the
+  /// block's dropout in a TransformerBlock (as torch::nn::TransformerEncoderLayer uses its one
+  /// dropout for the attention too). Default: unset.
+  TORCH_ARG(c10::optional<double>, dropout) = c10::nullopt;
 };
 
 // Checks `options` for layers running `layer_mechanisms` (empty = options.mechanism() alone):
 // every name is registered, the projection is valid for each (kv-pos needs a softmax), alpha_init
-// > alpha_floor > 0, chunk_size >= 0, pos_channels >= 1, pos_map head or layer, scale > 0; and
-// each option set away from its default (`defaults`: AttentionOptions() unless the owner has its
-// own, e.g. a task config's) applies to at least one of the layers (alpha_init, alpha_floor,
-// learn_alpha: a mechanism with alpha; chunk_size: a chunk-parallel causal mechanism;
-// pos_channels, pos_map: the kv-pos projection).
+// > alpha_floor > 0, chunk_size >= 0, pos_channels >= 1, pos_map head or layer, scale > 0,
+// dropout in [0, 1); and each option set away from its default (`defaults`: AttentionOptions()
+// unless the owner has its own, e.g. a task config's) applies to at least one of the layers
+// (alpha_init, alpha_floor, learn_alpha: a mechanism with alpha; chunk_size: a chunk-parallel
+// causal mechanism; pos_channels, pos_map: the kv-pos projection; dropout is never refused).
 // Errors start with `owner` and name the option, its valid values or the mechanisms it applies to.
 void check_attention_options(const AttentionOptions& options, const std::string& owner,
                              const std::vector<std::string>& layer_mechanisms = {},

@@ -18,16 +18,16 @@ struct MultiHeadKVQOptions {
   TORCH_ARG(int64_t, embed_dim);
   /// Number of heads H; head width d = E / H.
   TORCH_ARG(int64_t, num_heads);
-  /// Dropout on attention weights (mechanisms with a softmax only). Default: 0.
-  TORCH_ARG(double, dropout) = 0.0;
   /// Bias in the input and output projections. Default: true.
   TORCH_ARG(bool, bias) = true;
   /// Inputs are (B, T, E) when true, (T, B, E) as torch::nn::MultiheadAttention when false.
   /// Default: true.
   TORCH_ARG(bool, batch_first) = true;
   // mechanism, projection, alpha_init, alpha_floor, learn_alpha, pos_channels, pos_map,
-  // chunk_size, scale: the fields of `attention` (kvq/modules/attention_options.h), settable here
+  // chunk_size, scale and dropout (on the attention weights, mechanisms with a softmax only;
+  // unset = 0): the fields of `attention` (kvq/modules/attention_options.h), settable here
   // directly.
+  KVQ_ATTENTION_FORWARD(c10::optional<double>, dropout)
   KVQ_ATTENTION_ARGS;
 };
 

@@ -7,11 +7,13 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kvq/models/layers.h"
 #include "kvq/modules/attention_options.h"
 #include "kvq/registry.h"
 #include "kvq/train/config.h"
@@ -24,15 +26,14 @@ struct CommonTaskConfig {
   std::string task;                    // the registry name (set by --task)
   int64_t seed = 0;                    // model init, dropout, batch order (and data unless a
                                        // task has a data_seed)
-  // The attention of every layer, passed unchanged to the model: config keys mechanism,
-  // projection, alpha_init, alpha_floor, learn_alpha, chunk_size, pos_channels, pos_map (the
-  // fields of the same names; kvq/modules/attention_options.h). The score scale is the model's.
-  nn::AttentionOptions attention;
-  int64_t d_model = 64;                // model width d
-  int64_t num_heads = 2;               // attention heads
+  // Every block of the model (kvq/models/layers.h), passed unchanged to it: config keys d_model,
+  // num_heads, ffn_dim, dropout (the block's fields of the same names), attention_dropout (its
+  // attention's dropout; -1 = unset = dropout), and mechanism, projection, alpha_init,
+  // alpha_floor, learn_alpha, chunk_size, pos_channels, pos_map (its attention's fields;
+  // kvq/modules/attention_options.h). A task sets the rest (activation, norm_first, ...) to its
+  // model's, or declares keys for them. The score scale is the model's.
+  models::TransformerBlockOptions block = models::TransformerBlockOptions(64, 2).ffn_dim(256);
   int64_t num_layers = 2;              // blocks
-  int64_t ffn_dim = 0;                 // feed-forward width; 0 = the model's default
-  double dropout = 0.1;                // dropout in blocks and head
   int64_t batch_size = 64;             // training mini-batch
   std::string optimizer = "adam";      // adam | adamw
   double lr = 1e-3;                    // peak learning rate (noam: its factor multiplies)
@@ -58,6 +59,23 @@ M Config::*member(M CommonTaskConfig::*m) {
   return static_cast<M Config::*>(m);
 }
 bool contains_name(const std::vector<std::string>& names, const std::string& name);
+
+// Declares the attention field `access` of CommonTaskConfig::block under `key`.
+template <class Config, class M>
+void attention_field(train::ConfigSchema<Config>& schema, const std::string& key,
+                     M& (nn::AttentionOptions::*access)() noexcept, const std::string& help) {
+  schema.template accessor_field<M>(
+      key,
+      [access](const Config& c) {
+        auto attention = c.block.attention();
+        return (attention.*access)();
+      },
+      [access](Config& c, const M& value) { (c.block.attention().*access)() = value; }, help);
+}
+
+// An upgrade (train::ConfigSchema::upgrade) of configs saved before ffn_dim had one meaning,
+// when a task's ffn_dim = 0 stood for `multiple` * d_model: such a saved 0 becomes that width.
+std::function<void(nlohmann::json&)> upgrade_zero_ffn_dim(int64_t multiple);
 }  // namespace detail
 
 // Declares every CommonTaskConfig field in `schema` with its help text, and the checks: the
@@ -68,33 +86,46 @@ template <class Config>
 train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& schema) {
   using C = CommonTaskConfig;
   using A = nn::AttentionOptions;
+  using B = models::TransformerBlockOptions;
   using detail::member;
   const auto mechanisms = mechanism_names();
   const auto schedules = train::lr_schedule_kinds();
   const std::vector<std::string> optimizers = {"adam", "adamw"};
   schema.field("task", member<Config>(&C::task), "the task (set by --task)")
-      .field("seed", member<Config>(&C::seed), "model init, dropout, batch order (and data)")
-      .field("mechanism", member<Config>(&C::attention), &A::mechanism,
-             "attention: " + train::join_names(mechanisms))
-      .field("projection", member<Config>(&C::attention), &A::projection,
-             "qkv | kv | kv-pos; \"\" = the mechanism's own")
-      .field("alpha_init", member<Config>(&C::attention), &A::alpha_init,
-             "initial ridge alpha (mechanisms with alpha)")
-      .field("alpha_floor", member<Config>(&C::attention), &A::alpha_floor,
-             "lower bound of alpha = softplus(theta) + alpha_floor (mechanisms with alpha)")
-      .field("learn_alpha", member<Config>(&C::attention), &A::learn_alpha,
-             "learn alpha per head; false = fixed at alpha_init (mechanisms with alpha)")
-      .field("chunk_size", member<Config>(&C::attention), &A::chunk_size,
-             "chunk length of the causal chunk-parallel mechanisms; 0 = the head width")
-      .field("pos_channels", member<Config>(&C::attention), &A::pos_channels,
-             "channels of the 2D positional table (kv-pos projection)")
-      .field("pos_map", member<Config>(&C::attention), &A::pos_map,
-             "kv-pos map Linear(p, 1): head (one per head) | layer (one per layer, the paper's)")
-      .field("d_model", member<Config>(&C::d_model), "model width d")
-      .field("num_heads", member<Config>(&C::num_heads), "attention heads")
+      .field("seed", member<Config>(&C::seed), "model init, dropout, batch order (and data)");
+  detail::attention_field(schema, "mechanism", &A::mechanism,
+                          "attention: " + train::join_names(mechanisms));
+  detail::attention_field(schema, "projection", &A::projection,
+                          "qkv | kv | kv-pos; \"\" = the mechanism's own");
+  detail::attention_field(schema, "alpha_init", &A::alpha_init,
+                          "initial ridge alpha (mechanisms with alpha)");
+  detail::attention_field(
+      schema, "alpha_floor", &A::alpha_floor,
+      "lower bound of alpha = softplus(theta) + alpha_floor (mechanisms with alpha)");
+  detail::attention_field(
+      schema, "learn_alpha", &A::learn_alpha,
+      "learn alpha per head; false = fixed at alpha_init (mechanisms with alpha)");
+  detail::attention_field(
+      schema, "chunk_size", &A::chunk_size,
+      "chunk length of the causal chunk-parallel mechanisms; 0 = the head width");
+  detail::attention_field(schema, "pos_channels", &A::pos_channels,
+                          "channels of the 2D positional table (kv-pos projection)");
+  detail::attention_field(
+      schema, "pos_map", &A::pos_map,
+      "kv-pos map Linear(p, 1): head (one per head) | layer (one per layer, the paper's)");
+  schema
+      .field("d_model", member<Config>(&C::block), &B::d_model, "model width d")
+      .field("num_heads", member<Config>(&C::block), &B::num_heads, "attention heads")
       .field("num_layers", member<Config>(&C::num_layers), "Transformer blocks")
-      .field("ffn_dim", member<Config>(&C::ffn_dim), "feed-forward width; 0 = the model's default")
-      .field("dropout", member<Config>(&C::dropout), "dropout in blocks and head")
+      .field("ffn_dim", member<Config>(&C::block), &B::ffn_dim, "feed-forward hidden width")
+      .field("dropout", member<Config>(&C::block), &B::dropout, "dropout in blocks and head")
+      .template accessor_field<double>(
+          "attention_dropout",
+          [](const Config& c) { return c.block.attention().dropout().value_or(-1.0); },
+          [](Config& c, const double& p) {
+            c.block.attention().dropout(p == -1.0 ? c10::nullopt : c10::optional<double>(p));
+          },
+          "dropout on the attention weights (softmax mechanisms); -1 = dropout")
       .field("batch_size", member<Config>(&C::batch_size), "training mini-batch")
       .field("optimizer", member<Config>(&C::optimizer), "adam | adamw")
       .field("lr", member<Config>(&C::lr), "peak learning rate (noam: factor of the formula)")
@@ -118,17 +149,25 @@ train::ConfigSchema<Config>& add_common_fields(train::ConfigSchema<Config>& sche
       .field("eval_batch_size", member<Config>(&C::eval_batch_size),
              "batch of validation and test")
       .check([](const Config& c) {
-        nn::check_attention_options(c.attention, "attention", {}, Config().attention);
+        nn::check_attention_options(c.block.attention(), "attention", {},
+                                    Config().block.attention());
       })
       .check("seed must be >= 0", [](const Config& c) { return c.seed >= 0; })
       .check("d_model must be a positive multiple of num_heads",
              [](const Config& c) {
-               return c.d_model > 0 && c.num_heads > 0 && c.d_model % c.num_heads == 0;
+               const auto& b = c.block;
+               return b.d_model() > 0 && b.num_heads() > 0 && b.d_model() % b.num_heads() == 0;
              })
       .check("num_layers must be >= 1", [](const Config& c) { return c.num_layers >= 1; })
-      .check("ffn_dim must be >= 0", [](const Config& c) { return c.ffn_dim >= 0; })
+      .check("ffn_dim must be >= 1 (the feed-forward hidden width)",
+             [](const Config& c) { return c.block.ffn_dim() >= 1; })
       .check("dropout must be in [0, 1)",
-             [](const Config& c) { return c.dropout >= 0 && c.dropout < 1; })
+             [](const Config& c) { return c.block.dropout() >= 0 && c.block.dropout() < 1; })
+      .check("attention_dropout must be -1 (= dropout) or in [0, 1)",
+             [](const Config& c) {
+               const auto p = c.block.attention().dropout();
+               return !p || (*p >= 0 && *p < 1);
+             })
       .check("batch_size must be >= 1", [](const Config& c) { return c.batch_size >= 1; })
       .check("optimizer must be adam or adamw",
              [optimizers](const Config& c) {

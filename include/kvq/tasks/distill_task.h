@@ -31,10 +31,9 @@ namespace tasks {
 struct DistillTaskConfig : CommonTaskConfig {
   DistillTaskConfig() {
     task = "distill";
-    d_model = 64;
-    num_heads = 4;
+    block = models::TransformerBlockOptions(64, 4)
+                .ffn_dim(128).dropout(0.0).norm_first(true);  // 2 * d_model
     num_layers = 2;
-    dropout = 0.0;
     batch_size = 64;
     lr = 1e-3;
     schedule = "cosine";

@@ -34,10 +34,9 @@ namespace tasks {
 struct FewShotTaskConfig : CommonTaskConfig {
   FewShotTaskConfig() {
     task = "few-shot";
-    d_model = 64;
-    num_heads = 1;
+    block = models::TransformerBlockOptions(64, 1)
+                .ffn_dim(128).dropout(0.0).norm_first(true);  // 2 * d_model
     num_layers = 1;
-    dropout = 0.0;
     batch_size = 16;  // episodes
     lr = 1e-3;
     schedule = "cosine";
@@ -47,7 +46,7 @@ struct FewShotTaskConfig : CommonTaskConfig {
     eval_batch_size = 50;
     // Ridge readout on normalised features (squared norm = feature width): alpha 10 rather than
     // 1; chosen on the validation episodes (5-shot intention, seed 0: 0.592 against 0.546).
-    attention.alpha_init(10.0);
+    block.attention().alpha_init(10.0);
   }
   std::string episodes = "fashion-mnist";  // or "gaussian" (kvq/data/gaussian_episodes.h)
   std::string data_dir = "";        // "" = /usr/share/datasets/fashion-mnist

@@ -33,10 +33,12 @@ namespace tasks {
 struct ImageTaskConfig : CommonTaskConfig {
   ImageTaskConfig() {
     task = "fashion-mnist";
-    d_model = 128;
-    num_heads = 4;
+    block = models::TransformerBlockOptions(128, 4)  // feed-forward d_model wide, the paper's
+                .ffn_dim(128)
+                .activation("gelu")
+                .dropout(0.0)
+                .norm_first(true);
     num_layers = 4;
-    dropout = 0.0;
     batch_size = 200;
     optimizer = "adamw";
     lr = 1e-3;

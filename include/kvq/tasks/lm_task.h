@@ -32,10 +32,9 @@ namespace tasks {
 struct LmTaskConfig : CommonTaskConfig {
   LmTaskConfig() {
     task = "char-lm";
-    d_model = 192;
-    num_heads = 3;
+    block = models::TransformerBlockOptions(192, 3)
+                .ffn_dim(768).dropout(0.2).norm_first(true);  // 4 * d_model
     num_layers = 6;
-    dropout = 0.2;
     batch_size = 64;
     optimizer = "adamw";
     lr = 5e-4;
@@ -48,7 +47,6 @@ struct LmTaskConfig : CommonTaskConfig {
   int64_t context = 64;         // tokens a prediction sees (the model's context length)
   int64_t steps = 10000;        // optimiser updates
   int64_t eval_windows = 200;   // validation windows during training
-  std::string activation = "relu";  // feed-forward activation: relu (gpt.py) | gelu
 };
 
 // Schema per task (presets differ): "paper" (tasks.md: char-lm context 64, batch 64, 10k updates,

@@ -35,10 +35,9 @@ namespace tasks {
 struct RegressionTaskConfig : CommonTaskConfig {
   RegressionTaskConfig() {
     task = "icl-linear";
-    d_model = 64;
-    num_heads = 4;
+    block = models::TransformerBlockOptions(64, 4)
+                .ffn_dim(256).activation("gelu").dropout(0.0).norm_first(true);  // 4 * d_model
     num_layers = 1;
-    dropout = 0.0;
     batch_size = 64;
     lr = 1e-3;
     schedule = "cosine";

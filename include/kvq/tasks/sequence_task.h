@@ -39,6 +39,7 @@ namespace tasks {
 struct SequenceTaskConfig : CommonTaskConfig {
   SequenceTaskConfig() {
     task = "sort";
+    block.ffn_dim(128);  // 2 * d_model, the paper's
     batch_size = 128;
     schedule = "cosine-product";
     warmup_steps = 5;
@@ -52,9 +53,6 @@ struct SequenceTaskConfig : CommonTaskConfig {
   int64_t num_test = 10000;            // test samples
   int64_t data_seed = -1;              // seed of the data sets; -1 = seed
   int64_t epochs = 2;                  // passes over the training set
-  bool norm_first = false;             // Pre-LN encoder blocks; false = Post-LN (the paper's)
-  double attention_dropout = -1.0;     // on the attention weights; -1 = dropout (the paper's
-                                       // code: 0, none)
 };
 
 // The schema: every field above, presets "paper" (tasks.md: L 64, d 64, depth 2, heads 2,

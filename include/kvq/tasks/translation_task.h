@@ -35,10 +35,9 @@ namespace tasks {
 struct TranslationTaskConfig : CommonTaskConfig {
   TranslationTaskConfig() {
     task = "translation";
-    d_model = 128;
-    num_heads = 4;
+    block = models::TransformerBlockOptions(128, 4)
+                .ffn_dim(512).dropout(0.1).norm_first(true);  // 4 * d_model
     num_layers = 2;
-    dropout = 0.1;
     batch_size = 50;
     optimizer = "adam";
     lr = 1.0;  // the Noam factor

@@ -223,6 +223,18 @@ class ConfigSchema : public ConfigSchemaBase {
     return *this;
   }
 
+  // Declares a field that `get` reads from a config and `set` writes into it: a value nested
+  // deeper than one options struct, or held in another form than its key's (an optional whose
+  // key spells unset as -1).
+  template <class M>
+  ConfigSchema& accessor_field(const std::string& key, std::function<M(const T&)> get,
+                               std::function<void(T&, const M&)> set, const std::string& help) {
+    add_field(Field{key, detail::ConfigFieldType<M>::value, help});
+    get_.push_back([get](const T& c) { return nlohmann::json(get(c)); });
+    set_.push_back([set](T& c, const nlohmann::json& v) { set(c, v.get<M>()); });
+    return *this;
+  }
+
   // Declares a named preset: an object of overrides applied after the defaults.
   ConfigSchema& preset(const std::string& name, nlohmann::json values,
                        const std::string& help = "") {
