@@ -236,8 +236,8 @@ TEST(TaskFamilies, ConfigsSavedBeforeFfnDimHadOneMeaningReadAsToday) {
       {"icl-linear", 4}, {"icl-gp", 4},     {"icl-sinusoid", 4}, {"few-shot", 2},
       {"distill", 2}};
   const auto synthetic = kvq::data::synthetic_task_names();
-  for (const auto& task : KT::tasks()) {
-    ASSERT_EQ(old_multiple.count(task.name), 1u) << task.name << ": add its old multiple here";
+  for (const auto& [name, multiple] : old_multiple) {
+    const auto& task = KT::find_task(name);
     for (const auto& preset : task.schema->preset_names()) {
       SCOPED_TRACE(task.name + " " + preset);
       kvq::train::ConfigSources sources;
@@ -252,8 +252,7 @@ TEST(TaskFamilies, ConfigsSavedBeforeFfnDimHadOneMeaningReadAsToday) {
         saved.erase("attention_dropout");
       }
       task.schema->upgrade_saved(saved);
-      EXPECT_EQ(saved.at("ffn_dim").get<int64_t>(),
-                old_multiple.at(task.name) * today.at("d_model").get<int64_t>());
+      EXPECT_EQ(saved.at("ffn_dim").get<int64_t>(), multiple * today.at("d_model").get<int64_t>());
       EXPECT_EQ(saved.at("ffn_dim"), today.at("ffn_dim"));
       EXPECT_EQ(saved.value("attention_dropout", -1.0), -1.0);
       EXPECT_EQ(today.at("attention_dropout").get<double>(), -1.0);
