@@ -25,6 +25,7 @@
 #include "device_option.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/registry.h"
+#include "kvq/train/flops.h"
 
 namespace kvq {
 namespace app {
@@ -95,24 +96,6 @@ double peak_extra_bytes(const std::function<void()>& fn, const torch::Device& de
   const double before = status_bytes("VmRSS:");
   fn();
   return status_bytes("VmHWM:") - before;
-}
-
-// Best-of-k rate of torch::mm on two 2048 x 2048 matrices of `dtype` on `device`, in GFLOP/s:
-// the machine's dense-product ceiling that the mechanisms' GFLOP/s are compared with.
-double measure_gemm_gflops(torch::ScalarType dtype, const torch::Device& device) {
-  const auto options = torch::TensorOptions().dtype(dtype).device(device);
-  auto a = torch::randn({kGemmSize, kGemmSize}, options);
-  auto b = torch::randn({kGemmSize, kGemmSize}, options);
-  torch::mm(a, b);
-  synchronize(device);
-  double best = std::numeric_limits<double>::infinity();
-  for (int i = 0; i < kGemmRepeats; ++i) {
-    const auto start = Clock::now();
-    torch::mm(a, b);
-    synchronize(device);
-    best = std::min(best, seconds_since(start));
-  }
-  return 2.0 * kGemmSize * kGemmSize * kGemmSize / best / 1e9;
 }
 
 // Inputs of one configuration. `leaves` are the tensors the gradients are taken with respect to;
@@ -663,7 +646,9 @@ bool run_bench(const BenchOptions& options) {
   if (options.causal != "on") causal_modes.push_back(false);
   if (options.causal != "off") causal_modes.push_back(true);
 
-  ctx.gemm_gflops = measure_gemm_gflops(ctx.dtype, options.device);
+  // The machine's dense-product ceiling that the mechanisms' GFLOP/s are compared with.
+  ctx.gemm_gflops =
+      train::measure_gemm_flops(ctx.dtype, options.device, kGemmSize, kGemmRepeats) / 1e9;
   std::cerr << "kvq bench: gemm " << format_num(ctx.gemm_gflops, "%.1f") << " GFLOP/s on "
             << options.device << ", " << at::get_num_threads() << " threads\n";
 

@@ -113,6 +113,7 @@ struct Row {
   size_t seeds = 0;
   std::map<std::string, std::vector<double>> metrics;
   std::vector<double> params, seconds;
+  std::vector<double> mfu_percent;  // model FLOP utilisation of each run that reports one
 };
 
 std::vector<Row> aggregate(const std::vector<std::string>& mechanisms,
@@ -134,6 +135,9 @@ std::vector<Row> aggregate(const std::vector<std::string>& mechanisms,
       }
       row.params.push_back(r.summary.value("params", 0.0));
       row.seconds.push_back(r.summary.value("train_seconds", 0.0));
+      if (r.summary.contains("mfu")) {
+        row.mfu_percent.push_back(100.0 * r.summary.at("mfu").get<double>());
+      }
     }
     rows.push_back(std::move(row));
   }
@@ -142,21 +146,29 @@ std::vector<Row> aggregate(const std::vector<std::string>& mechanisms,
 
 std::string markdown_table(const tasks::TaskInfo& task, const std::vector<std::string>& columns,
                            const std::vector<Row>& rows, int64_t seeds) {
+  const bool mfu = std::any_of(rows.begin(), rows.end(),
+                               [](const Row& row) { return !row.mfu_percent.empty(); });
   std::ostringstream out;
   out << "| mechanism | projection | seeds |";
   for (const auto& c : columns) out << " test " << c << " |";
-  out << " params | train time (s) |\n|---|---|---|";
+  out << " params | train time (s) |" << (mfu ? " MFU (%) |" : "") << "\n|---|---|---|";
   for (size_t i = 0; i < columns.size(); ++i) out << "---|";
-  out << "---|---|\n";
+  out << "---|---|" << (mfu ? "---|" : "") << "\n";
   for (const auto& row : rows) {
     out << "| " << row.mechanism << " | " << row.projection << " | " << row.seeds << " |";
     for (const auto& c : columns) out << " " << mean_sd_text(row.metrics.at(c), 4) << " |";
     out << " " << fixed(mean_sd(row.params).mean, 0) << " | " << mean_sd_text(row.seconds, 1)
-        << " |\n";
+        << " |";
+    if (mfu) out << " " << mean_sd_text(row.mfu_percent, 1) << " |";
+    out << "\n";
   }
   out << "\nTask " << task.name << "; " << seeds << (seeds == 1 ? " seed" : " seeds")
       << " per mechanism; mean ± sample standard deviation over seeds; test metrics of the "
-         "final model.\n";
+         "final model."
+      << (mfu ? " MFU: model FLOPs of the training updates per second (kvq/train/flops.h) over "
+                "the float32 matmul rate measured at each run's start."
+              : "")
+      << "\n";
   return out.str();
 }
 

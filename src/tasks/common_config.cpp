@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "kvq/train/flops.h"
+
 namespace kvq {
 namespace tasks {
 
@@ -95,6 +97,19 @@ int64_t parameter_count(const torch::nn::Module& model) {
   int64_t n = 0;
   for (const auto& p : model.parameters()) n += p.numel();
   return n;
+}
+
+double token_training_flops(const torch::nn::Module& model, const torch::nn::ModuleList& blocks,
+                            int64_t length, bool causal) {
+  double attention = 0;
+  for (const auto& module : blocks->children()) {
+    const auto& o = module->as<models::TransformerBlockImpl>()->options;
+    const int64_t head_dim = o.d_model() / o.num_heads();
+    attention += train::attention_flops(o.mechanism(), o.num_heads(), length, head_dim, causal,
+                                        o.chunk_size());
+  }
+  return 3.0 * (train::linear_flops_per_position(model) +
+                attention / static_cast<double>(std::max<int64_t>(length, 1)));
 }
 
 }  // namespace tasks

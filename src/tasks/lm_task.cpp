@@ -209,6 +209,7 @@ TrainSummary train_lm_task(const Config& c, const train::RunDir& run,
   const auto test_starts = window_starts(corpus.val.size(0), c.context, 0);
 
   auto loop = training_loop_for(c, *model, *optimizer, c.steps, c.task);
+  loop.flops_per_item = token_training_flops(*model, model->blocks, c.context, /*causal=*/true);
   // Row s is the window of context + 1 tokens starting at s (a view of the stream, no copy).
   loop.batches =
       train::BatchSource::rows_of({{"windows", corpus.train.unfold(0, c.context + 1, 1)}}, sampler);

@@ -136,6 +136,7 @@ TrainSummary train_sequence_task(const Config& c, const train::RunDir& run,
 
   auto loop = training_loop_for(c, *model, *optimizer, sequence_task_total_steps(c),
                                 sequence_task_schema().name());
+  loop.flops_per_item = token_training_flops(*model, model->blocks, c.length, /*causal=*/false);
   loop.batches = train::BatchSource::rows_of(
       {{"inputs", splits.train.inputs}, {"targets", splits.train.targets}}, sampler);
   loop.steps_per_epoch = sampler.batches_per_epoch();

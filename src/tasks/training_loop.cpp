@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "kvq/train/checkpoint.h"
+#include "kvq/train/flops.h"
 #include "kvq/train/metrics_log.h"
 #include "kvq/train/progress.h"
 #include "kvq/train/reducer.h"
@@ -27,6 +28,10 @@ using train::Fault;
 
 constexpr const char* kBestFile = "best.pt";
 constexpr const char* kResultsFile = "results.json";
+// The product that measures the matmul rate the MFU is against: 1024 x 1024, best of 3 (about
+// 0.1 s of a run's start on 2 cores).
+constexpr int64_t kGemmSize = 1024;
+constexpr int kGemmRepeats = 3;
 
 double seconds_since(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
@@ -45,9 +50,10 @@ struct Window {
     items += update.items;
     steps += 1;
   }
-  // The train record at `step`; `last` is the window's last update (its accuracy reported or not).
+  // The train record at `step`; `last` is the window's last update (its accuracy reported or not);
+  // `peak_flops` the rate the MFU is measured against (0: no MFU).
   nlohmann::json record(int64_t step, const TrainingLoop& loop, double lr,
-                        const train::UpdateStats& last, int64_t skipped) const {
+                        const train::UpdateStats& last, int64_t skipped, double peak_flops) const {
     const double seconds = seconds_since(start);
     nlohmann::json r = {{"step", step}, {"split", "train"}};
     if (loop.steps_per_epoch > 0) {
@@ -60,6 +66,9 @@ struct Window {
     }
     r["lr"] = lr;
     r[loop.metrics.unit + "_per_s"] = seconds > 0 ? static_cast<double>(items) / seconds : 0.0;
+    if (peak_flops > 0 && seconds > 0) {
+      r["mfu"] = static_cast<double>(items) / seconds * loop.flops_per_item / peak_flops;
+    }
     r["skipped"] = skipped;
     return r;
   }
@@ -83,10 +92,12 @@ struct Counters {
   int64_t best_step = -1;
   double train_seconds = 0;
   int64_t skipped = 0;     // updates skipped for a numerical fault
+  int64_t items = 0;       // items of the updates made (the run's MFU)
 
   nlohmann::json to_json(int64_t world_size) const {
     return {{"window", window.to_json()}, {"best_val", best},     {"best_step", best_step},
-            {"train_seconds", train_seconds}, {"skipped", skipped}, {"world_size", world_size}};
+            {"train_seconds", train_seconds}, {"skipped", skipped}, {"world_size", world_size},
+            {"items", items}};
   }
   // Those of a checkpoint's `extra`; a null `extra` (a new run) gives the initial ones.
   static Counters from_json(const nlohmann::json& extra) {
@@ -97,6 +108,7 @@ struct Counters {
     c.best_step = extra.at("best_step").get<int64_t>();
     c.train_seconds = extra.at("train_seconds").get<double>();
     c.skipped = extra.value("skipped", int64_t{0});
+    c.items = extra.value("items", int64_t{0});
     return c;
   }
 };
@@ -272,12 +284,19 @@ class LoopRun {
     if (main_) train::truncate_metrics(metrics_path_, state_.step);
     counters_ = Counters::from_json(state_.extra);
     faults_ = train::FaultBudget(loop_.max_skipped_steps, counters_.skipped);
+    if (loop_.flops_per_item > 0 && state_.step < total_) {
+      peak_flops_ = train::measure_gemm_flops(torch::kFloat32, context_.device, kGemmSize,
+                                              kGemmRepeats) *
+                    static_cast<double>(reducer_->world_size());
+    }
     if (main_ && !context_.quiet && state_.step < total_) {
       out_.bar = std::make_unique<train::ProgressBar>(
           total_,
           train::ProgressOptions()
               .label(context_.label.empty() ? loop_.label : context_.label)
-              .unit(loop_.metrics.unit),
+              .unit(loop_.metrics.unit)
+              .flops_per_item(loop_.flops_per_item)
+              .peak_flops(peak_flops_),
           state_.step);
     }
     if (main_) out_.metrics = std::make_unique<train::MetricsWriter>(metrics_path_);
@@ -313,6 +332,7 @@ class LoopRun {
       }
       optimizer_.step();
       counters_.window.add(u.stats);
+      counters_.items += u.stats.items;
     }
     ++state_.step;
     if (batches_.sampler() != nullptr) state_.epoch = batches_.sampler()->epoch();
@@ -326,7 +346,8 @@ class LoopRun {
   // The train record, every log_every updates and at the end.
   void log_train(const UpdateResult& u) {
     if (state_.step % loop_.log_every != 0 && !last()) return;
-    out_.write(counters_.window.record(state_.step, loop_, u.lr, u.stats, faults_.skipped()));
+    out_.write(counters_.window.record(state_.step, loop_, u.lr, u.stats, faults_.skipped(),
+                                       peak_flops_));
     counters_.window = Window{};
   }
 
@@ -378,6 +399,12 @@ class LoopRun {
     summary["device"] = context_.device.str();
     summary["test"] = test;
     summary["best_val"] = {{loop_.metrics.best, counters_.best}, {"step", counters_.best_step}};
+    if (peak_flops_ > 0 && counters_.train_seconds > 0) {
+      summary["model_flops_per_item"] = loop_.flops_per_item;
+      summary["gemm_gflops"] = peak_flops_ / static_cast<double>(reducer_->world_size()) / 1e9;
+      summary["mfu"] = static_cast<double>(counters_.items) * loop_.flops_per_item /
+                       counters_.train_seconds / peak_flops_;
+    }
     if (reducer_->world_size() > 1) {
       summary["world_size"] = reducer_->world_size();
       // Rank 0's wall time in the update's collectives (statistics and gradients, waits for
@@ -482,6 +509,7 @@ class LoopRun {
   train::TrainingState state_;
   int64_t checkpoint_step_ = -1;  // the step of the checkpoint on disk; -1 = none
   Counters counters_;
+  double peak_flops_ = 0;  // FLOP/s the MFU is against (all workers); 0 = no MFU
   train::FaultBudget faults_{0, 0};
   Output out_;
   Clock::time_point segment_start_;

@@ -135,12 +135,22 @@ std::string ProgressBar::status() const {
   if (!options_.label().empty()) out << options_.label() << " ";
   out << step_ << "/" << total_ << " (" << static_cast<int>(percent) << "%)";
   if (has_loss_) out << " loss " << format_loss(loss_);
-  out << " | " << (elapsed > 0 ? format_rate(items_ / elapsed) : std::string("?")) << " "
-      << options_.unit() << "/s";
+  out << " | " << throughput(elapsed);
   out << " | elapsed " << format_duration(elapsed);
   out << " | ETA "
       << (done > 0 ? format_duration(elapsed / done * std::max<int64_t>(0, total_ - step_))
                    : std::string("?"));
+  return out.str();
+}
+
+std::string ProgressBar::throughput(double elapsed) const {
+  std::ostringstream out;
+  out << (elapsed > 0 ? format_rate(items_ / elapsed) : std::string("?")) << " "
+      << options_.unit() << "/s";
+  if (options_.flops_per_item() > 0 && options_.peak_flops() > 0 && elapsed > 0) {
+    const double mfu = items_ / elapsed * options_.flops_per_item() / options_.peak_flops();
+    out << " | mfu " << std::fixed << std::setprecision(mfu < 0.1 ? 1 : 0) << 100.0 * mfu << "%";
+  }
   return out.str();
 }
 
@@ -156,8 +166,7 @@ std::string ProgressBar::bar_line() const {
       << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << step_ << "/"
       << total_;
   if (has_loss_) out << " loss " << format_loss(loss_);
-  out << " | " << (elapsed > 0 ? format_rate(items_ / elapsed) : std::string("?")) << " "
-      << options_.unit() << "/s";
+  out << " | " << throughput(elapsed);
   out << " | ETA "
       << (done > 0 ? format_duration(elapsed / done * std::max<int64_t>(0, total_ - step_))
                    : std::string("?"));

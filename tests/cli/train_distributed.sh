@@ -43,7 +43,7 @@ def load(run):
     records = []
     for line in open(run + "/metrics.jsonl"):
         r = json.loads(line)
-        records.append({k: v for k, v in r.items() if not k.endswith("_per_s")})
+        records.append({k: v for k, v in r.items() if not k.endswith("_per_s") and k != "mfu"})
     results = json.load(open(run + "/results.json"))
     return records, results["test"], results["best_val"], results.get("world_size")
 a, b = load(sys.argv[1]), load(sys.argv[2])

@@ -5,6 +5,8 @@
 // refusals: an existing run directory without --resume, a resume with a changed config.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <filesystem>
 #include <functional>
@@ -52,7 +54,8 @@ std::vector<nlohmann::json> records(const std::string& run_dir, const std::strin
   std::vector<nlohmann::json> out;
   for (auto r : T::read_metrics((fs::path(run_dir) / "metrics.jsonl").string())) {
     if (r.value("split", "") != split) continue;
-    r.erase("tok_per_s");  // the only field that depends on the clock
+    r.erase("tok_per_s");  // the fields that depend on the clock
+    r.erase("mfu");
     out.push_back(r);
   }
   return out;
@@ -100,6 +103,18 @@ TEST(SequenceTask, TinyRunTrainsAndWritesItsFiles) {
   EXPECT_EQ(out.summary["steps"], kTotalSteps);
   EXPECT_EQ(out.summary["test"]["token_acc"], test[0]["token_acc"]);
   EXPECT_GT(out.summary["params"].get<int64_t>(), 0);
+  // Model FLOPs per token, counted by hand for this tagger (d 16, 2 heads, ffn 32, one block,
+  // 10 tokens, L 8, softmax): Linear layers 2 (10*16 + 4*16*16 + 2*16*32 + 16*16 + 16*10) = 5248,
+  // attention 2 heads * 2 n^2 (d + dv) / n = 2 * 2 * 8 * 16 = 512; forward + backward 3x.
+  EXPECT_EQ(out.summary["model_flops_per_item"].get<double>(), 3.0 * (5248 + 512));
+  EXPECT_GT(out.summary["gemm_gflops"].get<double>(), 0.0);
+  const double mfu = out.summary["mfu"].get<double>();
+  EXPECT_TRUE(std::isfinite(mfu) && mfu > 0) << mfu;
+  for (const auto& r : T::read_metrics((run / "metrics.jsonl").string())) {
+    if (r["split"] == "train") {
+      EXPECT_GT(r.at("mfu").get<double>(), 0.0) << r;
+    }
+  }
   // Chance level is 1/10; 48 updates of copy get far above it.
   EXPECT_GT(out.summary["test"]["token_acc"].get<double>(), 0.3);
 

@@ -39,13 +39,15 @@ KT::TrainOptions tiny(const std::vector<std::string>& sets, const std::string& r
   return o;
 }
 
-// The metrics records of a run without the clock-dependent throughput fields.
+// The metrics records of a run without the clock-dependent fields (throughput <unit>_per_s, mfu).
 std::vector<nlohmann::json> records(const std::string& run_dir) {
   std::vector<nlohmann::json> out;
   for (auto r : kvq::train::read_metrics((fs::path(run_dir) / "metrics.jsonl").string())) {
     for (auto it = r.begin(); it != r.end();) {
-      it = it.key().size() > 6 && it.key().substr(it.key().size() - 6) == "_per_s" ? r.erase(it)
-                                                                                   : std::next(it);
+      const auto& key = it.key();
+      const bool clock = key == "mfu" ||
+                         (key.size() > 6 && key.substr(key.size() - 6) == "_per_s");
+      it = clock ? r.erase(it) : std::next(it);
     }
     out.push_back(r);
   }

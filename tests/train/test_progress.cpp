@@ -33,6 +33,22 @@ TEST(TrainProgress, FormatsDurationsAndRates) {
   EXPECT_EQ(T::format_rate(999.7), "1.00k");
 }
 
+// With the model FLOPs of an item and the rate they are measured against, the line shows the
+// model FLOP utilisation: 400 tok in 2 s x 1e6 FLOPs / 4e9 FLOP/s = 5%.
+TEST(TrainProgress, ShowsTheModelFlopUtilisation) {
+  std::ostringstream out;
+  double now = 0;
+  T::ProgressBar bar(10, T::ProgressOptions().unit("tok").flops_per_item(1e6).peak_flops(4e9), 0,
+                     out, /*terminal=*/false, [&] { return now; });
+  now = 2.0;
+  bar.update(4, 1.0, 400);
+  EXPECT_HAS(bar.status(), "200 tok/s | mfu 5.0% | elapsed");
+  std::ostringstream plain;
+  T::ProgressBar without(10, T::ProgressOptions().unit("tok"), 0, plain, false, [&] { return now; });
+  without.update(4, 1.0, 400);
+  EXPECT_EQ(without.status().find("mfu"), std::string::npos);
+}
+
 TEST(TrainProgress, TerminalRedrawsInPlaceAtMostEveryRefreshInterval) {
   std::ostringstream out;
   double now = 0;

@@ -244,5 +244,12 @@ uint64_t stream_seed(int64_t run_seed, SeedStream stream);
 // Total elements of the module's parameters.
 int64_t parameter_count(const torch::nn::Module& model);
 
+// Model FLOPs (forward + backward = 3 x forward) per token of a Transformer whose Linear layers
+// all see every token (SequenceTagger, LanguageModel): its Linear layers'
+// (train::linear_flops_per_position) plus, spread over the `length` tokens of a sequence, the
+// self-attention of each of `blocks` (TransformerBlocks; train::attention_flops, causal or not).
+double token_training_flops(const torch::nn::Module& model, const torch::nn::ModuleList& blocks,
+                            int64_t length, bool causal);
+
 }  // namespace tasks
 }  // namespace kvq

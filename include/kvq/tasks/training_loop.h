@@ -10,7 +10,8 @@
 //
 // Files in the run directory (kvq::train::RunDir):
 //   metrics.jsonl  {"step","split":"train","epoch","loss",<train_accuracy>,"lr",<unit>_per_s,
-//                  "skipped"} every log_every updates and at the end ("skipped": updates skipped
+//                  "mfu","skipped"} every log_every updates and at the end ("mfu": model FLOP
+//                  utilisation, with TrainingLoop::flops_per_item; "skipped": updates skipped
 //                  so far); {"step","split":"val"|"test",<metrics>}; {"step","split":"fault",
 //                  "quantity","where","action" (skipped | stopped | reported),"message"} for
 //                  every numerical fault
@@ -91,6 +92,12 @@ struct TrainingLoop {
   TaskMetrics metrics;
   // Progress bar label.
   std::string label;
+  // Model FLOPs (forward + backward) of one item, as kvq/train/flops.h counts them; 0 = not
+  // counted. With them the run measures the float32 matmul rate of its device at its start
+  // (train::measure_gemm_flops, 1024 x 1024, at its thread count; times the workers) and
+  // reports the model FLOP utilisation against it: "mfu" in the train records and results.json
+  // (with "model_flops_per_item" and "gemm_gflops", one worker's rate), and on the progress line.
+  double flops_per_item = 0;
 };
 
 // What run_training_loop throws when it stops on a numerical fault (non-finite loss or gradient,

@@ -28,6 +28,11 @@ struct ProgressOptions {
   TORCH_ARG(double, line_seconds) = 30.0;
   /// Width of the bar in characters (terminal only). Default: 24.
   TORCH_ARG(int64_t, bar_width) = 24;
+  /// Model FLOPs of one item and the FLOP/s they are measured against (kvq/train/flops.h): with
+  /// both > 0 the line shows the model FLOP utilisation, "mfu" = items/s x flops_per_item /
+  /// peak_flops. Default: 0 (not shown).
+  TORCH_ARG(double, flops_per_item) = 0.0;
+  TORCH_ARG(double, peak_flops) = 0.0;
 };
 
 // Whether stderr is a terminal that understands "\r" and "\x1b[K" (isatty and TERM != dumb).
@@ -72,6 +77,8 @@ class ProgressBar {
 
  private:
   std::string bar_line() const;
+  // "<rate> <unit>/s", and " | mfu <percent>%" when the options give the FLOPs.
+  std::string throughput(double elapsed) const;
   void draw();
 
   int64_t total_, start_step_;
