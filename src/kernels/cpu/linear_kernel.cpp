@@ -1,11 +1,10 @@
 #include "kernels/cpu/linear_kernel.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/parallel_heads.h"
 #include "kernels/cpu/vector_math.h"
 
 namespace kvq {
@@ -138,11 +137,8 @@ void backward_head(const Head<T>& head, const HeadsView<const T>& out,
 
 template <typename T>
 void linear_attention_forward(const LinearAttentionParams<T>& p, const HeadsView<T>& out) {
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      forward_head(Head<T>{p, bh / p.heads, bh % p.heads}, out, scratch);
-    }
+  for_each_head<T>(p.batch, p.heads, [&](int64_t b, int64_t h, std::vector<T>& scratch) {
+    forward_head(Head<T>{p, b, h}, out, scratch);
   });
 }
 
@@ -150,12 +146,8 @@ template <typename T>
 void linear_attention_backward(const LinearAttentionParams<T>& p, const HeadsView<const T>& out,
                                const HeadsView<const T>& grad_out, const HeadsView<T>& grad_q,
                                const HeadsView<T>& grad_k, const HeadsView<T>& grad_v) {
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      backward_head(Head<T>{p, bh / p.heads, bh % p.heads}, out, grad_out, grad_q, grad_k, grad_v,
-                    scratch);
-    }
+  for_each_head<T>(p.batch, p.heads, [&](int64_t b, int64_t h, std::vector<T>& scratch) {
+    backward_head(Head<T>{p, b, h}, out, grad_out, grad_q, grad_k, grad_v, scratch);
   });
 }
 
