@@ -151,20 +151,14 @@ void linear_attention_backward(const LinearAttentionParams<T>& p, const HeadsVie
   });
 }
 
-template void linear_attention_forward<float>(const LinearAttentionParams<float>&,
-                                              const HeadsView<float>&);
-template void linear_attention_forward<double>(const LinearAttentionParams<double>&,
-                                               const HeadsView<double>&);
-template void linear_attention_backward<float>(const LinearAttentionParams<float>&,
-                                               const HeadsView<const float>&,
-                                               const HeadsView<const float>&,
-                                               const HeadsView<float>&, const HeadsView<float>&,
-                                               const HeadsView<float>&);
-template void linear_attention_backward<double>(const LinearAttentionParams<double>&,
-                                                const HeadsView<const double>&,
-                                                const HeadsView<const double>&,
-                                                const HeadsView<double>&, const HeadsView<double>&,
-                                                const HeadsView<double>&);
+#define KVQ_INSTANTIATE(T)                                                                        \
+  template void linear_attention_forward<T>(const LinearAttentionParams<T>&, const HeadsView<T>&); \
+  template void linear_attention_backward<T>(                                                     \
+      const LinearAttentionParams<T>&, const HeadsView<const T>&, const HeadsView<const T>&,      \
+      const HeadsView<T>&, const HeadsView<T>&, const HeadsView<T>&);
+KVQ_INSTANTIATE(float)
+KVQ_INSTANTIATE(double)
+#undef KVQ_INSTANTIATE
 
 }  // namespace cpu
 }  // namespace kernels
