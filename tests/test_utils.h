@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <iomanip>
 #include <iostream>
@@ -46,6 +47,35 @@ inline double nrmse(const torch::Tensor& out, const torch::Tensor& ref) {
   const double num = (o - r).pow(2).mean().sqrt().item<double>();
   const double den = r.pow(2).mean().sqrt().item<double>();
   return den > 0 ? num / den : num;
+}
+
+// Relative error of a gradient: max |got - want| / max(max |want|, 1e-2). The floor only matters
+// for gradients that are zero in exact arithmetic (e.g. kv-pos pos_bias, which cancels under the
+// row softmax); there the finite-difference noise (~1e-10) is compared with 1e-2.
+inline double grad_rel_err(const torch::Tensor& got, const torch::Tensor& want) {
+  const double diff = (got - want).abs().max().item<double>();
+  return diff / std::max(want.abs().max().item<double>(), 1e-2);
+}
+
+// d loss / d x (x float64, contiguous) by central differences with step 1e-6, perturbing x in
+// place one entry at a time.
+inline torch::Tensor central_differences(const std::function<double()>& loss,
+                                         const torch::Tensor& x) {
+  constexpr double kStep = 1e-6;
+  torch::NoGradGuard no_grad;
+  auto num = torch::zeros_like(x);
+  double* p = x.data_ptr<double>();
+  double* g = num.data_ptr<double>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double old = p[i];
+    p[i] = old + kStep;
+    const double up = loss();
+    p[i] = old - kStep;
+    const double down = loss();
+    p[i] = old;
+    g[i] = (up - down) / (2 * kStep);
+  }
+  return num;
 }
 
 // One line per comparison, quoted by the closing note.

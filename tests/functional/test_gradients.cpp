@@ -4,42 +4,12 @@
 //     parameters pos_weight / pos_bias;
 //  2. kvq's backward against autograd through the float64 oracle (this covers the closed-form
 //     backward of non-causal intention).
-#include <functional>
-
 #include "test_utils.h"
 
 namespace kvq_test {
 namespace {
 
-constexpr double kFdEps = 1e-6;
-
 using Named = std::vector<std::pair<std::string, torch::Tensor>>;
-
-// Relative error of a gradient: max |got - want| / max(max |want|, 1e-2). The floor only matters
-// for gradients that are zero in exact arithmetic (e.g. kv-pos pos_bias, which cancels under the
-// row softmax); there the finite-difference noise (~1e-10) is compared with 1e-2.
-double grad_rel_err(const torch::Tensor& got, const torch::Tensor& want) {
-  const double diff = (got - want).abs().max().item<double>();
-  return diff / std::max(want.abs().max().item<double>(), 1e-2);
-}
-
-// d loss / d x by central differences, perturbing x in place one entry at a time.
-torch::Tensor central_differences(const std::function<double()>& loss, const torch::Tensor& x) {
-  torch::NoGradGuard no_grad;
-  auto num = torch::zeros_like(x);
-  double* p = x.data_ptr<double>();
-  double* g = num.data_ptr<double>();
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const double old = p[i];
-    p[i] = old + kFdEps;
-    const double up = loss();
-    p[i] = old - kFdEps;
-    const double down = loss();
-    p[i] = old;
-    g[i] = (up - down) / (2 * kFdEps);
-  }
-  return num;
-}
 
 // Gradients of sum(forward() * weights) w.r.t. the inputs; unused inputs get zeros.
 std::vector<torch::Tensor> autograd_grads(const std::function<torch::Tensor()>& forward,

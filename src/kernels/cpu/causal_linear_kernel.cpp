@@ -1,11 +1,10 @@
 #include "kernels/cpu/causal_linear_kernel.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/parallel_heads.h"
 #include "kernels/cpu/triangles.h"
 
 namespace kvq {
@@ -82,11 +81,8 @@ void backward_head(const CausalLinearParams<T>& p, const HeadsView<const T>& gra
 
 template <typename T>
 void causal_linear_forward(const CausalLinearParams<T>& p, const HeadsView<T>& out) {
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      forward_head(p, out, bh / p.heads, bh % p.heads, scratch);
-    }
+  for_each_head<T>(p.batch, p.heads, [&](int64_t b, int64_t h, std::vector<T>& scratch) {
+    forward_head(p, out, b, h, scratch);
   });
 }
 
@@ -94,11 +90,8 @@ template <typename T>
 void causal_linear_backward(const CausalLinearParams<T>& p, const HeadsView<const T>& grad_out,
                             const HeadsView<T>& grad_q, const HeadsView<T>& grad_k,
                             const HeadsView<T>& grad_v) {
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      backward_head(p, grad_out, grad_q, grad_k, grad_v, bh / p.heads, bh % p.heads, scratch);
-    }
+  for_each_head<T>(p.batch, p.heads, [&](int64_t b, int64_t h, std::vector<T>& scratch) {
+    backward_head(p, grad_out, grad_q, grad_k, grad_v, b, h, scratch);
   });
 }
 

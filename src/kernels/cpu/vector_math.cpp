@@ -118,6 +118,12 @@ T lane_sum(const T* lanes) {
   }                                                                                          \
   KVQ_MULTIVERSION void softmax_grad(const T* p, T* dp, int64_t len, T delta) {             \
     for (int64_t c = 0; c < len; ++c) dp[c] = p[c] * (dp[c] - delta);                        \
+  }                                                                                          \
+  KVQ_MULTIVERSION void elu_plus_one(const T* x, T* phi, int64_t len) {                     \
+    for (int64_t c = 0; c < len; ++c) phi[c] = x[c] > T(0) ? x[c] + T(1) : EXP(x[c]);        \
+  }                                                                                          \
+  KVQ_MULTIVERSION void elu_grad_in_place(const T* x, const T* phi, T* grad, int64_t len) { \
+    for (int64_t c = 0; c < len; ++c) grad[c] = x[c] > T(0) ? grad[c] : grad[c] * phi[c];   \
   }
 
 KVQ_VECTOR_MATH_IMPL(float, exp_approx)

@@ -24,7 +24,11 @@ namespace cpu {
   /* x_c = exp(x_c - shift), returns sum_c x_c */                                                \
   T exp_shifted_sum(T* x, int64_t len, T shift);                                                 \
   /* dp_c = p_c * (dp_c - delta): the softmax backward dS = P * (dP - rowsum(dO * O)) */         \
-  void softmax_grad(const T* p, T* dp, int64_t len, T delta);
+  void softmax_grad(const T* p, T* dp, int64_t len, T delta);                                    \
+  /* phi_c = elu(x_c) + 1 = x_c + 1 for x_c > 0, exp(x_c) otherwise (linear attention's map) */   \
+  void elu_plus_one(const T* x, T* phi, int64_t len);                                            \
+  /* grad_c *= elu'(x_c) = 1 for x_c > 0, exp(x_c) = phi_c otherwise (phi from elu_plus_one) */   \
+  void elu_grad_in_place(const T* x, const T* phi, T* grad, int64_t len);
 
 KVQ_VECTOR_MATH(float)
 KVQ_VECTOR_MATH(double)
