@@ -156,9 +156,11 @@ Problem slice_problem(const MechanismInfo& info, const Problem& p) {
                      head(p.pos_bias), first(p.grad_out));
 }
 
-Tensor run_ours(const MechanismInfo& info, const Problem& p, bool causal) {
-  return info.call({p.q, p.k, p.v, p.alpha, p.pos_weight, p.pos_bias},
-                   functional::AttentionFuncOptions().causal(causal));
+// dropout > 0: attention dropout in training mode, for the mechanisms with a softmax.
+Tensor run_ours(const MechanismInfo& info, const Problem& p, bool causal, double dropout = 0.0) {
+  auto options = functional::AttentionFuncOptions().causal(causal);
+  if (dropout > 0 && info.traits.has_softmax) options.dropout(dropout).training(true);
+  return info.call({p.q, p.k, p.v, p.alpha, p.pos_weight, p.pos_bias}, options);
 }
 
 NaiveInputs naive_inputs(const Problem& p, const NaiveForm& form, bool causal) {
@@ -396,11 +398,16 @@ Row bench_one(const Context& ctx, const MechanismInfo& info, bool causal, int64_
   }
   ours_full = {};
 
-  row.ours_peak_bytes = peak_extra_bytes([&] { ours_step(problem); }, o.device);
+  // The check above ran without dropout (the naive form draws other masks); the timings use it.
+  auto timed_step = [&] {
+    forward_backward([&] { return run_ours(info, problem, causal, o.dropout); }, problem);
+  };
+  row.ours_peak_bytes = peak_extra_bytes(timed_step, o.device);
   row.result_bytes = double(problem.grad_out.numel()) * element_size;
   for (const auto& leaf : problem.leaves) row.result_bytes += double(leaf.numel()) * element_size;
-  row.ours = time_repeated([&] { ours_step(problem); }, o.min_time, o.device);
-  row.ours_forward = time_repeated([&] { run_ours(info, problem, causal); }, o.min_time, o.device);
+  row.ours = time_repeated(timed_step, o.min_time, o.device);
+  row.ours_forward = time_repeated([&] { run_ours(info, problem, causal, o.dropout); },
+                                   o.min_time, o.device);
   if (chosen && !on_slice) {
     const auto inputs = naive_inputs(problem, *chosen, causal);
     auto naive_step = [&] { forward_backward([&] { return chosen->fn(inputs); }, problem); };
@@ -500,6 +507,11 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Context&
          "input)"
          " over repetitions until --min-time "
       << o.min_time << " s (at least one), after one warm-up run (the verification run).\n"
+      << (o.dropout > 0 ? "ours ms, fwd ms and ours MiB: with attention dropout " +
+                              format_num(o.dropout, "%.2f") +
+                              " in training mode (mechanisms with a softmax); the check against"
+                              " the naive form, and the naive and sdpa columns, are without.\n"
+                        : std::string())
       << "fwd ms: the forward alone, timed the same way (autograd recording on, as in training);"
          " the backward is ours ms - fwd ms.\n"
       << "sdpa: at::scaled_dot_product_attention (PyTorch's fused attention: on the CPU its flash "
@@ -553,6 +565,7 @@ nlohmann::json to_json(const std::vector<Row>& rows, const Context& ctx, double 
                  {"tolerance", ctx.tolerance},
                  {"parameter_tolerance", ctx.param_tolerance},
                  {"seed", o.seed},
+                 {"dropout", o.dropout},
                  {"chunk_size", ctx.chunk}};
   j["notes"] = {{"time",
                  "ms of forward+backward, repeated until min_time_s (>= 1 repetition) "
@@ -780,6 +793,12 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str()
       ->group("Limits");
   cmd->add_option("--seed", options->seed, "Seed of the random inputs")
+      ->capture_default_str()
+      ->group("Problem");
+  cmd->add_option("--dropout", options->dropout,
+                  "Attention dropout in training mode in the timings of ours (softmax mechanisms; "
+                  "the check against the naive form runs without it)")
+      ->check(CLI::Range(0.0, 0.999999))
       ->capture_default_str()
       ->group("Problem");
   cmd->add_flag("--sdpa,!--no-sdpa", options->sdpa,

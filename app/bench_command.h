@@ -45,6 +45,9 @@ struct BenchOptions {
   double tolerance = 0.0;
   /// Seed of the random inputs. Default: 0.
   uint64_t seed = 0;
+  /// Attention dropout in training mode in the timings of ours (mechanisms with a softmax); the
+  /// check against the naive form runs without it. Default: 0.
+  double dropout = 0.0;
   /// Also time PyTorch's own attention, at::scaled_dot_product_attention, on the same q, k, v
   /// (causal or not) beside every row: what a user would otherwise call. Default: true.
   bool sdpa = true;

@@ -229,8 +229,8 @@ TEST(TiledSoftmax, KvPosKeyTermsEqualFullScoreTerms) {
   }
 }
 
-// Dropout keeps the dense path: the same seed gives the same weights, another seed others, and
-// evaluation mode (or p = 0) is the tiled path's output.
+// Dropout (in the tiled kernel, tests/functional/test_softmax_dropout.cpp): the same seed gives
+// the same weights, another seed others, and evaluation mode is the dropout-free output.
 TEST(TiledSoftmax, DropoutIsDeterministicPerSeed) {
   Case c;
   c.m = c.n = 33, c.causal = true;

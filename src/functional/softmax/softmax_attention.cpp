@@ -16,8 +16,8 @@ namespace detail {
 namespace {
 
 // The dense form: materialises the (B, H, m, n) scores and weights. Used where the tiled kernel
-// does not apply: dropout on the weights in training, half precision, and devices without a fused
-// path.
+// does not apply: tensors other than CPU float32/float64 (half precision, and devices without a
+// fused path). Its dropout is torch::dropout, drawn from the tensors' device generator.
 torch::Tensor dense_softmax_mix(const torch::Tensor& q_scaled, const torch::Tensor& k,
                                 const torch::Tensor& v, const AttentionFuncOptions& options) {
   const int64_t m = q_scaled.size(2), n = k.size(2);
@@ -87,10 +87,14 @@ torch::Tensor softmax_mix(const torch::Tensor& q, const torch::Tensor& k,
   // A padded key has weight 0, but 0 * NaN is NaN: its value row is zeroed so that a NaN or an
   // infinity there cannot leak into any output (its gradient is zero either way).
   const auto v = zero_padded_keys(v_in, options.key_padding_mask());
-  const bool dropout = options.dropout() > 0.0 && options.training();
-  if (!dropout && tiled_softmax_supports(q_scaled, k, v)) {
+  if (tiled_softmax_supports(q_scaled, k, v)) {
+    TiledSoftmaxOptions tiled;
+    if (options.dropout() > 0.0 && options.training()) {
+      tiled.dropout = options.dropout();
+      tiled.dropout_seed = draw_dropout_seed();  // a fresh mask per call; offset 0
+    }
     return tiled_softmax_attention(q_scaled, k, v, options.score_bias(),
-                                   options.key_padding_mask(), scale, options.causal());
+                                   options.key_padding_mask(), scale, options.causal(), tiled);
   }
   const auto q_times_scale = q_scaled * scale;
   auto fused = fused_cuda_softmax_mix(q_times_scale, k, v, options);

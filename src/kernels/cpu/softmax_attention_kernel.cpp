@@ -16,12 +16,6 @@ namespace kernels {
 namespace cpu {
 namespace {
 
-// Query rows per block (the parallel unit of the forward) and keys per block (one score tile is
-// query_block x key_block). A sweep of 64..256 x 128..512 at T = 1024, d = 64 on a 2-core
-// AVX-512 machine moved fwd+bwd by under 8% (docs/results/benchmarks.md); the tile stays in L2.
-constexpr int64_t kQueryBlock = 128;
-constexpr int64_t kKeyBlock = 256;
-
 template <typename T>
 constexpr T kInf = std::numeric_limits<T>::infinity();
 
@@ -56,25 +50,40 @@ void score_tile(const SoftmaxAttentionParams<T>& p, int64_t b, int64_t h, int64_
   }
 }
 
+// Multiplies the rows x cols tile X (row stride ld) of query rows i0.. and keys j0.. by their
+// dropout factors Z, using factors (cols entries) as scratch.
+template <typename T>
+void apply_dropout(const SoftmaxAttentionParams<T>& p, int64_t b, int64_t h, int64_t i0,
+                   int64_t rows, int64_t j0, int64_t cols, T* X, int64_t ld, T* factors) {
+  const auto head = static_cast<uint32_t>(b * p.heads + h);
+  for (int64_t r = 0; r < rows; ++r) {
+    dropout_factors(p.dropout, head, static_cast<uint32_t>(i0 + r), j0, cols, factors);
+    T* x = X + r * ld;
+    for (int64_t c = 0; c < cols; ++c) x[c] *= factors[c];
+  }
+}
+
 template <typename T>
 void forward_block(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionForwardOutputs<T>& o,
                    int64_t b, int64_t h, int64_t i0, std::vector<T>& scratch) {
-  const int64_t rows = std::min(kQueryBlock, p.m - i0), dv = p.dv;
-  scratch.resize(kQueryBlock * kKeyBlock + kQueryBlock * dv + 2 * kQueryBlock);
+  const int64_t query_block = p.query_block, key_block = p.key_block;
+  const int64_t rows = std::min(query_block, p.m - i0), dv = p.dv;
+  scratch.resize(query_block * key_block + query_block * dv + 2 * query_block + key_block);
   T* S = scratch.data();
-  T* acc = S + kQueryBlock * kKeyBlock;
-  T* row_max = acc + kQueryBlock * dv;
-  T* row_sum = row_max + kQueryBlock;
+  T* acc = S + query_block * key_block;
+  T* row_max = acc + query_block * dv;
+  T* row_sum = row_max + query_block;
+  T* factors = row_sum + query_block;
   std::fill(acc, acc + rows * dv, T(0));
   std::fill(row_max, row_max + rows, -kInf<T>);
   std::fill(row_sum, row_sum + rows, T(0));
 
   const int64_t keys = visible_keys(p.causal, p.n, i0, rows);
-  for (int64_t j0 = 0; j0 < keys; j0 += kKeyBlock) {
-    const int64_t cols = std::min(kKeyBlock, keys - j0);
-    score_tile(p, b, h, i0, rows, j0, cols, S, kKeyBlock);
+  for (int64_t j0 = 0; j0 < keys; j0 += key_block) {
+    const int64_t cols = std::min(key_block, keys - j0);
+    score_tile(p, b, h, i0, rows, j0, cols, S, key_block);
     for (int64_t r = 0; r < rows; ++r) {
-      T* s = S + r * kKeyBlock;
+      T* s = S + r * key_block;
       const T new_max = std::max(row_max[r], max_of(s, cols));
       if (new_max == -kInf<T>) {  // no visible key so far, or only NaN scores (max_of skips NaN)
         if (std::any_of(s, s + cols, [](T x) { return std::isnan(x); })) {
@@ -88,7 +97,9 @@ void forward_block(const SoftmaxAttentionParams<T>& p, const SoftmaxAttentionFor
       if (correction != T(1)) scale_in_place(acc + r * dv, dv, correction);
       row_max[r] = new_max;
     }
-    gemm(false, false, rows, dv, cols, T(1), S, kKeyBlock, p.v.row(b, h, j0), p.v.row_stride, T(1),
+    // The row sums above are of the undropped weights: dropout applies after normalisation.
+    if (p.dropout.active()) apply_dropout(p, b, h, i0, rows, j0, cols, S, key_block, factors);
+    gemm(false, false, rows, dv, cols, T(1), S, key_block, p.v.row(b, h, j0), p.v.row_stride, T(1),
          acc, dv);
   }
   T* lse = o.lse + (b * p.heads + h) * p.m + i0;
@@ -117,10 +128,15 @@ void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_
                    std::vector<T>& scratch) {
   const auto& p = g.forward;
   const int64_t m = p.m, n = p.n, d = p.d, dv = p.dv;
-  scratch.resize(2 * kQueryBlock * kKeyBlock + m);
+  const int64_t query_block = p.query_block, key_block = p.key_block;
+  const bool dropout = p.dropout.active();
+  const int64_t tile = query_block * key_block;
+  scratch.resize((dropout ? 3 : 2) * tile + m + key_block);
   T* P = scratch.data();
-  T* dP = P + kQueryBlock * kKeyBlock;
-  T* delta = dP + kQueryBlock * kKeyBlock;
+  T* dP = P + tile;
+  T* delta = dP + tile;
+  T* factors = delta + m;
+  T* dropped_P = factors + key_block;  // P * Z, with dropout
   for (int64_t i = 0; i < m; ++i) delta[i] = dot(g.grad_out.row(b, h, i), g.out.row(b, h, i), dv);
   zero_rows(g.grad_q, b, h, m, d);
   zero_rows(g.grad_k, b, h, n, d);
@@ -129,26 +145,40 @@ void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_
   T* grad_bias =
       g.grad_bias ? g.grad_bias + (b * p.heads + h) * g.bias_rows * g.bias_cols : nullptr;
 
-  for (int64_t i0 = 0; i0 < m; i0 += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, m - i0);
+  for (int64_t i0 = 0; i0 < m; i0 += query_block) {
+    const int64_t rows = std::min(query_block, m - i0);
     const int64_t keys = visible_keys(p.causal, n, i0, rows);
     const T* dO = g.grad_out.row(b, h, i0);
-    for (int64_t j0 = 0; j0 < keys; j0 += kKeyBlock) {
-      const int64_t cols = std::min(kKeyBlock, keys - j0);
-      score_tile(p, b, h, i0, rows, j0, cols, P, kKeyBlock);
-      for (int64_t r = 0; r < rows; ++r) exp_shifted(P + r * kKeyBlock, cols, lse[i0 + r]);
-      // dV_J += P^T dO_I;  dP = dO_I V_J^T
-      gemm(true, false, cols, dv, rows, T(1), P, kKeyBlock, dO, g.grad_out.row_stride, T(1),
-           g.grad_v.row(b, h, j0), g.grad_v.row_stride);
+    for (int64_t j0 = 0; j0 < keys; j0 += key_block) {
+      const int64_t cols = std::min(key_block, keys - j0);
+      score_tile(p, b, h, i0, rows, j0, cols, P, key_block);
+      for (int64_t r = 0; r < rows; ++r) exp_shifted(P + r * key_block, cols, lse[i0 + r]);
+      // dV_J += (P * Z)^T dO_I;  dP = (dO_I V_J^T) * Z
       gemm(false, true, rows, cols, dv, T(1), dO, g.grad_out.row_stride, p.v.row(b, h, j0),
-           p.v.row_stride, T(0), dP, kKeyBlock);
+           p.v.row_stride, T(0), dP, key_block);
+      const T* weights = P;
+      if (dropout) {
+        const auto head = static_cast<uint32_t>(b * p.heads + h);
+        for (int64_t r = 0; r < rows; ++r) {
+          dropout_factors(p.dropout, head, static_cast<uint32_t>(i0 + r), j0, cols, factors);
+          const T *pr = P + r * key_block;
+          T *dp = dP + r * key_block, *pz = dropped_P + r * key_block;
+          for (int64_t c = 0; c < cols; ++c) {
+            dp[c] *= factors[c];
+            pz[c] = pr[c] * factors[c];
+          }
+        }
+        weights = dropped_P;
+      }
+      gemm(true, false, cols, dv, rows, T(1), weights, key_block, dO, g.grad_out.row_stride, T(1),
+           g.grad_v.row(b, h, j0), g.grad_v.row_stride);
       // dS = P * (dP - delta), stored over dP.
       for (int64_t r = 0; r < rows; ++r) {
-        softmax_grad(P + r * kKeyBlock, dP + r * kKeyBlock, cols, delta[i0 + r]);
+        softmax_grad(P + r * key_block, dP + r * key_block, cols, delta[i0 + r]);
       }
       if (grad_bias) {
         for (int64_t r = 0; r < rows; ++r) {
-          const T* ds = dP + r * kKeyBlock;
+          const T* ds = dP + r * key_block;
           T* out = grad_bias + (g.bias_rows > 1 ? (i0 + r) * g.bias_cols : 0);
           if (g.bias_cols > 1) {
             for (int64_t c = 0; c < cols; ++c) out[j0 + c] += ds[c];
@@ -158,9 +188,9 @@ void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_
         }
       }
       // dQ_I += scale dS K_J;  dK_J += scale dS^T Q_I
-      gemm(false, false, rows, d, cols, p.scale, dP, kKeyBlock, p.k.row(b, h, j0), p.k.row_stride,
+      gemm(false, false, rows, d, cols, p.scale, dP, key_block, p.k.row(b, h, j0), p.k.row_stride,
            T(1), g.grad_q.row(b, h, i0), g.grad_q.row_stride);
-      gemm(true, false, cols, d, rows, p.scale, dP, kKeyBlock, p.q.row(b, h, i0), p.q.row_stride,
+      gemm(true, false, cols, d, rows, p.scale, dP, key_block, p.q.row(b, h, i0), p.q.row_stride,
            T(1), g.grad_k.row(b, h, j0), g.grad_k.row_stride);
     }
   }
@@ -171,12 +201,12 @@ void backward_head(const SoftmaxAttentionBackwardParams<T>& g, int64_t b, int64_
 template <typename T>
 void softmax_attention_forward(const SoftmaxAttentionParams<T>& p,
                                const SoftmaxAttentionForwardOutputs<T>& o) {
-  const int64_t blocks = (p.m + kQueryBlock - 1) / kQueryBlock;
+  const int64_t blocks = (p.m + p.query_block - 1) / p.query_block;
   at::parallel_for(0, p.batch * p.heads * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / blocks, block = task % blocks;
-      forward_block(p, o, bh / p.heads, bh % p.heads, block * kQueryBlock, scratch);
+      forward_block(p, o, bh / p.heads, bh % p.heads, block * p.query_block, scratch);
     }
   });
 }

@@ -4,14 +4,10 @@
 #include <cstring>
 #include <limits>
 
-// One copy per instruction set, picked at load time. Each loop below is written so that GCC
-// vectorises it without -ffast-math: reductions run in kLanes independent partial results.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KVQ_MULTIVERSION \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define KVQ_MULTIVERSION
-#endif
+#include "kernels/cpu/multiversion.h"
+
+// Each loop below is written so that GCC vectorises it without -ffast-math: reductions run in
+// kLanes independent partial results.
 
 namespace kvq {
 namespace kernels {
