@@ -59,6 +59,14 @@ if [ -z "$cuda_root" ] && ! command -v nvcc >/dev/null; then
 fi
 [ -n "$cuda_root" ] && export PATH="$cuda_root/bin:$PATH"
 
+# Disk: the two environments (~10 GiB), the build folders (~9 GiB) and the data. Say so first
+# when there is clearly less, instead of failing half-way through a download.
+free_gib=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gib:-0}" -lt 20 ]; then
+  echo "warning: ${free_gib} GiB free on $(df -P . | awk 'NR == 2 { print $6 }'); a first set-up" \
+       "and test run needs about 20 GiB (environments ~10, build folders ~9)" >&2
+fi
+
 # A Python environment DIR holding exactly the pip requirements given (from PyPI): made anew when
 # it is missing or was made with other requirements (its file kvq-requirements says which).
 ensure_venv() {
@@ -67,8 +75,10 @@ ensure_venv() {
     echo "== creating $dir: $* (PyPI)"
     rm -rf "$dir"
     python3 -m venv "$dir"
-    "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q "$@"
+    # No pip cache: the two torch wheels and their CUDA libraries are ~9 GiB unpacked, and a cache
+    # would hold their downloads a second time.
+    "$dir/bin/python" -m pip install -q --no-cache-dir --upgrade pip
+    "$dir/bin/python" -m pip install -q --no-cache-dir "$@"
     echo "$*" > "$dir/kvq-requirements"
   fi
 }
