@@ -23,6 +23,7 @@
 #endif
 
 #include "device_option.h"
+#include "kvq/functional/buffer_cache.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/registry.h"
 #include "kvq/train/flops.h"
@@ -68,7 +69,8 @@ void synchronize(const torch::Device& device) {
 }
 
 // Peak memory while fn runs, above the memory in use before it, in bytes. On the CPU: free heap
-// memory is returned to the system first (malloc_trim), then Linux's peak counter VmHWM is reset
+// memory is returned to the system first (kvq's idle kernel buffers, kvq/functional/buffer_cache.h,
+// then malloc_trim), then Linux's peak counter VmHWM is reset
 // (/proc/self/clear_refs) and read afterwards. On a GPU: the CUDA caching allocator's peak of
 // allocated bytes, reset before fn. Counts everything fn allocates: outputs, gradients, saved
 // activations and workspaces. NaN where /proc is unavailable, or on a GPU without CUDA headers.
@@ -88,6 +90,7 @@ double peak_extra_bytes(const std::function<void()>& fn, const torch::Device& de
     return kNaN;
 #endif
   }
+  kvq::functional::empty_buffer_cache();
   malloc_trim(0);
   {
     std::ofstream reset("/proc/self/clear_refs");

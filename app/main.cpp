@@ -36,7 +36,9 @@ std::string help_hint(const CLI::App& app) {
 // LibTorch's CPU allocator hands every tensor to malloc, and glibc returns blocks above its mmap
 // threshold to the OS on free, so each large temporary is page-faulted in again on the next step:
 // half the time of a causal intention forward+backward at T = 4096 (2.36 s -> 1.10 s). The CLI
-// keeps freed memory in the process instead. Set KVQ_KEEP_OS_MALLOC=1 to leave glibc's defaults.
+// keeps freed memory in the process instead (for every tensor; the library's own buffer cache,
+// kvq/functional/buffer_cache.h, covers only the kernels' buffers). Set KVQ_KEEP_OS_MALLOC=1 to
+// leave glibc's defaults.
 void keep_freed_memory() {
   const char* keep = std::getenv("KVQ_KEEP_OS_MALLOC");
   if (keep != nullptr && std::string(keep) == "1") return;

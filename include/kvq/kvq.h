@@ -1,5 +1,6 @@
 #pragma once
 // Umbrella header of the kvq library.
+#include "kvq/functional/buffer_cache.h"
 #include "kvq/functional/cholesky_update.h"
 #include "kvq/functional/decoding.h"
 #include "kvq/functional/intention.h"

@@ -14,9 +14,32 @@ bool, True = ignore that key. The math of every mechanism: docs/mechanisms.md.
 from ._library import library_path, ops
 from . import functional, nn
 
-__all__ = ["functional", "nn", "ops", "library_path", "mechanisms"]
+__all__ = ["functional", "nn", "ops", "library_path", "mechanisms", "empty_buffer_cache",
+           "buffer_cache_bytes", "set_buffer_cache_limit"]
 
 
 def mechanisms():
     """The registered mechanism names (kvq's registry, the single source of names)."""
     return list(ops.mechanism_names())
+
+
+def empty_buffer_cache():
+    """Returns the idle buffers of kvq's CPU kernels to the system.
+
+    kvq's CPU kernels take their outputs, saved state and input gradients of 1 MiB or more from a
+    cache of buffers that kvq tensors freed before, so a repeated call or training step reuses
+    memory already mapped instead of paying page faults for fresh memory (as PyTorch's CUDA
+    caching allocator does on a GPU; docs/python.md, "Memory").
+    """
+    ops.empty_buffer_cache()
+
+
+def buffer_cache_bytes():
+    """Bytes held now in idle buffers of kvq's CPU kernels."""
+    return ops.buffer_cache_bytes()
+
+
+def set_buffer_cache_limit(num_bytes):
+    """The most bytes kept idle in the buffer cache (default 2 GiB, or KVQ_BUFFER_CACHE_MIB from
+    the environment); 0 turns the cache off."""
+    ops.set_buffer_cache_limit(int(num_bytes))

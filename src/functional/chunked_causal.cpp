@@ -34,8 +34,8 @@ class CausalLinearFunction : public torch::autograd::Function<CausalLinearFuncti
                                int64_t chunk) {
     const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), dv = v.size(3);
-    auto out = torch::empty({B, H, T, dv}, q.options());
-    auto states = torch::empty({B, H, (T + chunk - 1) / chunk, d, dv}, q.options());
+    auto out = cached_empty({B, H, T, dv}, q.options());
+    auto states = cached_empty({B, H, (T + chunk - 1) / chunk, d, dv}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "causal_linear_forward", [&] {
       cpu::causal_linear_forward(linear_params<scalar_t>(q, k, v, states, chunk),
                                  heads_view<scalar_t>(out));
@@ -49,9 +49,9 @@ class CausalLinearFunction : public torch::autograd::Function<CausalLinearFuncti
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &states = saved[3];
     const auto grad_out = rows_contiguous(grads[0]);
-    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
+    auto grad_q = cached_empty(q.sizes(), q.options());
+    auto grad_k = cached_empty(k.sizes(), k.options());
+    auto grad_v = cached_empty(v.sizes(), v.options());
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "causal_linear_backward", [&] {
       cpu::causal_linear_backward(linear_params<scalar_t>(q, k, v, states, chunk),

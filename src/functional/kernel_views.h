@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "kernels/cpu/heads_view.h"
+#include "kvq/functional/buffer_cache.h"
 
 namespace kvq {
 namespace functional {

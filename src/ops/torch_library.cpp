@@ -199,6 +199,10 @@ void decoding_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
 
 std::vector<std::string> mechanism_names_op() { return mechanism_names(); }
 
+// The CPU kernels' buffer cache (kvq/functional/buffer_cache.h).
+int64_t buffer_cache_bytes_op() { return functional::buffer_cache_bytes(); }
+int64_t buffer_cache_limit_op() { return functional::buffer_cache_limit(); }
+
 // (default projection, uses alpha, has a softmax, its op schema, chunk-parallel causal form) of a
 // registered mechanism.
 std::tuple<std::string, bool, bool, std::string, bool> mechanism_info_op(const std::string& name) {
@@ -281,6 +285,10 @@ TORCH_LIBRARY(kvq, m) {
   ops::define_mechanism_ops(m);
   m.def("mechanism_names() -> str[]", &mechanism_names_op);
   m.def("mechanism_info(str name) -> (str, bool, bool, str, bool)", &mechanism_info_op);
+  m.def("buffer_cache_bytes() -> int", &buffer_cache_bytes_op);
+  m.def("buffer_cache_limit() -> int", &buffer_cache_limit_op);
+  m.def("set_buffer_cache_limit(int bytes) -> ()", &functional::set_buffer_cache_limit);
+  m.def("empty_buffer_cache() -> ()", &functional::empty_buffer_cache);
 
   using Holder = MultiHeadKVQHolder;
   const nn::MultiHeadKVQOptions defaults(1, 1);

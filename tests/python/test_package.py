@@ -243,3 +243,28 @@ def test_bad_input_names_the_argument(qkv):
     cpp = torch.classes.kvq.MultiHeadKVQ(8, 2, "softmax", "", True)
     with pytest.raises(RuntimeError, match="missing key 'q_proj.weight'"):
         cpp.load_state_dict(kvq.nn.MultiHeadKVQ(8, 2, mechanism="kv").state_dict())
+
+
+def test_buffer_cache_keeps_the_kernels_buffers_until_emptied():
+    limit = kvq.ops.buffer_cache_limit()
+    try:
+        kvq.empty_buffer_cache()
+        kvq.set_buffer_cache_limit(1 << 30)
+        q, k, v = (torch.randn(2, 4, 512, 64, requires_grad=True) for _ in range(3))  # 1 MiB each
+        out = kvq.functional.intention(q, k, v, torch.tensor(1.0), causal=True)
+        out.backward(torch.ones_like(out))
+        first = out.detach().clone()
+        del out, q.grad, k.grad, v.grad
+        assert kvq.buffer_cache_bytes() >= 4 << 20  # the output and three gradients at least
+        again = kvq.functional.intention(q, k, v, torch.tensor(1.0), causal=True)
+        assert torch.equal(again, first)
+        del again
+        kvq.empty_buffer_cache()
+        assert kvq.buffer_cache_bytes() == 0
+        kvq.set_buffer_cache_limit(0)
+        kvq.functional.intention(q, k, v, torch.tensor(1.0), causal=True).sum().backward()
+        assert kvq.buffer_cache_bytes() == 0
+        with pytest.raises(RuntimeError, match="bytes must be >= 0"):
+            kvq.set_buffer_cache_limit(-1)
+    finally:
+        kvq.set_buffer_cache_limit(limit)

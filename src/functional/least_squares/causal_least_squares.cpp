@@ -24,10 +24,10 @@ struct KernelFactors {
 KernelFactors allocate_factors(const torch::Tensor& q, int64_t dv, int64_t chunk) {
   const int64_t B = q.size(0), H = q.size(1), N = num_chunks(q.size(2), chunk), d = q.size(3);
   const auto o = q.options();
-  KernelFactors f{torch::empty({B, H, N, d, d}, o), torch::empty({B, H, N, chunk, d}, o), {}, {}};
+  KernelFactors f{cached_empty({B, H, N, d, d}, o), cached_empty({B, H, N, chunk, d}, o), {}, {}};
   if (dv > 0) {
-    f.w0 = torch::empty({B, H, N, d, dv}, o);
-    f.e = torch::empty({B, H, N, chunk, dv}, o);
+    f.w0 = cached_empty({B, H, N, d, dv}, o);
+    f.e = cached_empty({B, H, N, chunk, dv}, o);
   }
   return f;
 }
@@ -60,7 +60,7 @@ torch::Tensor kernel_forward(AutogradContext* ctx, const torch::Tensor& q_in,
   const auto alpha = alpha_in.contiguous();
   const int64_t dv = v.defined() ? v.size(3) : 0;
   const auto f = allocate_factors(q, dv, chunk);
-  auto out = torch::empty({q.size(0), q.size(1), q.size(2), dv > 0 ? dv : q.size(3)}, q.options());
+  auto out = cached_empty({q.size(0), q.size(1), q.size(2), dv > 0 ? dv : q.size(3)}, q.options());
   cpu::FactorFailure failure;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "causal_least_squares_forward", [&] {
     failure = cpu::causal_least_squares_forward(kernel_params<scalar_t>(q, k, v, alpha, f, chunk),
@@ -80,10 +80,10 @@ variable_list kernel_backward(AutogradContext* ctx, const torch::Tensor& grad) {
   const KernelFactors f{s[4], s[5], s[6], s[7]};
   const int64_t chunk = ctx->saved_data["chunk"].toInt();
   const auto grad_out = rows_contiguous(grad);
-  auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-  auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-  auto grad_v = v.defined() ? torch::empty_like(v, at::MemoryFormat::Contiguous) : torch::Tensor();
-  auto grad_alpha = torch::empty({q.size(0), q.size(1)}, q.options());
+  auto grad_q = cached_empty(q.sizes(), q.options());
+  auto grad_k = cached_empty(k.sizes(), k.options());
+  auto grad_v = v.defined() ? cached_empty(v.sizes(), v.options()) : torch::Tensor();
+  auto grad_alpha = cached_empty({q.size(0), q.size(1)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "causal_least_squares_backward", [&] {
     using cpu::HeadsView;
     cpu::causal_least_squares_backward(

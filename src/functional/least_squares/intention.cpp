@@ -95,9 +95,9 @@ class FusedIntentionFunction : public torch::autograd::Function<FusedIntentionFu
     const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
     const auto alpha = alpha_in.contiguous();
     const int64_t B = q.size(0), H = q.size(1), d = q.size(3), dv = v.size(3);
-    auto factor = torch::empty({B, H, d, d}, q.options());
-    auto weights = torch::empty({B, H, d, dv}, q.options());
-    auto out = torch::empty({B, H, q.size(2), dv}, q.options());
+    auto factor = cached_empty({B, H, d, d}, q.options());
+    auto weights = cached_empty({B, H, d, dv}, q.options());
+    auto out = cached_empty({B, H, q.size(2), dv}, q.options());
     kernels::cpu::FactorFailure failure;
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "intention_forward", [&] {
       failure = kernels::cpu::intention_forward(
@@ -113,10 +113,10 @@ class FusedIntentionFunction : public torch::autograd::Function<FusedIntentionFu
     const auto s = ctx->get_saved_variables();
     const auto &q = s[0], &k = s[1], &v = s[2], &alpha = s[3];
     const auto grad_out = rows_contiguous(grads[0]);
-    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
-    auto grad_alpha = torch::empty({q.size(0), q.size(1)}, q.options());
+    auto grad_q = cached_empty(q.sizes(), q.options());
+    auto grad_k = cached_empty(k.sizes(), k.options());
+    auto grad_v = cached_empty(v.sizes(), v.options());
+    auto grad_alpha = cached_empty({q.size(0), q.size(1)}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "intention_backward", [&] {
       kernels::cpu::intention_backward(params<scalar_t>(q, k, v, alpha, s[4], s[5]),
                                        heads_view<const scalar_t>(grad_out),

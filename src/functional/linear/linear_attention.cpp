@@ -51,9 +51,9 @@ class FusedLinearFunction : public torch::autograd::Function<FusedLinearFunction
                                const torch::Tensor& padding, double eps) {
     const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
     const int64_t B = q.size(0), H = q.size(1), m = q.size(2), d = q.size(3), dv = v.size(3);
-    auto out = torch::empty({B, H, m, dv}, q.options());
-    auto key_state = torch::empty({B, H, d, dv + 1}, q.options());
-    auto denominators = torch::empty({B, H, m}, q.options());
+    auto out = cached_empty({B, H, m, dv}, q.options());
+    auto key_state = cached_empty({B, H, d, dv + 1}, q.options());
+    auto denominators = cached_empty({B, H, m}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_forward", [&] {
       kernels::cpu::linear_attention_forward(
           params<scalar_t>(q, k, v, padding, eps, key_state, denominators),
@@ -72,9 +72,9 @@ class FusedLinearFunction : public torch::autograd::Function<FusedLinearFunction
     const auto padding = ctx->saved_data["padding"].toTensor();
     const double eps = ctx->saved_data["eps"].toDouble();
     const auto grad_out = rows_contiguous(grads[0]);
-    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
+    auto grad_q = cached_empty(q.sizes(), q.options());
+    auto grad_k = cached_empty(k.sizes(), k.options());
+    auto grad_v = cached_empty(v.sizes(), v.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_attention_backward", [&] {
       kernels::cpu::linear_attention_backward(
           params<scalar_t>(q, k, v, padding, eps, s[4], s[5]), heads_view<const scalar_t>(out),

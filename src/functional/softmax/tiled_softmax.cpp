@@ -70,8 +70,8 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     const auto q = rows_contiguous(q_in), k = rows_contiguous(k_in), v = rows_contiguous(v_in);
     const int64_t B = q.size(0), H = q.size(1), m = q.size(2), dv = v.size(3);
     const auto bias = expanded_bias(bias_in, B, H, m, k.size(2));
-    auto out = torch::empty({B, H, m, dv}, q.options());
-    auto lse = torch::empty({B, H, m}, q.options());
+    auto out = cached_empty({B, H, m, dv}, q.options());
+    auto lse = cached_empty({B, H, m}, q.options());
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_forward", [&] {
       cpu::SoftmaxAttentionForwardOutputs<scalar_t> o;
       o.out = heads_view<scalar_t>(out);
@@ -108,9 +108,9 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
     const int64_t B = q.size(0), H = q.size(1), m = q.size(2), n = k.size(2);
     const auto bias_sizes = saved[3].sizes();
     const auto bias = expanded_bias(saved[3], B, H, m, n);
-    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
+    auto grad_q = cached_empty(q.sizes(), q.options());
+    auto grad_k = cached_empty(k.sizes(), k.options());
+    auto grad_v = cached_empty(v.sizes(), v.options());
     torch::Tensor grad_bias;
     const bool want_bias = bias.numel() > 0 && ctx->needs_input_grad(3);
     if (want_bias) {
@@ -118,7 +118,7 @@ class TiledSoftmaxFunction : public torch::autograd::Function<TiledSoftmaxFuncti
       const size_t dims = bias_sizes.size();
       const bool rows = dims >= 2 && bias_sizes[dims - 2] != 1;
       const bool cols = dims >= 1 && bias_sizes[dims - 1] != 1;
-      grad_bias = torch::empty({B, H, rows ? m : 1, cols ? n : 1}, q.options());
+      grad_bias = cached_empty({B, H, rows ? m : 1, cols ? n : 1}, q.options());
     }
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "tiled_softmax_backward", [&] {
       cpu::SoftmaxAttentionBackwardParams<scalar_t> g;
