@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/multiversion.h"
@@ -27,58 +28,182 @@ struct Lanes<double> {
 
 // ---- The hot lane routines: Cholesky and the two triangular solves, W heads at once ----
 // Matrices are lane-interleaved n x n, element (i, j) of lane l at [(i * n + j) * W + l]; only
-// the lower triangle is read or written.
+// the lower triangle is read or written. Written with GCC vector types (one vector = the W lanes
+// of one element), so every operation is a vector operation whatever the auto-vectoriser
+// decides; the clones of KVQ_MULTIVERSION give them AVX-512, AVX2 or SSE2 instructions.
+typedef float VecF __attribute__((vector_size(sizeof(float) * 8), aligned(sizeof(float)), may_alias));
+typedef double VecD __attribute__((vector_size(sizeof(double) * 4), aligned(sizeof(double)), may_alias));
 
 // A := L with A = L L^T (row by row, Cholesky-Banachiewicz), rdiag[i] = 1 / L_ii. A lane whose
-// pivot is not > 0 (or NaN) gets ok[l] = false and carries on with pivot 1.
-#define KVQ_MESA_LANE_ROUTINES(T, W)                                                        \
-  KVQ_MULTIVERSION void factor_lanes(T* A, T* rdiag, int64_t n, bool* ok) {                \
-    for (int64_t i = 0; i < n; ++i) {                                                       \
-      T* Li = A + i * n * W;                                                                \
-      for (int64_t j = 0; j <= i; ++j) {                                                    \
-        const T* Lj = A + j * n * W;                                                        \
-        T acc[W];                                                                           \
-        for (int l = 0; l < W; ++l) acc[l] = Li[j * W + l];                                 \
-        for (int64_t k = 0; k < j; ++k) {                                                   \
-          for (int l = 0; l < W; ++l) acc[l] -= Li[k * W + l] * Lj[k * W + l];              \
-        }                                                                                   \
-        if (j < i) {                                                                        \
-          for (int l = 0; l < W; ++l) Li[j * W + l] = acc[l] * rdiag[j * W + l];            \
-        } else {                                                                            \
-          for (int l = 0; l < W; ++l) {                                                     \
-            if (!(acc[l] > T(0))) ok[l] = false, acc[l] = T(1);                             \
+// pivot is not > 0 (or NaN) gets ok[l] = false and carries on with pivot 1. Rows go in blocks of
+// four: their entries left of the block depend only on earlier rows, so the four dot products
+// per column run as independent chains sharing the loads of row j (one chain alone would wait on
+// the latency of each multiply-add); the triangle inside the block is done entry by entry.
+#define KVQ_MESA_LANE_ROUTINES(T, W, V)                                                     \
+  KVQ_MULTIVERSION void factor_lanes(T* A_data, T* rdiag_data, int64_t n, bool* ok) {      \
+    V* A = reinterpret_cast<V*>(A_data);                                                    \
+    V* rdiag = reinterpret_cast<V*>(rdiag_data);                                            \
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {                                                 \
+      const bool block = i0 + 4 <= n;                                                       \
+      if (block) {                                                                          \
+        V* L0 = A + i0 * n;                                                                 \
+        V* L1 = L0 + n;                                                                     \
+        V* L2 = L1 + n;                                                                     \
+        V* L3 = L2 + n;                                                                     \
+        for (int64_t j = 0; j < i0; ++j) {                                                  \
+          const V* Lj = A + j * n;                                                          \
+          V a0 = L0[j], a1 = L1[j], a2 = L2[j], a3 = L3[j];                                 \
+          for (int64_t k = 0; k < j; ++k) {                                                 \
+            const V x = Lj[k];                                                              \
+            a0 -= L0[k] * x, a1 -= L1[k] * x, a2 -= L2[k] * x, a3 -= L3[k] * x;             \
           }                                                                                 \
-          for (int l = 0; l < W; ++l) {                                                     \
-            const T root = std::sqrt(acc[l]);                                               \
-            Li[i * W + l] = root;                                                           \
-            rdiag[i * W + l] = T(1) / root;                                                 \
+          const V r = rdiag[j];                                                             \
+          L0[j] = a0 * r, L1[j] = a1 * r, L2[j] = a2 * r, L3[j] = a3 * r;                   \
+        }                                                                                   \
+      }                                                                                     \
+      for (int64_t i = i0; i < std::min<int64_t>(i0 + 4, n); ++i) {                        \
+        V* Li = A + i * n;                                                                  \
+        for (int64_t j = block ? i0 : 0; j <= i; ++j) {                                     \
+          const V* Lj = A + j * n;                                                          \
+          V acc = Li[j];                                                                    \
+          for (int64_t k = 0; k < j; ++k) acc -= Li[k] * Lj[k];                             \
+          if (j < i) {                                                                      \
+            Li[j] = acc * rdiag[j];                                                         \
+          } else {                                                                          \
+            T lanes[W], roots[W], inverses[W];                                              \
+            std::memcpy(lanes, &acc, sizeof lanes);                                         \
+            for (int l = 0; l < W; ++l) {                                                   \
+              if (!(lanes[l] > T(0))) ok[l] = false, lanes[l] = T(1);                       \
+              roots[l] = std::sqrt(lanes[l]);                                               \
+              inverses[l] = T(1) / roots[l];                                                \
+            }                                                                               \
+            std::memcpy(&Li[i], roots, sizeof roots);                                       \
+            std::memcpy(&rdiag[i], inverses, sizeof inverses);                              \
           }                                                                                 \
         }                                                                                   \
       }                                                                                     \
     }                                                                                       \
   }                                                                                         \
   /* x := (L L^T)^{-1} x, x lane-interleaved (n, W). */                                     \
-  KVQ_MULTIVERSION void solve_lanes(const T* L, const T* rdiag, int64_t n, T* x) {          \
+  KVQ_MULTIVERSION void solve_lanes(const T* L_data, const T* rdiag_data, int64_t n,        \
+                                    T* x_data) {                                            \
+    const V* L = reinterpret_cast<const V*>(L_data);                                        \
+    const V* rdiag = reinterpret_cast<const V*>(rdiag_data);                                \
+    V* x = reinterpret_cast<V*>(x_data);                                                    \
     for (int64_t i = 0; i < n; ++i) {                                                       \
-      const T* Li = L + i * n * W;                                                          \
-      T acc[W];                                                                             \
-      for (int l = 0; l < W; ++l) acc[l] = x[i * W + l];                                    \
-      for (int64_t k = 0; k < i; ++k) {                                                     \
-        for (int l = 0; l < W; ++l) acc[l] -= Li[k * W + l] * x[k * W + l];                 \
+      const V* Li = L + i * n;                                                              \
+      V a0 = x[i], a1 = {}, a2 = {}, a3 = {};                                               \
+      int64_t k = 0;                                                                        \
+      for (; k + 4 <= i; k += 4) {                                                          \
+        a0 -= Li[k] * x[k], a1 -= Li[k + 1] * x[k + 1];                                     \
+        a2 -= Li[k + 2] * x[k + 2], a3 -= Li[k + 3] * x[k + 3];                             \
       }                                                                                     \
-      for (int l = 0; l < W; ++l) x[i * W + l] = acc[l] * rdiag[i * W + l];                 \
+      for (; k < i; ++k) a0 -= Li[k] * x[k];                                                \
+      x[i] = ((a0 + a1) + (a2 + a3)) * rdiag[i];                                            \
     }                                                                                       \
     for (int64_t i = n - 1; i >= 0; --i) {                                                  \
-      const T* Li = L + i * n * W;                                                          \
-      for (int l = 0; l < W; ++l) x[i * W + l] *= rdiag[i * W + l];                         \
-      for (int64_t k = 0; k < i; ++k) {                                                     \
-        for (int l = 0; l < W; ++l) x[k * W + l] -= Li[k * W + l] * x[i * W + l];           \
-      }                                                                                     \
+      const V* Li = L + i * n;                                                              \
+      const V xi = x[i] * rdiag[i];                                                         \
+      x[i] = xi;                                                                            \
+      for (int64_t k = 0; k < i; ++k) x[k] -= Li[k] * xi;                                   \
     }                                                                                       \
   }
-KVQ_MESA_LANE_ROUTINES(float, 8)
-KVQ_MESA_LANE_ROUTINES(double, 4)
+KVQ_MESA_LANE_ROUTINES(float, 8, VecF)
+KVQ_MESA_LANE_ROUTINES(double, 4, VecD)
 #undef KVQ_MESA_LANE_ROUTINES
+
+// ---- The O(d^2) per-token work, in the same lane vectors ----
+#define KVQ_MESA_STATE_ROUTINES(T, W, V)                                                    \
+  /* S_kk = a S_kk + beta k k^T (lower triangle), S_kv = a S_kv + beta k v^T. */            \
+  KVQ_MULTIVERSION void step_lanes(T* Skk_data, T* Skv_data, const T* k_data,               \
+                                   const T* v_data, const T* a_data, const T* beta_data,    \
+                                   int64_t d, int64_t dv) {                                 \
+    V *Skk = reinterpret_cast<V*>(Skk_data), *Skv = reinterpret_cast<V*>(Skv_data);         \
+    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data); \
+    const V a = *reinterpret_cast<const V*>(a_data);                                        \
+    const V beta = *reinterpret_cast<const V*>(beta_data);                                  \
+    for (int64_t i = 0; i < d; ++i) {                                                       \
+      const V bk = beta * k[i];                                                             \
+      V* row = Skk + i * d;                                                                 \
+      for (int64_t j = 0; j <= i; ++j) row[j] = a * row[j] + bk * k[j];                     \
+      V* kv = Skv + i * dv;                                                                 \
+      for (int64_t j = 0; j < dv; ++j) kv[j] = a * kv[j] + bk * v[j];                       \
+    }                                                                                       \
+  }                                                                                         \
+  /* transpose: out (dv) = S^T x; else out (d) = S x, for S (d x dv). */                    \
+  KVQ_MULTIVERSION void kv_lanes(const T* S_data, const T* x_data, int64_t d, int64_t dv,   \
+                                 bool transpose, T* out_data) {                             \
+    const V *S = reinterpret_cast<const V*>(S_data), *x = reinterpret_cast<const V*>(x_data); \
+    V* out = reinterpret_cast<V*>(out_data);                                                \
+    if (transpose) {                                                                        \
+      for (int64_t j = 0; j < dv; ++j) out[j] = V{};                                        \
+      for (int64_t i = 0; i < d; ++i) {                                                     \
+        const V xi = x[i];                                                                  \
+        const V* row = S + i * dv;                                                          \
+        for (int64_t j = 0; j < dv; ++j) out[j] += row[j] * xi;                             \
+      }                                                                                     \
+    } else {                                                                                \
+      for (int64_t i = 0; i < d; ++i) {                                                     \
+        const V* row = S + i * dv;                                                          \
+        V a0 = {}, a1 = {};                                                                 \
+        int64_t j = 0;                                                                      \
+        for (; j + 2 <= dv; j += 2) a0 += row[j] * x[j], a1 += row[j + 1] * x[j + 1];       \
+        for (; j < dv; ++j) a0 += row[j] * x[j];                                            \
+        out[i] = a0 + a1;                                                                   \
+      }                                                                                     \
+    }                                                                                       \
+  }                                                                                         \
+  /* One token of the reverse pass: D := a_next D + direct_t (D^kk symmetric, lower        \
+     triangle), then dots (W) = <D^kk, P_kk> + <D^kv, P_kv> for the states P before the     \
+     token, u = D^kk k, w = D^kv v. */                                                      \
+  KVQ_MULTIVERSION void adjoint_lanes(T* Dkk_data, T* Dkv_data, const T* x_data,            \
+                                      const T* y_data, const T* dO_data,                    \
+                                      const T* a_next_data, const T* Pkk_data,              \
+                                      const T* Pkv_data, const T* k_data, const T* v_data,  \
+                                      int64_t d, int64_t dv, T* u_data, T* w_data,          \
+                                      T* dots_data) {                                       \
+    V *Dkk = reinterpret_cast<V*>(Dkk_data), *Dkv = reinterpret_cast<V*>(Dkv_data);         \
+    const V *x = reinterpret_cast<const V*>(x_data), *y = reinterpret_cast<const V*>(y_data); \
+    const V* dO = reinterpret_cast<const V*>(dO_data);                                      \
+    const V *Pkk = reinterpret_cast<const V*>(Pkk_data), *Pkv = reinterpret_cast<const V*>(Pkv_data); \
+    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data); \
+    V *u = reinterpret_cast<V*>(u_data), *w = reinterpret_cast<V*>(w_data);                 \
+    const V an = *reinterpret_cast<const V*>(a_next_data);                                  \
+    const V half = V{} + T(0.5);                                                            \
+    V dots_off = {}, dots = {};                                                             \
+    for (int64_t i = 0; i < d; ++i) u[i] = V{};                                             \
+    for (int64_t i = 0; i < d; ++i) {                                                       \
+      V* Di = Dkk + i * d;                                                                  \
+      const V* Si = Pkk + i * d;                                                            \
+      const V xi = x[i], yi = y[i], ki = k[i];                                              \
+      V ui = {};                                                                            \
+      for (int64_t j = 0; j < i; ++j) {                                                     \
+        const V dij = an * Di[j] - half * (yi * x[j] + xi * y[j]);                          \
+        Di[j] = dij;                                                                        \
+        dots_off += dij * Si[j];                                                            \
+        ui += dij * k[j];                                                                   \
+        u[j] += dij * ki;                                                                   \
+      }                                                                                     \
+      const V dii = an * Di[i] - yi * xi;                                                   \
+      Di[i] = dii;                                                                          \
+      dots += dii * Si[i];                                                                  \
+      u[i] += ui + dii * ki;                                                                \
+      V* Dv = Dkv + i * dv;                                                                 \
+      const V* Sv = Pkv + i * dv;                                                           \
+      V wi = {};                                                                            \
+      for (int64_t j = 0; j < dv; ++j) {                                                    \
+        const V dij = an * Dv[j] + xi * dO[j];                                              \
+        Dv[j] = dij;                                                                        \
+        dots += dij * Sv[j];                                                                \
+        wi += dij * v[j];                                                                   \
+      }                                                                                     \
+      w[i] = wi;                                                                            \
+    }                                                                                       \
+    *reinterpret_cast<V*>(dots_data) = dots + dots_off + dots_off;                          \
+  }
+KVQ_MESA_STATE_ROUTINES(float, 8, VecF)
+KVQ_MESA_STATE_ROUTINES(double, 4, VecD)
+#undef KVQ_MESA_STATE_ROUTINES
 
 // One lane group: heads first .. first + count - 1 of the flattened (batch, head) index, their
 // inputs gathered into lane-interleaved buffers and their results scattered back.
@@ -140,24 +265,6 @@ struct LaneGroup {
   }
 };
 
-// S_kk = a S_kk + beta k k^T (lower triangle), S_kv = a S_kv + beta k v^T.
-template <typename T, int W>
-void step_state(T* Skk, T* Skv, const T* k, const T* v, const T* a, const T* beta, int64_t d,
-                int64_t dv) {
-  for (int64_t i = 0; i < d; ++i) {
-    T bk[W];
-    for (int l = 0; l < W; ++l) bk[l] = beta[l] * k[i * W + l];
-    T* row = Skk + i * d * W;
-    for (int64_t j = 0; j <= i; ++j) {
-      for (int l = 0; l < W; ++l) row[j * W + l] = a[l] * row[j * W + l] + bk[l] * k[j * W + l];
-    }
-    T* kv = Skv + i * dv * W;
-    for (int64_t j = 0; j < dv; ++j) {
-      for (int l = 0; l < W; ++l) kv[j * W + l] = a[l] * kv[j * W + l] + bk[l] * v[j * W + l];
-    }
-  }
-}
-
 // factor := the lower triangle of S_kk + diag(lambda), then its Cholesky factor.
 template <typename T, int W>
 void factor_system(const T* Skk, const T* lambda, int64_t d, T* factor, T* rdiag, bool* ok) {
@@ -166,29 +273,6 @@ void factor_system(const T* Skk, const T* lambda, int64_t d, T* factor, T* rdiag
     for (int l = 0; l < W; ++l) factor[(i * d + i) * W + l] += lambda[i * W + l];
   }
   factor_lanes(factor, rdiag, d, ok);
-}
-
-// out (dv) = S_kv^T x; out (d) = S_kv y for the transpose flag.
-template <typename T, int W>
-void kv_times(const T* Skv, const T* x, int64_t d, int64_t dv, bool transpose, T* out) {
-  if (transpose) {
-    std::fill(out, out + dv * W, T(0));
-    for (int64_t i = 0; i < d; ++i) {
-      const T* row = Skv + i * dv * W;
-      for (int64_t j = 0; j < dv; ++j) {
-        for (int l = 0; l < W; ++l) out[j * W + l] += row[j * W + l] * x[i * W + l];
-      }
-    }
-  } else {
-    for (int64_t i = 0; i < d; ++i) {
-      const T* row = Skv + i * dv * W;
-      T acc[W] = {};
-      for (int64_t j = 0; j < dv; ++j) {
-        for (int l = 0; l < W; ++l) acc[l] += row[j * W + l] * x[j * W + l];
-      }
-      for (int l = 0; l < W; ++l) out[i * W + l] = acc[l];
-    }
-  }
 }
 
 template <typename T>
@@ -228,7 +312,7 @@ void forward_group(const MesaParams<T>& p, const HeadsView<T>& out, T* final_kk,
     G.gather_scalar(p.g, t, T(0), a);
     G.gather_scalar(p.beta, t, T(0), beta);
     for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
-    step_state<T, W>(Skk, Skv, k, v, a, beta, d, dv);
+    step_lanes(Skk, Skv, k, v, a, beta, d, dv);
     factor_system<T, W>(Skk, lam, d, factor, rdiag, ok);
     for (int l = 0; l < count; ++l) {
       if (!ok[l] && !failures[G.bh(l)].failed) {
@@ -236,7 +320,7 @@ void forward_group(const MesaParams<T>& p, const HeadsView<T>& out, T* final_kk,
       }
     }
     solve_lanes(factor, rdiag, d, x);
-    kv_times<T, W>(Skv, x, d, dv, /*transpose=*/true, o);
+    kv_lanes(Skv, x, d, dv, /*transpose=*/true, o);
     G.scatter_row(o, dv, out, t);
   }
   G.scatter_symmetric(Skk, d, final_kk, d * d);
@@ -291,20 +375,22 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
     // Forward over the chunk: the states before each token, x_t and y_t = A_t^{-1} S_kv,t do_t.
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r;
-      std::copy(Skk, Skk + dd, states_kk + r * dd);
+      for (int64_t i = 0; i < d; ++i) {  // the lower triangle, all that is read
+        std::copy(Skk + i * d * W, Skk + (i * d + i + 1) * W, states_kk + r * dd + i * d * W);
+      }
       std::copy(Skv, Skv + dvw, states_kv + r * dvw);
       G.gather_row(p.k, t, d, k);
       G.gather_row(p.v, t, dv, v);
       G.gather_scalar(p.g, t, T(0), a);
       G.gather_scalar(p.beta, t, T(0), beta);
       for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
-      step_state<T, W>(Skk, Skv, k, v, a, beta, d, dv);
+      step_lanes(Skk, Skv, k, v, a, beta, d, dv);
       factor_system<T, W>(Skk, lam, d, factor, rdiag, ok);
       T *x = xs + r * d * W, *y = ys + r * d * W;
       G.gather_row(p.q, t, d, x);
       solve_lanes(factor, rdiag, d, x);
       G.gather_row(grad_out, t, dv, dO);
-      kv_times<T, W>(Skv, dO, d, dv, /*transpose=*/false, y);
+      kv_lanes(Skv, dO, d, dv, /*transpose=*/false, y);
       solve_lanes(factor, rdiag, d, y);
     }
     // Backward over the chunk.
@@ -317,51 +403,15 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
       G.gather_scalar(p.g, t, T(0), a);
       G.gather_scalar(p.beta, t, T(0), beta);
       for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
-      // D_t = a_t+1 D_t+1 + direct_t.
+      // D_t = a_t+1 D_t+1 + direct_t; dg_t = a_t (<D^kk_t, S_kk,t-1> + <D^kv_t, S_kv,t-1>);
+      // u = D^kk_t k_t, w = D^kv_t v_t.
+      adjoint_lanes(Dkk, Dkv, x, y, dO, a_next, states_kk + r * dd, states_kv + r * dvw, k, v, d, dv,
+                    u, w, scalar);
       for (int64_t i = 0; i < d; ++i) {
-        T* row = Dkk + i * d * W;
-        for (int64_t j = 0; j <= i; ++j) {
-          for (int l = 0; l < W; ++l) {
-            row[j * W + l] = a_next[l] * row[j * W + l] -
-                             T(0.5) * (y[i * W + l] * x[j * W + l] + x[i * W + l] * y[j * W + l]);
-          }
-        }
-        T* kv = Dkv + i * dv * W;
-        for (int64_t j = 0; j < dv; ++j) {
-          for (int l = 0; l < W; ++l) kv[j * W + l] = a_next[l] * kv[j * W + l] + x[i * W + l] * dO[j * W + l];
-        }
         for (int l = 0; l < W; ++l) dlam[i * W + l] -= double(y[i * W + l]) * double(x[i * W + l]);
       }
       G.scatter_row(y, d, grad_q, t);
-      // dg_t = a_t (<D^kk_t, S_kk,t-1> + <D^kv_t, S_kv,t-1>) (the symmetric inner product from the
-      // lower triangles); u = D^kk k, w = D^kv v.
-      const T *Pkk = states_kk + r * dd, *Pkv = states_kv + r * dvw;
-      T acc[W] = {};
-      std::fill(u, u + d * W, T(0));
-      for (int64_t i = 0; i < d; ++i) {
-        const T *Di = Dkk + i * d * W, *Si = Pkk + i * d * W;
-        for (int64_t j = 0; j < i; ++j) {
-          for (int l = 0; l < W; ++l) {
-            acc[l] += T(2) * Di[j * W + l] * Si[j * W + l];
-            u[i * W + l] += Di[j * W + l] * k[j * W + l];
-            u[j * W + l] += Di[j * W + l] * k[i * W + l];
-          }
-        }
-        for (int l = 0; l < W; ++l) {
-          acc[l] += Di[i * W + l] * Si[i * W + l];
-          u[i * W + l] += Di[i * W + l] * k[i * W + l];
-        }
-        const T *Dv = Dkv + i * dv * W, *Sv = Pkv + i * dv * W;
-        T wi[W] = {};
-        for (int64_t j = 0; j < dv; ++j) {
-          for (int l = 0; l < W; ++l) {
-            acc[l] += Dv[j * W + l] * Sv[j * W + l];
-            wi[l] += Dv[j * W + l] * v[j * W + l];
-          }
-        }
-        for (int l = 0; l < W; ++l) w[i * W + l] = wi[l];
-      }
-      for (int l = 0; l < W; ++l) scalar[l] = a[l] * acc[l];
+      for (int l = 0; l < W; ++l) scalar[l] *= a[l];
       G.scatter_scalar(scalar, grad_g, t);
       // dbeta_t = k^T u + k^T w, dk_t = beta (2 u + w), dv_t = beta D^kv^T k.
       T kb[W] = {};
@@ -373,7 +423,7 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
       }
       G.scatter_scalar(kb, grad_beta, t);
       G.scatter_row(dk, d, grad_k, t);
-      kv_times<T, W>(Dkv, k, d, dv, /*transpose=*/true, dO);
+      kv_lanes(Dkv, k, d, dv, /*transpose=*/true, dO);
       for (int64_t j = 0; j < dv; ++j) {
         for (int l = 0; l < W; ++l) dO[j * W + l] *= beta[l];
       }
