@@ -150,8 +150,7 @@ TEST(Mesa, NoGatesEqualsCausalIntention) {
   in.g = torch::zeros_like(in.g), in.beta = torch::ones_like(in.beta);
   const auto alpha = torch::tensor({0.3, 1.0, 2.5}, torch::kFloat64);
   const auto got = F::mesa(in.q, in.k, in.v, in.g, in.beta, alpha, F::MesaOptions().chunk_size(16));
-  const auto want =
-      F::intention(in.q, in.k, in.v, alpha, F::AttentionFuncOptions().causal(true));
+  const auto want = F::intention(in.q, in.k, in.v, alpha, F::AttentionFuncOptions().causal(true));
   const double err = max_rel_err(got, want);
   report("mesa g=0 beta=1 vs causal intention fp64", "rel", err);
   EXPECT_LE(err, kTolMatmul64);
@@ -234,9 +233,7 @@ TEST(Mesa, NearRankOneKeys) {
 
 TEST(Mesa, ChunkLengthDoesNotChangeAnything) {
   const auto in = make(2, 3, 13, 4, 3, 10, /*with_state=*/true);
-  const auto run_with = [&](int64_t chunk) {
-    return run_kvq(in, chunk);
-  };
+  const auto run_with = [&](int64_t chunk) { return run_kvq(in, chunk); };
   const auto base = run_with(13);
   const auto base_grads = grads_of([](const MesaInputs& x) { return run_kvq(x, 13); }, in, 17);
   for (int64_t chunk : {1, 2, 5, 64}) {
@@ -246,7 +243,8 @@ TEST(Mesa, ChunkLengthDoesNotChangeAnything) {
     for (size_t i = 0; i < grads.size(); ++i) {
       grad_err = std::max(grad_err, max_rel_err(grads[i], base_grads[i]));
     }
-    report("mesa chunk " + std::to_string(chunk) + " vs one chunk", "rel", std::max(out_err, grad_err));
+    report("mesa chunk " + std::to_string(chunk) + " vs one chunk", "rel",
+           std::max(out_err, grad_err));
     EXPECT_LE(out_err, kTolMatmul64);
     EXPECT_LE(grad_err, kTolMatmul64);
   }
@@ -259,8 +257,8 @@ TEST(Mesa, KeyPaddingEqualsDroppingTheTokens) {
   for (int64_t t : {2, 3, 7, 11}) mask[0][t] = true;
   for (int64_t t : {0, 5}) mask[1][t] = true;
   // Only the outputs of real tokens enter the loss.
-  const auto weights = torch::randn({B, H, T, 3}, torch::kFloat64) *
-                       (~mask).view({B, 1, T, 1}).to(torch::kFloat64);
+  const auto weights =
+      torch::randn({B, H, T, 3}, torch::kFloat64) * (~mask).view({B, 1, T, 1}).to(torch::kFloat64);
   MesaInputs x = in;
   for (auto* s : {&x.q, &x.k, &x.v, &x.g, &x.beta, &x.lambda, &x.kk, &x.kv}) {
     *s = s->detach().clone().requires_grad_(true);
@@ -283,7 +281,8 @@ TEST(Mesa, KeyPaddingEqualsDroppingTheTokens) {
     const auto [o2, kk2, kv2] = run_kvq(y, 5);
     const auto w2 = weights[b].unsqueeze(0).index_select(2, keep);
     worst = std::max(worst, max_rel_err(o2, out[b].unsqueeze(0).index_select(2, keep)));
-    worst = std::max({worst, max_rel_err(kk2, kk[b].unsqueeze(0)), max_rel_err(kv2, kv[b].unsqueeze(0))});
+    worst = std::max(
+        {worst, max_rel_err(kk2, kk[b].unsqueeze(0)), max_rel_err(kv2, kv[b].unsqueeze(0))});
     auto g2 = torch::autograd::grad({(o2 * w2).sum() + kk2.sum() + kv2.sum()},
                                     {y.q, y.k, y.v, y.g, y.beta, y.kk, y.kv});
     const std::vector<torch::Tensor> full{grads[0], grads[1], grads[2], grads[3].unsqueeze(-1),
@@ -323,7 +322,8 @@ TEST(Mesa, InitialStateEqualsRunningThePrefix) {
   };
   double err = output_error(chained(in), full(in));
   const auto g_full = grads_of(full, in, 19), g_chained = grads_of(chained, in, 19);
-  for (size_t i = 0; i < g_full.size(); ++i) err = std::max(err, max_rel_err(g_chained[i], g_full[i]));
+  for (size_t i = 0; i < g_full.size(); ++i)
+    err = std::max(err, max_rel_err(g_chained[i], g_full[i]));
   report("mesa prefix + initial state vs one run", "rel", err);
   EXPECT_LE(err, kTolMatmul64);
 }
@@ -351,15 +351,23 @@ TEST(Mesa, ErrorsNameTheArgument) {
   expect_error([&] { call(in.to(torch::kFloat16)); }, "float32 or float64");
   x = in, x.beta = in.beta.to(torch::kFloat32);
   expect_error([&] { call(x); }, "beta must have the dtype of q");
-  expect_error([&] { call(in, F::MesaOptions().initial_kk(torch::zeros({2, 3, 4, 4}, torch::kFloat64))); },
-               "both initial states");
-  expect_error([&] {
-    call(in, F::MesaOptions()
-                 .initial_kk(torch::zeros({2, 3, 4, 4}, torch::kFloat64))
-                 .initial_kv(torch::zeros({2, 3, 4, 4}, torch::kFloat64)));
-  }, "initial S_kv must have shape (B, H, d, dv)");
-  expect_error([&] { call(in, F::MesaOptions().key_padding_mask(torch::zeros({2, 4}, torch::kBool))); },
-               "key_padding_mask must have shape (B, T)");
+  expect_error(
+      [&] {
+        call(in, F::MesaOptions().initial_kk(torch::zeros({2, 3, 4, 4}, torch::kFloat64)));
+      },
+      "both initial states");
+  expect_error(
+      [&] {
+        call(in, F::MesaOptions()
+                     .initial_kk(torch::zeros({2, 3, 4, 4}, torch::kFloat64))
+                     .initial_kv(torch::zeros({2, 3, 4, 4}, torch::kFloat64)));
+      },
+      "initial S_kv must have shape (B, H, d, dv)");
+  expect_error(
+      [&] {
+        call(in, F::MesaOptions().key_padding_mask(torch::zeros({2, 4}, torch::kBool)));
+      },
+      "key_padding_mask must have shape (B, T)");
   expect_error([&] { call(in, F::MesaOptions().chunk_size(0)); }, "chunk_size must be >= 1");
 }
 

@@ -18,8 +18,10 @@ MesaReference mesa(const torch::Tensor& q_in, const torch::Tensor& k_in, const t
       const auto lam = lambda.dim() == 0   ? lambda * torch::ones({d}, torch::kFloat64)
                        : lambda.dim() == 1 ? lambda[h] * torch::ones({d}, torch::kFloat64)
                                            : lambda[h];
-      auto Skk = initial_kk.defined() ? f64(initial_kk)[b][h] : torch::zeros({d, d}, torch::kFloat64);
-      auto Skv = initial_kv.defined() ? f64(initial_kv)[b][h] : torch::zeros({d, dv}, torch::kFloat64);
+      auto Skk =
+          initial_kk.defined() ? f64(initial_kk)[b][h] : torch::zeros({d, d}, torch::kFloat64);
+      auto Skv =
+          initial_kv.defined() ? f64(initial_kv)[b][h] : torch::zeros({d, dv}, torch::kFloat64);
       std::vector<torch::Tensor> rows;
       for (int64_t t = 0; t < T; ++t) {
         const bool padded = key_padding_mask.defined() && key_padding_mask[b][t].item<bool>();

@@ -35,8 +35,10 @@ void check_shape(const char* name, const char* layout, const torch::Tensor& t,
 void check_dtype_device(const char* name, const torch::Tensor& t, const torch::Tensor& q) {
   TORCH_CHECK(t.scalar_type() == q.scalar_type(), kOp, ": ", name, " must have the dtype of q (",
               q.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be on the CPU (mesa has a CPU kernel "
-              "only), got ", t.device());
+  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name,
+              " must be on the CPU (mesa has a CPU kernel "
+              "only), got ",
+              t.device());
 }
 
 struct Checked {
@@ -44,13 +46,14 @@ struct Checked {
 };
 
 Checked check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                     const torch::Tensor& g, const torch::Tensor& beta,
-                     const torch::Tensor& lambda, const MesaOptions& options) {
+                     const torch::Tensor& g, const torch::Tensor& beta, const torch::Tensor& lambda,
+                     const MesaOptions& options) {
   TORCH_CHECK(q.defined() && q.dim() == 4, kOp, ": q must have shape (B, H, T, d), got ",
               q.defined() ? shape_of(q) : std::string("undefined"));
   TORCH_CHECK(q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kFloat64, kOp,
               ": q must be float32 or float64 (the exact solves are not run in half precision), "
-              "got ", q.scalar_type());
+              "got ",
+              q.scalar_type());
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
   check_shape("k", "(B, H, T, d)", k, {B, H, T, d});
   TORCH_CHECK(v.defined() && v.dim() == 4 && v.size(0) == B && v.size(1) == H && v.size(2) == T,
@@ -61,8 +64,11 @@ Checked check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch
               shape_of(v));
   check_shape("g", "(B, H, T)", g, {B, H, T});
   check_shape("beta", "(B, H, T)", beta, {B, H, T});
-  for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor&>{"q", q}, {"k", k},
-                                {"v", v}, {"g", g}, {"beta", beta}}) {
+  for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor&>{"q", q},
+                                {"k", k},
+                                {"v", v},
+                                {"g", g},
+                                {"beta", beta}}) {
     check_dtype_device(name, t, q);
   }
   TORCH_CHECK(lambda.defined() && at::isFloatingType(lambda.scalar_type()), kOp,
@@ -121,13 +127,17 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
                                const torch::Tensor& g_in, const torch::Tensor& beta_in,
                                const torch::Tensor& lambda_in, const torch::Tensor& kk_in,
                                const torch::Tensor& kv_in, int64_t chunk) {
-    const variable_list in{detail::rows_contiguous(q_in), detail::rows_contiguous(k_in),
-                           detail::rows_contiguous(v_in), g_in.contiguous(),
-                           beta_in.contiguous(), lambda_in.contiguous(), kk_in.contiguous(),
+    const variable_list in{detail::rows_contiguous(q_in),
+                           detail::rows_contiguous(k_in),
+                           detail::rows_contiguous(v_in),
+                           g_in.contiguous(),
+                           beta_in.contiguous(),
+                           lambda_in.contiguous(),
+                           kk_in.contiguous(),
                            kv_in.contiguous()};
     const auto& q = in[0];
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3),
-                  dv = in[2].size(3), N = num_chunks(T, chunk);
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), dv = in[2].size(3),
+                  N = num_chunks(T, chunk);
     const auto o = q.options();
     auto checkpoint_kk = torch::empty({B, H, N, d, d}, o);
     auto checkpoint_kv = torch::empty({B, H, N, d, dv}, o);
@@ -140,8 +150,8 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
                                   final_kv.data_ptr<scalar_t>());
     });
     detail::check_factorisation(kOp, failure, q.scalar_type(), /*causal=*/true);
-    ctx->save_for_backward({in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], checkpoint_kk,
-                            checkpoint_kv});
+    ctx->save_for_backward(
+        {in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], checkpoint_kk, checkpoint_kv});
     ctx->saved_data["chunk"] = chunk;
     return {out, final_kk, final_kv};
   }
@@ -151,9 +161,10 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
     const variable_list in(s.begin(), s.begin() + 8);
     const auto &q = in[0], &k = in[1], &v = in[2];
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
-    const auto grad_out = grads[0].defined() ? detail::rows_contiguous(grads[0])
-                                             : torch::zeros({q.size(0), q.size(1), q.size(2),
-                                                             v.size(3)}, q.options());
+    const auto grad_out =
+        grads[0].defined()
+            ? detail::rows_contiguous(grads[0])
+            : torch::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
     const auto grad_kk = grads[1].defined() ? grads[1].contiguous() : torch::Tensor();
     const auto grad_kv = grads[2].defined() ? grads[2].contiguous() : torch::Tensor();
     auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
@@ -164,16 +175,15 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
     auto grad_initial_kk = torch::empty_like(in[6]), grad_initial_kv = torch::empty_like(in[7]);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mesa_backward", [&] {
       using T = scalar_t;
-      cpu::mesa_backward(kernel_params<T>(in, s[8], s[9], chunk),
-                         detail::heads_view<const T>(grad_out),
-                         grad_kk.defined() ? grad_kk.data_ptr<T>() : nullptr,
-                         grad_kv.defined() ? grad_kv.data_ptr<T>() : nullptr,
-                         detail::heads_view<T>(grad_q), detail::heads_view<T>(grad_k),
-                         detail::heads_view<T>(grad_v), grad_g.data_ptr<T>(),
-                         grad_beta.data_ptr<T>(), grad_lambda.data_ptr<T>(),
-                         grad_initial_kk.data_ptr<T>(), grad_initial_kv.data_ptr<T>());
+      cpu::mesa_backward(
+          kernel_params<T>(in, s[8], s[9], chunk), detail::heads_view<const T>(grad_out),
+          grad_kk.defined() ? grad_kk.data_ptr<T>() : nullptr,
+          grad_kv.defined() ? grad_kv.data_ptr<T>() : nullptr, detail::heads_view<T>(grad_q),
+          detail::heads_view<T>(grad_k), detail::heads_view<T>(grad_v), grad_g.data_ptr<T>(),
+          grad_beta.data_ptr<T>(), grad_lambda.data_ptr<T>(), grad_initial_kk.data_ptr<T>(),
+          grad_initial_kv.data_ptr<T>());
     });
-    return {grad_q,         grad_k,          grad_v, grad_g, grad_beta, grad_lambda.sum(0),
+    return {grad_q,          grad_k,          grad_v,         grad_g, grad_beta, grad_lambda.sum(0),
             grad_initial_kk, grad_initial_kv, torch::Tensor()};
   }
 };
@@ -186,7 +196,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> mesa_with_final_state(
   const auto dims = check_inputs(q, k, v, g, beta, lambda, options);
   const int64_t H = dims.heads, d = dims.d;
   auto lam = lambda.to(q.scalar_type());
-  lam = lam.dim() == 0 ? lam.expand({H, d}) : lam.dim() == 1 ? lam.unsqueeze(1).expand({H, d}) : lam;
+  lam = lam.dim() == 0   ? lam.expand({H, d})
+        : lam.dim() == 1 ? lam.unsqueeze(1).expand({H, d})
+                         : lam;
   auto g_run = g, beta_run = beta;
   if (options.key_padding_mask().defined()) {
     const auto padded = options.key_padding_mask().unsqueeze(1);  // (B, 1, T)

@@ -31,175 +31,174 @@ struct Lanes<double> {
 // the lower triangle is read or written. Written with GCC vector types (one vector = the W lanes
 // of one element), so every operation is a vector operation whatever the auto-vectoriser
 // decides; the clones of KVQ_MULTIVERSION give them AVX-512, AVX2 or SSE2 instructions.
-typedef float VecF __attribute__((vector_size(sizeof(float) * 8), aligned(sizeof(float)), may_alias));
-typedef double VecD __attribute__((vector_size(sizeof(double) * 4), aligned(sizeof(double)), may_alias));
+typedef float VecF
+    __attribute__((vector_size(sizeof(float) * 8), aligned(sizeof(float)), may_alias));
+typedef double VecD
+    __attribute__((vector_size(sizeof(double) * 4), aligned(sizeof(double)), may_alias));
 
 // A := L with A = L L^T (row by row, Cholesky-Banachiewicz), rdiag[i] = 1 / L_ii. A lane whose
 // pivot is not > 0 (or NaN) gets ok[l] = false and carries on with pivot 1. Rows go in blocks of
 // four: their entries left of the block depend only on earlier rows, so the four dot products
 // per column run as independent chains sharing the loads of row j (one chain alone would wait on
 // the latency of each multiply-add); the triangle inside the block is done entry by entry.
-#define KVQ_MESA_LANE_ROUTINES(T, W, V)                                                     \
-  KVQ_MULTIVERSION void factor_lanes(T* A_data, T* rdiag_data, int64_t n, bool* ok) {      \
-    V* A = reinterpret_cast<V*>(A_data);                                                    \
-    V* rdiag = reinterpret_cast<V*>(rdiag_data);                                            \
-    for (int64_t i0 = 0; i0 < n; i0 += 4) {                                                 \
-      const bool block = i0 + 4 <= n;                                                       \
-      if (block) {                                                                          \
-        V* L0 = A + i0 * n;                                                                 \
-        V* L1 = L0 + n;                                                                     \
-        V* L2 = L1 + n;                                                                     \
-        V* L3 = L2 + n;                                                                     \
-        for (int64_t j = 0; j < i0; ++j) {                                                  \
-          const V* Lj = A + j * n;                                                          \
-          V a0 = L0[j], a1 = L1[j], a2 = L2[j], a3 = L3[j];                                 \
-          for (int64_t k = 0; k < j; ++k) {                                                 \
-            const V x = Lj[k];                                                              \
-            a0 -= L0[k] * x, a1 -= L1[k] * x, a2 -= L2[k] * x, a3 -= L3[k] * x;             \
-          }                                                                                 \
-          const V r = rdiag[j];                                                             \
-          L0[j] = a0 * r, L1[j] = a1 * r, L2[j] = a2 * r, L3[j] = a3 * r;                   \
-        }                                                                                   \
-      }                                                                                     \
-      for (int64_t i = i0; i < std::min<int64_t>(i0 + 4, n); ++i) {                        \
-        V* Li = A + i * n;                                                                  \
-        for (int64_t j = block ? i0 : 0; j <= i; ++j) {                                     \
-          const V* Lj = A + j * n;                                                          \
-          V acc = Li[j];                                                                    \
-          for (int64_t k = 0; k < j; ++k) acc -= Li[k] * Lj[k];                             \
-          if (j < i) {                                                                      \
-            Li[j] = acc * rdiag[j];                                                         \
-          } else {                                                                          \
-            T lanes[W], roots[W], inverses[W];                                              \
-            std::memcpy(lanes, &acc, sizeof lanes);                                         \
-            for (int l = 0; l < W; ++l) {                                                   \
-              if (!(lanes[l] > T(0))) ok[l] = false, lanes[l] = T(1);                       \
-              roots[l] = std::sqrt(lanes[l]);                                               \
-              inverses[l] = T(1) / roots[l];                                                \
-            }                                                                               \
-            std::memcpy(&Li[i], roots, sizeof roots);                                       \
-            std::memcpy(&rdiag[i], inverses, sizeof inverses);                              \
-          }                                                                                 \
-        }                                                                                   \
-      }                                                                                     \
-    }                                                                                       \
-  }                                                                                         \
-  /* x := (L L^T)^{-1} x, x lane-interleaved (n, W). */                                     \
-  KVQ_MULTIVERSION void solve_lanes(const T* L_data, const T* rdiag_data, int64_t n,        \
-                                    T* x_data) {                                            \
-    const V* L = reinterpret_cast<const V*>(L_data);                                        \
-    const V* rdiag = reinterpret_cast<const V*>(rdiag_data);                                \
-    V* x = reinterpret_cast<V*>(x_data);                                                    \
-    for (int64_t i = 0; i < n; ++i) {                                                       \
-      const V* Li = L + i * n;                                                              \
-      V a0 = x[i], a1 = {}, a2 = {}, a3 = {};                                               \
-      int64_t k = 0;                                                                        \
-      for (; k + 4 <= i; k += 4) {                                                          \
-        a0 -= Li[k] * x[k], a1 -= Li[k + 1] * x[k + 1];                                     \
-        a2 -= Li[k + 2] * x[k + 2], a3 -= Li[k + 3] * x[k + 3];                             \
-      }                                                                                     \
-      for (; k < i; ++k) a0 -= Li[k] * x[k];                                                \
-      x[i] = ((a0 + a1) + (a2 + a3)) * rdiag[i];                                            \
-    }                                                                                       \
-    for (int64_t i = n - 1; i >= 0; --i) {                                                  \
-      const V* Li = L + i * n;                                                              \
-      const V xi = x[i] * rdiag[i];                                                         \
-      x[i] = xi;                                                                            \
-      for (int64_t k = 0; k < i; ++k) x[k] -= Li[k] * xi;                                   \
-    }                                                                                       \
+#define KVQ_MESA_LANE_ROUTINES(T, W, V)                                                           \
+  KVQ_MULTIVERSION void factor_lanes(T* A_data, T* rdiag_data, int64_t n, bool* ok) {             \
+    V* A = reinterpret_cast<V*>(A_data);                                                          \
+    V* rdiag = reinterpret_cast<V*>(rdiag_data);                                                  \
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {                                                       \
+      const bool block = i0 + 4 <= n;                                                             \
+      if (block) {                                                                                \
+        V* L0 = A + i0 * n;                                                                       \
+        V* L1 = L0 + n;                                                                           \
+        V* L2 = L1 + n;                                                                           \
+        V* L3 = L2 + n;                                                                           \
+        for (int64_t j = 0; j < i0; ++j) {                                                        \
+          const V* Lj = A + j * n;                                                                \
+          V a0 = L0[j], a1 = L1[j], a2 = L2[j], a3 = L3[j];                                       \
+          for (int64_t k = 0; k < j; ++k) {                                                       \
+            const V x = Lj[k];                                                                    \
+            a0 -= L0[k] * x, a1 -= L1[k] * x, a2 -= L2[k] * x, a3 -= L3[k] * x;                   \
+          }                                                                                       \
+          const V r = rdiag[j];                                                                   \
+          L0[j] = a0 * r, L1[j] = a1 * r, L2[j] = a2 * r, L3[j] = a3 * r;                         \
+        }                                                                                         \
+      }                                                                                           \
+      for (int64_t i = i0; i < std::min<int64_t>(i0 + 4, n); ++i) {                               \
+        V* Li = A + i * n;                                                                        \
+        for (int64_t j = block ? i0 : 0; j <= i; ++j) {                                           \
+          const V* Lj = A + j * n;                                                                \
+          V acc = Li[j];                                                                          \
+          for (int64_t k = 0; k < j; ++k) acc -= Li[k] * Lj[k];                                   \
+          if (j < i) {                                                                            \
+            Li[j] = acc * rdiag[j];                                                               \
+          } else {                                                                                \
+            T lanes[W], roots[W], inverses[W];                                                    \
+            std::memcpy(lanes, &acc, sizeof lanes);                                               \
+            for (int l = 0; l < W; ++l) {                                                         \
+              if (!(lanes[l] > T(0))) ok[l] = false, lanes[l] = T(1);                             \
+              roots[l] = std::sqrt(lanes[l]);                                                     \
+              inverses[l] = T(1) / roots[l];                                                      \
+            }                                                                                     \
+            std::memcpy(&Li[i], roots, sizeof roots);                                             \
+            std::memcpy(&rdiag[i], inverses, sizeof inverses);                                    \
+          }                                                                                       \
+        }                                                                                         \
+      }                                                                                           \
+    }                                                                                             \
+  }                                                                                               \
+  /* x := (L L^T)^{-1} x, x lane-interleaved (n, W). */                                           \
+  KVQ_MULTIVERSION void solve_lanes(const T* L_data, const T* rdiag_data, int64_t n, T* x_data) { \
+    const V* L = reinterpret_cast<const V*>(L_data);                                              \
+    const V* rdiag = reinterpret_cast<const V*>(rdiag_data);                                      \
+    V* x = reinterpret_cast<V*>(x_data);                                                          \
+    for (int64_t i = 0; i < n; ++i) {                                                             \
+      const V* Li = L + i * n;                                                                    \
+      V a0 = x[i], a1 = {}, a2 = {}, a3 = {};                                                     \
+      int64_t k = 0;                                                                              \
+      for (; k + 4 <= i; k += 4) {                                                                \
+        a0 -= Li[k] * x[k], a1 -= Li[k + 1] * x[k + 1];                                           \
+        a2 -= Li[k + 2] * x[k + 2], a3 -= Li[k + 3] * x[k + 3];                                   \
+      }                                                                                           \
+      for (; k < i; ++k) a0 -= Li[k] * x[k];                                                      \
+      x[i] = ((a0 + a1) + (a2 + a3)) * rdiag[i];                                                  \
+    }                                                                                             \
+    for (int64_t i = n - 1; i >= 0; --i) {                                                        \
+      const V* Li = L + i * n;                                                                    \
+      const V xi = x[i] * rdiag[i];                                                               \
+      x[i] = xi;                                                                                  \
+      for (int64_t k = 0; k < i; ++k) x[k] -= Li[k] * xi;                                         \
+    }                                                                                             \
   }
 KVQ_MESA_LANE_ROUTINES(float, 8, VecF)
 KVQ_MESA_LANE_ROUTINES(double, 4, VecD)
 #undef KVQ_MESA_LANE_ROUTINES
 
 // ---- The O(d^2) per-token work, in the same lane vectors ----
-#define KVQ_MESA_STATE_ROUTINES(T, W, V)                                                    \
-  /* S_kk = a S_kk + beta k k^T (lower triangle), S_kv = a S_kv + beta k v^T. */            \
-  KVQ_MULTIVERSION void step_lanes(T* Skk_data, T* Skv_data, const T* k_data,               \
-                                   const T* v_data, const T* a_data, const T* beta_data,    \
-                                   int64_t d, int64_t dv) {                                 \
-    V *Skk = reinterpret_cast<V*>(Skk_data), *Skv = reinterpret_cast<V*>(Skv_data);         \
-    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data); \
-    const V a = *reinterpret_cast<const V*>(a_data);                                        \
-    const V beta = *reinterpret_cast<const V*>(beta_data);                                  \
-    for (int64_t i = 0; i < d; ++i) {                                                       \
-      const V bk = beta * k[i];                                                             \
-      V* row = Skk + i * d;                                                                 \
-      for (int64_t j = 0; j <= i; ++j) row[j] = a * row[j] + bk * k[j];                     \
-      V* kv = Skv + i * dv;                                                                 \
-      for (int64_t j = 0; j < dv; ++j) kv[j] = a * kv[j] + bk * v[j];                       \
-    }                                                                                       \
-  }                                                                                         \
-  /* transpose: out (dv) = S^T x; else out (d) = S x, for S (d x dv). */                    \
-  KVQ_MULTIVERSION void kv_lanes(const T* S_data, const T* x_data, int64_t d, int64_t dv,   \
-                                 bool transpose, T* out_data) {                             \
-    const V *S = reinterpret_cast<const V*>(S_data), *x = reinterpret_cast<const V*>(x_data); \
-    V* out = reinterpret_cast<V*>(out_data);                                                \
-    if (transpose) {                                                                        \
-      for (int64_t j = 0; j < dv; ++j) out[j] = V{};                                        \
-      for (int64_t i = 0; i < d; ++i) {                                                     \
-        const V xi = x[i];                                                                  \
-        const V* row = S + i * dv;                                                          \
-        for (int64_t j = 0; j < dv; ++j) out[j] += row[j] * xi;                             \
-      }                                                                                     \
-    } else {                                                                                \
-      for (int64_t i = 0; i < d; ++i) {                                                     \
-        const V* row = S + i * dv;                                                          \
-        V a0 = {}, a1 = {};                                                                 \
-        int64_t j = 0;                                                                      \
-        for (; j + 2 <= dv; j += 2) a0 += row[j] * x[j], a1 += row[j + 1] * x[j + 1];       \
-        for (; j < dv; ++j) a0 += row[j] * x[j];                                            \
-        out[i] = a0 + a1;                                                                   \
-      }                                                                                     \
-    }                                                                                       \
-  }                                                                                         \
-  /* One token of the reverse pass: D := a_next D + direct_t (D^kk symmetric, lower        \
-     triangle), then dots (W) = <D^kk, P_kk> + <D^kv, P_kv> for the states P before the     \
-     token, u = D^kk k, w = D^kv v. */                                                      \
-  KVQ_MULTIVERSION void adjoint_lanes(T* Dkk_data, T* Dkv_data, const T* x_data,            \
-                                      const T* y_data, const T* dO_data,                    \
-                                      const T* a_next_data, const T* Pkk_data,              \
-                                      const T* Pkv_data, const T* k_data, const T* v_data,  \
-                                      int64_t d, int64_t dv, T* u_data, T* w_data,          \
-                                      T* dots_data) {                                       \
-    V *Dkk = reinterpret_cast<V*>(Dkk_data), *Dkv = reinterpret_cast<V*>(Dkv_data);         \
-    const V *x = reinterpret_cast<const V*>(x_data), *y = reinterpret_cast<const V*>(y_data); \
-    const V* dO = reinterpret_cast<const V*>(dO_data);                                      \
-    const V *Pkk = reinterpret_cast<const V*>(Pkk_data), *Pkv = reinterpret_cast<const V*>(Pkv_data); \
-    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data); \
-    V *u = reinterpret_cast<V*>(u_data), *w = reinterpret_cast<V*>(w_data);                 \
-    const V an = *reinterpret_cast<const V*>(a_next_data);                                  \
-    const V half = V{} + T(0.5);                                                            \
-    V dots_off = {}, dots = {};                                                             \
-    for (int64_t i = 0; i < d; ++i) u[i] = V{};                                             \
-    for (int64_t i = 0; i < d; ++i) {                                                       \
-      V* Di = Dkk + i * d;                                                                  \
-      const V* Si = Pkk + i * d;                                                            \
-      const V xi = x[i], yi = y[i], ki = k[i];                                              \
-      V ui = {};                                                                            \
-      for (int64_t j = 0; j < i; ++j) {                                                     \
-        const V dij = an * Di[j] - half * (yi * x[j] + xi * y[j]);                          \
-        Di[j] = dij;                                                                        \
-        dots_off += dij * Si[j];                                                            \
-        ui += dij * k[j];                                                                   \
-        u[j] += dij * ki;                                                                   \
-      }                                                                                     \
-      const V dii = an * Di[i] - yi * xi;                                                   \
-      Di[i] = dii;                                                                          \
-      dots += dii * Si[i];                                                                  \
-      u[i] += ui + dii * ki;                                                                \
-      V* Dv = Dkv + i * dv;                                                                 \
-      const V* Sv = Pkv + i * dv;                                                           \
-      V wi = {};                                                                            \
-      for (int64_t j = 0; j < dv; ++j) {                                                    \
-        const V dij = an * Dv[j] + xi * dO[j];                                              \
-        Dv[j] = dij;                                                                        \
-        dots += dij * Sv[j];                                                                \
-        wi += dij * v[j];                                                                   \
-      }                                                                                     \
-      w[i] = wi;                                                                            \
-    }                                                                                       \
-    *reinterpret_cast<V*>(dots_data) = dots + dots_off + dots_off;                          \
+#define KVQ_MESA_STATE_ROUTINES(T, W, V)                                                           \
+  /* S_kk = a S_kk + beta k k^T (lower triangle), S_kv = a S_kv + beta k v^T. */                   \
+  KVQ_MULTIVERSION void step_lanes(T* Skk_data, T* Skv_data, const T* k_data, const T* v_data,     \
+                                   const T* a_data, const T* beta_data, int64_t d, int64_t dv) {   \
+    V *Skk = reinterpret_cast<V*>(Skk_data), *Skv = reinterpret_cast<V*>(Skv_data);                \
+    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data);      \
+    const V a = *reinterpret_cast<const V*>(a_data);                                               \
+    const V beta = *reinterpret_cast<const V*>(beta_data);                                         \
+    for (int64_t i = 0; i < d; ++i) {                                                              \
+      const V bk = beta * k[i];                                                                    \
+      V* row = Skk + i * d;                                                                        \
+      for (int64_t j = 0; j <= i; ++j) row[j] = a * row[j] + bk * k[j];                            \
+      V* kv = Skv + i * dv;                                                                        \
+      for (int64_t j = 0; j < dv; ++j) kv[j] = a * kv[j] + bk * v[j];                              \
+    }                                                                                              \
+  }                                                                                                \
+  /* transpose: out (dv) = S^T x; else out (d) = S x, for S (d x dv). */                           \
+  KVQ_MULTIVERSION void kv_lanes(const T* S_data, const T* x_data, int64_t d, int64_t dv,          \
+                                 bool transpose, T* out_data) {                                    \
+    const V *S = reinterpret_cast<const V*>(S_data), *x = reinterpret_cast<const V*>(x_data);      \
+    V* out = reinterpret_cast<V*>(out_data);                                                       \
+    if (transpose) {                                                                               \
+      for (int64_t j = 0; j < dv; ++j) out[j] = V{};                                               \
+      for (int64_t i = 0; i < d; ++i) {                                                            \
+        const V xi = x[i];                                                                         \
+        const V* row = S + i * dv;                                                                 \
+        for (int64_t j = 0; j < dv; ++j) out[j] += row[j] * xi;                                    \
+      }                                                                                            \
+    } else {                                                                                       \
+      for (int64_t i = 0; i < d; ++i) {                                                            \
+        const V* row = S + i * dv;                                                                 \
+        V a0 = {}, a1 = {};                                                                        \
+        int64_t j = 0;                                                                             \
+        for (; j + 2 <= dv; j += 2) a0 += row[j] * x[j], a1 += row[j + 1] * x[j + 1];              \
+        for (; j < dv; ++j) a0 += row[j] * x[j];                                                   \
+        out[i] = a0 + a1;                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }                                                                                                \
+  /* One token of the reverse pass: D := a_next D + direct_t (D^kk symmetric, lower                \
+     triangle), then dots (W) = <D^kk, P_kk> + <D^kv, P_kv> for the states P before the            \
+     token, u = D^kk k, w = D^kv v. */                                                             \
+  KVQ_MULTIVERSION void adjoint_lanes(T* Dkk_data, T* Dkv_data, const T* x_data, const T* y_data,  \
+                                      const T* dO_data, const T* a_next_data, const T* Pkk_data,   \
+                                      const T* Pkv_data, const T* k_data, const T* v_data,         \
+                                      int64_t d, int64_t dv, T* u_data, T* w_data, T* dots_data) { \
+    V *Dkk = reinterpret_cast<V*>(Dkk_data), *Dkv = reinterpret_cast<V*>(Dkv_data);                \
+    const V *x = reinterpret_cast<const V*>(x_data), *y = reinterpret_cast<const V*>(y_data);      \
+    const V* dO = reinterpret_cast<const V*>(dO_data);                                             \
+    const V *Pkk = reinterpret_cast<const V*>(Pkk_data),                                           \
+            *Pkv = reinterpret_cast<const V*>(Pkv_data);                                           \
+    const V *k = reinterpret_cast<const V*>(k_data), *v = reinterpret_cast<const V*>(v_data);      \
+    V *u = reinterpret_cast<V*>(u_data), *w = reinterpret_cast<V*>(w_data);                        \
+    const V an = *reinterpret_cast<const V*>(a_next_data);                                         \
+    const V half = V{} + T(0.5);                                                                   \
+    V dots_off = {}, dots = {};                                                                    \
+    for (int64_t i = 0; i < d; ++i) u[i] = V{};                                                    \
+    for (int64_t i = 0; i < d; ++i) {                                                              \
+      V* Di = Dkk + i * d;                                                                         \
+      const V* Si = Pkk + i * d;                                                                   \
+      const V xi = x[i], yi = y[i], ki = k[i];                                                     \
+      V ui = {};                                                                                   \
+      for (int64_t j = 0; j < i; ++j) {                                                            \
+        const V dij = an * Di[j] - half * (yi * x[j] + xi * y[j]);                                 \
+        Di[j] = dij;                                                                               \
+        dots_off += dij * Si[j];                                                                   \
+        ui += dij * k[j];                                                                          \
+        u[j] += dij * ki;                                                                          \
+      }                                                                                            \
+      const V dii = an * Di[i] - yi * xi;                                                          \
+      Di[i] = dii;                                                                                 \
+      dots += dii * Si[i];                                                                         \
+      u[i] += ui + dii * ki;                                                                       \
+      V* Dv = Dkv + i * dv;                                                                        \
+      const V* Sv = Pkv + i * dv;                                                                  \
+      V wi = {};                                                                                   \
+      for (int64_t j = 0; j < dv; ++j) {                                                           \
+        const V dij = an * Dv[j] + xi * dO[j];                                                     \
+        Dv[j] = dij;                                                                               \
+        dots += dij * Sv[j];                                                                       \
+        wi += dij * v[j];                                                                          \
+      }                                                                                            \
+      w[i] = wi;                                                                                   \
+    }                                                                                              \
+    *reinterpret_cast<V*>(dots_data) = dots + dots_off + dots_off;                                 \
   }
 KVQ_MESA_STATE_ROUTINES(float, 8, VecF)
 KVQ_MESA_STATE_ROUTINES(double, 4, VecD)
@@ -275,6 +274,16 @@ void factor_system(const T* Skk, const T* lambda, int64_t d, T* factor, T* rdiag
   factor_lanes(factor, rdiag, d, ok);
 }
 
+// (dst_kk, dst_kv) := (S_kk, S_kv): the lower triangle of S_kk (all that is read), all of S_kv.
+template <typename T>
+void copy_state(const T* Skk, const T* Skv, int64_t d, int64_t dvw, T* dst_kk, T* dst_kv) {
+  constexpr int W = Lanes<T>::W;
+  for (int64_t i = 0; i < d; ++i) {
+    std::copy(Skk + i * d * W, Skk + (i * d + i + 1) * W, dst_kk + i * d * W);
+  }
+  std::copy(Skv, Skv + dvw, dst_kv);
+}
+
 template <typename T>
 int64_t num_chunks(const MesaParams<T>& p) {
   return (p.length + p.chunk - 1) / p.chunk;
@@ -330,24 +339,31 @@ void forward_group(const MesaParams<T>& p, const HeadsView<T>& out, T* final_kk,
 template <typename T>
 void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
                     const T* grad_final_kk, const T* grad_final_kv, const HeadsView<T>& grad_q,
-                    const HeadsView<T>& grad_k, const HeadsView<T>& grad_v, T* grad_g,
-                    T* grad_beta, T* grad_lambda, T* grad_initial_kk, T* grad_initial_kv,
-                    int64_t first, int64_t count) {
+                    const HeadsView<T>& grad_k, const HeadsView<T>& grad_v, T* grad_g, T* grad_beta,
+                    T* grad_lambda, T* grad_initial_kk, T* grad_initial_kv, int64_t first,
+                    int64_t count) {
   constexpr int W = Lanes<T>::W;
   const LaneGroup<T> G{p, first, count};
   const int64_t d = p.d, dv = p.dv, N = num_chunks(p), C = std::min(p.chunk, p.length);
   const int64_t dd = d * d * W, dvw = d * dv * W;
-  std::vector<T> ws(3 * dd + 2 * dvw + C * (dd + dvw) + 2 * C * d * W + 6 * d * W +
+  // The chunk's states are recomputed twice: once in order (x_t, y_t, and the state every kSub
+  // tokens), then kSub tokens at a time in reverse from those, so that the states the reverse
+  // pass reads (kSub of them) stay in cache; one more state update per token than keeping all C.
+  constexpr int64_t kSub = 4;
+  const int64_t subs = (C + kSub - 1) / kSub;
+  std::vector<T> ws(3 * dd + 2 * dvw + (kSub + subs) * (dd + dvw) + 2 * C * d * W + 6 * d * W +
                     2 * dv * W + 4 * W);
   T* Skk = ws.data();
   T* factor = Skk + dd;
   T* Dkk = factor + dd;  // symmetric, lower triangle
   T* Skv = Dkk + dd;
   T* Dkv = Skv + dvw;
-  T* states_kk = Dkv + dvw;          // the states before each token of the chunk
-  T* states_kv = states_kk + C * dd;
-  T* xs = states_kv + C * dvw;       // x_t of the chunk
-  T* ys = xs + C * d * W;            // y_t of the chunk
+  T* states_kk = Dkv + dvw;  // the states before each token of the current kSub tokens
+  T* states_kv = states_kk + kSub * dd;
+  T* sub_kk = states_kv + kSub * dvw;  // the states before tokens 0, kSub, 2 kSub, ... of the chunk
+  T* sub_kv = sub_kk + subs * dd;
+  T* xs = sub_kv + subs * dvw;  // x_t of the chunk
+  T* ys = xs + C * d * W;       // y_t of the chunk
   T *rdiag = ys + C * d * W, *lam = rdiag + d * W, *k = lam + d * W, *u = k + d * W;
   T *w = u + d * W, *dk = w + d * W, *v = dk + d * W, *dO = v + dv * W;
   T *a = dO + dv * W, *beta = a + W, *a_next = beta + W, *scalar = a_next + W;
@@ -360,7 +376,8 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
   for (int64_t i = 0; i < d; ++i) {
     for (int64_t j = 0; j <= i; ++j) {
       for (int l = 0; l < W; ++l) {
-        Dkk[(i * d + j) * W + l] = T(0.5) * (factor[(i * d + j) * W + l] + factor[(j * d + i) * W + l]);
+        Dkk[(i * d + j) * W + l] =
+            T(0.5) * (factor[(i * d + j) * W + l] + factor[(j * d + i) * W + l]);
       }
     }
   }
@@ -375,10 +392,8 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
     // Forward over the chunk: the states before each token, x_t and y_t = A_t^{-1} S_kv,t do_t.
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = t0 + r;
-      for (int64_t i = 0; i < d; ++i) {  // the lower triangle, all that is read
-        std::copy(Skk + i * d * W, Skk + (i * d + i + 1) * W, states_kk + r * dd + i * d * W);
-      }
-      std::copy(Skv, Skv + dvw, states_kv + r * dvw);
+      if (r % kSub == 0)
+        copy_state(Skk, Skv, d, dvw, sub_kk + r / kSub * dd, sub_kv + r / kSub * dvw);
       G.gather_row(p.k, t, d, k);
       G.gather_row(p.v, t, dv, v);
       G.gather_scalar(p.g, t, T(0), a);
@@ -393,42 +408,56 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
       kv_lanes(Skv, dO, d, dv, /*transpose=*/false, y);
       solve_lanes(factor, rdiag, d, y);
     }
-    // Backward over the chunk.
-    for (int64_t r = rows - 1; r >= 0; --r) {
-      const int64_t t = t0 + r;
-      const T *x = xs + r * d * W, *y = ys + r * d * W;
-      G.gather_row(p.k, t, d, k);
-      G.gather_row(p.v, t, dv, v);
-      G.gather_row(grad_out, t, dv, dO);
-      G.gather_scalar(p.g, t, T(0), a);
-      G.gather_scalar(p.beta, t, T(0), beta);
-      for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
-      // D_t = a_t+1 D_t+1 + direct_t; dg_t = a_t (<D^kk_t, S_kk,t-1> + <D^kv_t, S_kv,t-1>);
-      // u = D^kk_t k_t, w = D^kv_t v_t.
-      adjoint_lanes(Dkk, Dkv, x, y, dO, a_next, states_kk + r * dd, states_kv + r * dvw, k, v, d, dv,
-                    u, w, scalar);
-      for (int64_t i = 0; i < d; ++i) {
-        for (int l = 0; l < W; ++l) dlam[i * W + l] -= double(y[i * W + l]) * double(x[i * W + l]);
+    // Backward over the chunk, kSub tokens at a time.
+    for (int64_t r0 = (rows - 1) / kSub * kSub; r0 >= 0; r0 -= kSub) {
+      const int64_t r1 = std::min(rows, r0 + kSub);
+      copy_state(sub_kk + r0 / kSub * dd, sub_kv + r0 / kSub * dvw, d, dvw, Skk, Skv);
+      for (int64_t r = r0; r < r1; ++r) {
+        copy_state(Skk, Skv, d, dvw, states_kk + (r - r0) * dd, states_kv + (r - r0) * dvw);
+        G.gather_row(p.k, t0 + r, d, k);
+        G.gather_row(p.v, t0 + r, dv, v);
+        G.gather_scalar(p.g, t0 + r, T(0), a);
+        G.gather_scalar(p.beta, t0 + r, T(0), beta);
+        for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
+        step_lanes(Skk, Skv, k, v, a, beta, d, dv);
       }
-      G.scatter_row(y, d, grad_q, t);
-      for (int l = 0; l < W; ++l) scalar[l] *= a[l];
-      G.scatter_scalar(scalar, grad_g, t);
-      // dbeta_t = k^T u + k^T w, dk_t = beta (2 u + w), dv_t = beta D^kv^T k.
-      T kb[W] = {};
-      for (int64_t i = 0; i < d; ++i) {
-        for (int l = 0; l < W; ++l) {
-          kb[l] += k[i * W + l] * (u[i * W + l] + w[i * W + l]);
-          dk[i * W + l] = beta[l] * (T(2) * u[i * W + l] + w[i * W + l]);
+      for (int64_t r = r1 - 1; r >= r0; --r) {
+        const int64_t t = t0 + r;
+        const T *x = xs + r * d * W, *y = ys + r * d * W;
+        G.gather_row(p.k, t, d, k);
+        G.gather_row(p.v, t, dv, v);
+        G.gather_row(grad_out, t, dv, dO);
+        G.gather_scalar(p.g, t, T(0), a);
+        G.gather_scalar(p.beta, t, T(0), beta);
+        for (int l = 0; l < W; ++l) a[l] = std::exp(a[l]);
+        // D_t = a_t+1 D_t+1 + direct_t; dg_t = a_t (<D^kk_t, S_kk,t-1> + <D^kv_t, S_kv,t-1>);
+        // u = D^kk_t k_t, w = D^kv_t v_t.
+        adjoint_lanes(Dkk, Dkv, x, y, dO, a_next, states_kk + (r - r0) * dd,
+                      states_kv + (r - r0) * dvw, k, v, d, dv, u, w, scalar);
+        for (int64_t i = 0; i < d; ++i) {
+          for (int l = 0; l < W; ++l)
+            dlam[i * W + l] -= double(y[i * W + l]) * double(x[i * W + l]);
         }
+        G.scatter_row(y, d, grad_q, t);
+        for (int l = 0; l < W; ++l) scalar[l] *= a[l];
+        G.scatter_scalar(scalar, grad_g, t);
+        // dbeta_t = k^T u + k^T w, dk_t = beta (2 u + w), dv_t = beta D^kv^T k.
+        T kb[W] = {};
+        for (int64_t i = 0; i < d; ++i) {
+          for (int l = 0; l < W; ++l) {
+            kb[l] += k[i * W + l] * (u[i * W + l] + w[i * W + l]);
+            dk[i * W + l] = beta[l] * (T(2) * u[i * W + l] + w[i * W + l]);
+          }
+        }
+        G.scatter_scalar(kb, grad_beta, t);
+        G.scatter_row(dk, d, grad_k, t);
+        kv_lanes(Dkv, k, d, dv, /*transpose=*/true, dO);
+        for (int64_t j = 0; j < dv; ++j) {
+          for (int l = 0; l < W; ++l) dO[j * W + l] *= beta[l];
+        }
+        G.scatter_row(dO, dv, grad_v, t);
+        std::copy(a, a + W, a_next);
       }
-      G.scatter_scalar(kb, grad_beta, t);
-      G.scatter_row(dk, d, grad_k, t);
-      kv_lanes(Dkv, k, d, dv, /*transpose=*/true, dO);
-      for (int64_t j = 0; j < dv; ++j) {
-        for (int l = 0; l < W; ++l) dO[j * W + l] *= beta[l];
-      }
-      G.scatter_row(dO, dv, grad_v, t);
-      std::copy(a, a + W, a_next);
     }
   }
   // d initial state = a_1 D_1 (a_next is 1 when T = 0).
@@ -486,10 +515,10 @@ void mesa_backward(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
   });
 }
 
-#define KVQ_INSTANTIATE(T)                                                                    \
+#define KVQ_INSTANTIATE(T)                                                                   \
   template FactorFailure mesa_forward<T>(const MesaParams<T>&, const HeadsView<T>&, T*, T*); \
-  template void mesa_backward<T>(const MesaParams<T>&, const HeadsView<const T>&, const T*,   \
-                                 const T*, const HeadsView<T>&, const HeadsView<T>&,          \
+  template void mesa_backward<T>(const MesaParams<T>&, const HeadsView<const T>&, const T*,  \
+                                 const T*, const HeadsView<T>&, const HeadsView<T>&,         \
                                  const HeadsView<T>&, T*, T*, T*, T*, T*);
 KVQ_INSTANTIATE(float)
 KVQ_INSTANTIATE(double)

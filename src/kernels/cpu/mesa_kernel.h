@@ -13,9 +13,9 @@
 // dependency across lanes (W = 8 for float, 4 for double; heads beyond B * H are padding lanes).
 //
 // The forward writes the state at the start of each chunk of C tokens (checkpoints: memory
-// O((T / C) d (d + dv)) per head). The backward walks the chunks in reverse; per chunk it recomputes
-// the states, factors and x_t from the checkpoint (never by undoing the decay) and then, with
-// D_t = (dL/dS_kk,t, dL/dS_kv,t) accumulated backwards, D_t = direct_t + a_t+1 D_t+1:
+// O((T / C) d (d + dv)) per head). The backward walks the chunks in reverse; per chunk it
+// recomputes the states, factors and x_t from the checkpoint (never by undoing the decay) and then,
+// with D_t = (dL/dS_kk,t, dL/dS_kv,t) accumulated backwards, D_t = direct_t + a_t+1 D_t+1:
 //   direct_t:  dS_kv += x_t do_t^T,  dS_kk += -sym(y_t x_t^T),  y_t = A_t^{-1} S_kv,t do_t
 //   dq_t = y_t,  dlambda -= y_t * x_t,  dg_t = a_t (<D^kk_t, S_kk,t-1> + <D^kv_t, S_kv,t-1>),
 //   dbeta_t = k_t^T D^kk_t k_t + k_t^T D^kv_t v_t,  dk_t = 2 beta_t D^kk_t k_t + beta_t D^kv_t v_t,
