@@ -20,7 +20,8 @@ struct MesaOptions {
   TORCH_ARG(torch::Tensor, key_padding_mask) = {};
   /// Checkpoint spacing C >= 1: the forward keeps the states at every C-th token (memory
   /// O((T / C) d (d + dv)) per head), the backward recomputes C tokens at a time from them
-  /// (scratch O(C d (d + dv)) per lane group). The result does not depend on C. Default: 64.
+  /// (scratch O((4 + C / 4) d (d + dv)) per lane group). The result does not depend on C.
+  /// Default: 64.
   TORCH_ARG(int64_t, chunk_size) = 64;
 };
 
