@@ -6,6 +6,7 @@
 #include "kvq/functional/intention.h"
 #include "kvq/functional/kernel_intention.h"
 #include "kvq/functional/linear_attention.h"
+#include "kvq/functional/mesa.h"
 #include "kvq/functional/options.h"
 #include "kvq/functional/positional_encoding_2d.h"
 #include "kvq/functional/softmax_attention.h"

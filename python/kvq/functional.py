@@ -12,7 +12,7 @@ float32 and float64 run everywhere; half precision inputs are solved in float32.
 from ._library import ops
 
 __all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "intention",
-           "softmax_intention", "kernel_intention", "positional_encoding_2d",
+           "softmax_intention", "kernel_intention", "mesa", "positional_encoding_2d",
            "intention_prefill", "intention_step", "linear_prefill", "linear_step"]
 
 
@@ -90,6 +90,30 @@ def kernel_intention(q, k, v, alpha, *, causal=False, key_padding_mask=None, sca
     q (B, H, m, d), k (B, H, n, d), v (B, H, n, dv), alpha () or (H) > 0 -> (B, H, m, dv).
     """
     return ops.kernel_intention(q, k, v, alpha, causal, key_padding_mask, scale)
+
+
+def mesa(q, k, v, g, beta, lambda_, *, initial_state=None, output_final_state=False,
+         key_padding_mask=None, chunk_size=64):
+    """The Mesa layer (gated least squares; von Oswald et al. 2025, "MesaNet"), causal, exact.
+
+    Per head, with log-decay g_t (<= 0), weight beta_t (in (0, 1]) and ridge lambda > 0:
+        S_kk,t = exp(g_t) S_kk,t-1 + beta_t k_t k_t^T,  S_kv,t = exp(g_t) S_kv,t-1 + beta_t k_t v_t^T
+        o_t = S_kv,t^T (S_kk,t + diag(lambda))^{-1} q_t
+    with one Cholesky factorisation per token (no conjugate-gradient approximation) and an analytic
+    backward for every input. g = 0, beta = 1, lambda = alpha is causal intention.
+
+    q, k (B, H, T, d), v (B, H, T, dv), g and beta (B, H, T), lambda_ (H, d), (H) or () ->
+    o (B, H, T, dv). initial_state: None (zero states) or (S_kk (B, H, d, d), S_kv (B, H, d, dv));
+    S_kk is used as (S_kk + S_kk^T) / 2. output_final_state=True returns (o, (S_kk, S_kv)) with the
+    states after the last token (differentiable). key_padding_mask (B, T) bool, True = padding: the
+    token updates nothing (beta = 0, g = 0 there). chunk_size: checkpoint spacing of the backward
+    (memory O(T / chunk_size * d * (d + dv)) per head; the result does not depend on it).
+    CPU float32 and float64 only; no Meta kernel yet (not traceable by torch.compile).
+    """
+    kk, kv = (None, None) if initial_state is None else initial_state
+    out, final_kk, final_kv = ops.mesa(q, k, v, g, beta, lambda_, kk, kv, key_padding_mask,
+                                       chunk_size)
+    return (out, (final_kk, final_kv)) if output_final_state else out
 
 
 def positional_encoding_2d(rows, cols, channels):

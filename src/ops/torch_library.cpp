@@ -9,6 +9,7 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include "kvq/functional/mesa.h"
 #include "kvq/kvq.h"
 #include "kvq/modules/state_dict.h"
 #include "ops/mechanism_op.h"
@@ -65,6 +66,20 @@ Tensor kernel_intention_op(const Tensor& q, const Tensor& k, const Tensor& v,
                            optional<double> scale) {
   return ops::mechanism_forward("kernel-intention", false, q, k, v, alpha, {}, {}, causal, mask,
                                 scale, kDefaultEps, 0.0, false, 0);
+}
+// The Mesa layer (kvq/functional/mesa.h): causal, CPU float32/float64, analytic backward through
+// kvq's autograd function. Not a registry row (yet): no Meta kernel, so no torch.compile.
+// Returns (o, final S_kk, final S_kv) always; kvq.functional.mesa drops the states unless asked.
+std::tuple<Tensor, Tensor, Tensor> mesa_op(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const Tensor& g, const Tensor& beta,
+                                           const Tensor& lambda, const optional<Tensor>& initial_kk,
+                                           const optional<Tensor>& initial_kv,
+                                           const optional<Tensor>& mask, int64_t chunk_size) {
+  auto options = functional::MesaOptions().chunk_size(chunk_size);
+  if (initial_kk) options.initial_kk(*initial_kk);
+  if (initial_kv) options.initial_kv(*initial_kv);
+  if (mask) options.key_padding_mask(*mask);
+  return functional::mesa_with_final_state(q, k, v, g, beta, lambda, options);
 }
 Tensor positional_encoding_2d_op(int64_t rows, int64_t cols, int64_t channels) {
   return functional::positional_encoding_2d(rows, cols, channels);
@@ -269,6 +284,10 @@ TORCH_LIBRARY(kvq, m) {
   m.def("kernel_intention(Tensor q, Tensor k, Tensor v, Tensor alpha, bool causal=False, "
         "Tensor? key_padding_mask=None, float? scale=None) -> Tensor",
         &kernel_intention_op);
+  m.def("mesa(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor lambda_, "
+        "Tensor? initial_kk=None, Tensor? initial_kv=None, Tensor? key_padding_mask=None, "
+        "int chunk_size=64) -> (Tensor, Tensor, Tensor)",
+        &mesa_op);
   m.def("positional_encoding_2d(int rows, int cols, int channels) -> Tensor",
         &positional_encoding_2d_op);
   m.def("attention(str mechanism, Tensor q, Tensor k, Tensor v, Tensor? alpha=None, "
