@@ -1,6 +1,7 @@
 // The CPU kernels' buffer cache (kvq/functional/buffer_cache.h): freed buffers come back, the
 // limit holds, the tensors are ordinary ones, and no kernel reads memory it did not write.
 #include "kvq/functional/buffer_cache.h"
+#include "kvq/functional/mesa.h"
 
 #include "test_utils.h"
 
@@ -121,6 +122,37 @@ TEST(BufferCache, KernelsWriteEverythingTheyRead) {
             (std::vector<std::string>{"linear-identity", "linear-identity", "kernel-intention",
                                       "kernel-intention", "kernel-intention causal",
                                       "kernel-intention causal"}));
+}
+
+// The same for Mesa (not a registry row): three runs, the last two from NaN-filled buffers.
+TEST(BufferCache, MesaWritesEverythingItReads) {
+  CacheScope scope(int64_t(1) << 30);
+  torch::manual_seed(8);
+  const auto o = torch::TensorOptions().dtype(torch::kFloat64);
+  const int64_t B = 2, H = 4, T = 384, d = 48;
+  const auto q = torch::randn({B, H, T, d}, o), k = torch::randn({B, H, T, d}, o),
+             v = torch::randn({B, H, T, d}, o), grad_out = torch::randn({B, H, T, d}, o);
+  const auto g = -torch::rand({B, H, T}, o), beta = torch::rand({B, H, T}, o);
+  const auto lambda = torch::full({H}, 0.5, o);
+  auto run = [&] {
+    std::vector<torch::Tensor> x{q.clone().requires_grad_(), k.clone().requires_grad_(),
+                                 v.clone().requires_grad_(), g.clone().requires_grad_(),
+                                 beta.clone().requires_grad_()};
+    auto out = F::mesa(x[0], x[1], x[2], x[3], x[4], lambda);
+    out.backward(grad_out);
+    std::vector<torch::Tensor> results{out.detach().clone()};
+    for (const auto& t : x) results.push_back(t.grad().clone());
+    return results;
+  };
+  const auto fresh = run();
+  ASSERT_GT(F::buffer_cache_bytes(), 0);
+  F::detail::set_buffer_cache_poison(true);
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    const auto reused = run();
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      EXPECT_TRUE(torch::equal(reused[i], fresh[i])) << "result " << i;
+    }
+  }
 }
 
 }  // namespace

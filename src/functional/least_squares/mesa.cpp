@@ -139,10 +139,11 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), dv = in[2].size(3),
                   N = num_chunks(T, chunk);
     const auto o = q.options();
-    auto checkpoint_kk = torch::empty({B, H, N, d, d}, o);
-    auto checkpoint_kv = torch::empty({B, H, N, d, dv}, o);
-    auto out = torch::empty({B, H, T, dv}, o);
-    auto final_kk = torch::empty({B, H, d, d}, o), final_kv = torch::empty({B, H, d, dv}, o);
+    auto checkpoint_kk = detail::cached_empty({B, H, N, d, d}, o);
+    auto checkpoint_kv = detail::cached_empty({B, H, N, d, dv}, o);
+    auto out = detail::cached_empty({B, H, T, dv}, o);
+    auto final_kk = detail::cached_empty({B, H, d, d}, o);
+    auto final_kv = detail::cached_empty({B, H, d, dv}, o);
     cpu::FactorFailure failure;
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mesa_forward", [&] {
       failure = cpu::mesa_forward(kernel_params<scalar_t>(in, checkpoint_kk, checkpoint_kv, chunk),
@@ -167,12 +168,15 @@ class MesaFunction : public torch::autograd::Function<MesaFunction> {
             : torch::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
     const auto grad_kk = grads[1].defined() ? grads[1].contiguous() : torch::Tensor();
     const auto grad_kv = grads[2].defined() ? grads[2].contiguous() : torch::Tensor();
-    auto grad_q = torch::empty_like(q, at::MemoryFormat::Contiguous);
-    auto grad_k = torch::empty_like(k, at::MemoryFormat::Contiguous);
-    auto grad_v = torch::empty_like(v, at::MemoryFormat::Contiguous);
-    auto grad_g = torch::empty_like(in[3]), grad_beta = torch::empty_like(in[4]);
-    auto grad_lambda = torch::empty({q.size(0), q.size(1), q.size(3)}, q.options());
-    auto grad_initial_kk = torch::empty_like(in[6]), grad_initial_kv = torch::empty_like(in[7]);
+    const auto o = q.options();
+    auto grad_q = detail::cached_empty(q.sizes(), o);
+    auto grad_k = detail::cached_empty(k.sizes(), k.options());
+    auto grad_v = detail::cached_empty(v.sizes(), v.options());
+    auto grad_g = detail::cached_empty(in[3].sizes(), o);
+    auto grad_beta = detail::cached_empty(in[4].sizes(), o);
+    auto grad_lambda = detail::cached_empty({q.size(0), q.size(1), q.size(3)}, o);
+    auto grad_initial_kk = detail::cached_empty(in[6].sizes(), o);
+    auto grad_initial_kv = detail::cached_empty(in[7].sizes(), o);
     AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mesa_backward", [&] {
       using T = scalar_t;
       cpu::mesa_backward(
