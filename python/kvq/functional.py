@@ -13,7 +13,8 @@ from ._library import ops
 
 __all__ = ["softmax", "kv", "kv_pos", "linear", "linear_identity", "intention",
            "softmax_intention", "kernel_intention", "mesa", "positional_encoding_2d",
-           "intention_prefill", "intention_step", "linear_prefill", "linear_step"]
+           "intention_prefill", "intention_step", "linear_prefill", "linear_step", "mesa_prefill",
+           "mesa_step"]
 
 
 def softmax(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
@@ -149,6 +150,21 @@ def intention_step(state, q, k, v):
     """
     out, factor, kv_sum = ops.intention_step(state[0], state[1], q, k, v)
     return out, (factor, kv_sum)
+
+
+def mesa_prefill(q, k, v, g, beta, lambda_):
+    """Mesa over a prefix and the decoding state (S_kk, S_kv) after it: S_kk (B, H, d, d),
+    S_kv (B, H, d, dv). Returns (o (B, H, T, dv), (S_kk, S_kv)); see mesa()."""
+    return mesa(q, k, v, g, beta, lambda_, output_final_state=True)
+
+
+def mesa_step(state, q, k, v, g, beta, lambda_):
+    """One token of Mesa, exact, in O(d^3): S_kk = exp(g) S_kk + beta k k^T, S_kv likewise,
+    o = S_kv^T (S_kk + diag(lambda))^{-1} q by one Cholesky factorisation. q, k (B, H, 1, d),
+    v (B, H, 1, dv), g and beta (B, H, 1). Returns (o (B, H, 1, dv), (S_kk, S_kv)); the given state
+    is not modified."""
+    return mesa(q, k, v, g, beta, lambda_, initial_state=state, output_final_state=True,
+                chunk_size=1)
 
 
 def linear_prefill(q, k, v, *, eps=1e-6):

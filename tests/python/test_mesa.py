@@ -1,6 +1,7 @@
 """The Mesa layer from Python (torch.ops.kvq.mesa and kvq.functional.mesa): a per-token float64
 reference written here from the math, causal intention as its ungated case, gradcheck of every
-input in float64, and errors that name the argument.
+input in float64, decoding (prefill and steps) against the batched op, and errors that name the
+argument.
 
 Run with KVQ_LIBRARY=build/libkvq_torch.so and PYTHONPATH=python.
 """
@@ -67,6 +68,31 @@ def test_ungated_equals_causal_intention():
     got = KF.mesa(q, k, v, torch.zeros_like(g), torch.ones_like(beta), alpha)
     want = KF.intention(q, k, v, alpha, causal=True)
     assert rel_err(got, want) <= 1e-12
+
+
+@pytest.mark.parametrize("first", [0, 1, 6])
+def test_prefill_then_steps_equal_the_batched_op(first):
+    q, k, v, g, beta, lam = inputs(T=12)
+    want, (want_kk, want_kv) = KF.mesa(q, k, v, g, beta, lam, output_final_state=True)
+    with torch.no_grad():
+        rows, state = [], None
+        if first > 0:
+            out, state = KF.mesa_prefill(q[:, :, :first], k[:, :, :first], v[:, :, :first],
+                                         g[:, :, :first], beta[:, :, :first], lam)
+            rows.append(out)
+        else:
+            B, H, _, d = q.shape
+            state = (torch.zeros(B, H, d, d, dtype=D64), torch.zeros(B, H, d, v.shape[-1], dtype=D64))
+        for t in range(first, q.shape[2]):
+            given = tuple(s.clone() for s in state)
+            one = slice(t, t + 1)
+            out, new_state = KF.mesa_step(state, q[:, :, one], k[:, :, one], v[:, :, one],
+                                          g[:, :, one], beta[:, :, one], lam)
+            assert all(torch.equal(a, b) for a, b in zip(state, given))  # not modified
+            rows.append(out)
+            state = new_state
+    assert rel_err(torch.cat(rows, dim=2), want) <= 1e-12
+    assert rel_err(state[0], want_kk) <= 1e-12 and rel_err(state[1], want_kv) <= 1e-12
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
