@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "bench_command.h"
+#include "kvq/functional/buffer_cache.h"
 #include "bleu_command.h"
 #include "compare_command.h"
 #include "eval_command.h"
@@ -36,14 +37,18 @@ std::string help_hint(const CLI::App& app) {
 // LibTorch's CPU allocator hands every tensor to malloc, and glibc returns blocks above its mmap
 // threshold to the OS on free, so each large temporary is page-faulted in again on the next step:
 // half the time of a causal intention forward+backward at T = 4096 (2.36 s -> 1.10 s). The CLI
-// keeps freed memory in the process instead (for every tensor; the library's own buffer cache,
-// kvq/functional/buffer_cache.h, covers only the kernels' buffers). Set KVQ_KEEP_OS_MALLOC=1 to
-// leave glibc's defaults.
+// keeps freed memory in the process instead, for every tensor, in place of the library's buffer
+// cache of the kernels' buffers (kvq/functional/buffer_cache.h). Set KVQ_KEEP_OS_MALLOC=1 to
+// leave glibc's defaults (and the buffer cache on).
 void keep_freed_memory() {
   const char* keep = std::getenv("KVQ_KEEP_OS_MALLOC");
   if (keep != nullptr && std::string(keep) == "1") return;
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  // malloc now keeps the kernels' buffers too: a second cache of them would only raise the peak
+  // (a char-lm paper run at context 1024 with intention: 2.73 -> 3.30 GB, no faster;
+  // docs/results/benchmarks.md). KVQ_BUFFER_CACHE_MIB still sets it.
+  if (std::getenv("KVQ_BUFFER_CACHE_MIB") == nullptr) kvq::functional::set_buffer_cache_limit(0);
 }
 
 }  // namespace
