@@ -214,14 +214,6 @@ void backward_head(const CausalLeastSquaresParams<T>& p, const HeadsView<const T
   grad_alpha[b * p.heads + h] = T(dalpha);
 }
 
-// The first failure in (batch, head) order.
-FactorFailure first_failure(const std::vector<FactorFailure>& failures) {
-  for (const auto& f : failures) {
-    if (f.failed) return f;
-  }
-  return {};
-}
-
 }  // namespace
 
 template <typename T>

@@ -31,6 +31,7 @@
 //   dalpha   = -sum_t u_t . dq_t
 // tril and triu keep the diagonal.
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/heads_view.h"
 
@@ -45,6 +46,14 @@ struct FactorFailure {
   int64_t batch = 0, head = 0, chunk = 0;
   const char* matrix = "";
 };
+
+// The first failure in (batch, head) order of one entry per head ({} when none failed).
+inline FactorFailure first_failure(const std::vector<FactorFailure>& failures) {
+  for (const auto& f : failures) {
+    if (f.failed) return f;
+  }
+  return {};
+}
 
 template <typename T>
 struct CausalLeastSquaresParams {

@@ -474,14 +474,6 @@ void backward_group(const MesaParams<T>& p, const HeadsView<const T>& grad_out,
   }
 }
 
-// The first failure in (batch, head) order.
-FactorFailure first_failure(const std::vector<FactorFailure>& failures) {
-  for (const auto& f : failures) {
-    if (f.failed) return f;
-  }
-  return {};
-}
-
 }  // namespace
 
 template <typename T>
